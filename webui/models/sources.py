@@ -1,0 +1,128 @@
+"""Read tensors from model files lazily and safely: names and shapes first, data one tensor at a time.
+
+- ``.safetensors``: memory-mapped with :func:`safetensors.safe_open`; a tensor is read only when asked for.
+- ``.ckpt`` / ``.pt`` / ``.pth`` / ``.bin`` (pickles): ``torch.load(weights_only=True)``, memory-mapped when
+  the file is in the zip format. The restricted unpickler refuses any global beyond tensors and plain
+  containers, so a malicious pickle cannot run code; we never fall back to full unpickling.
+
+Every failure becomes a :class:`~webui.models.errors.CheckpointError` subclass with a readable message.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from webui.models.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class TensorSource(Protocol):
+    """Named tensors that can be listed (with shapes) before any data is read."""
+
+    def shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def get(self, key: str) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class SafetensorsSource:
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = path
+        try:
+            self._file = safe_open(str(path), framework="pt", device="cpu")
+            self._shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
+        except Exception as exc:  # SafetensorError is not importable as a stable name across versions
+            raise CorruptCheckpointError(
+                f"{path.name} is not a valid .safetensors file (truncated or damaged download?): {exc}"
+            ) from exc
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except Exception as exc:
+            raise CorruptCheckpointError(f"{self.path.name}: cannot read tensor {key!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._file = None
+
+
+class DictSource:
+    """Tensors already in a dict (a loaded pickle, or a test)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self._tensors = tensors
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self._tensors.items()}
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def close(self) -> None:
+        self._tensors = {}
+
+
+def _unsafe_global(message: str) -> str | None:
+    match = re.search(r"unsupported GLOBAL (\S+)", message)
+    return match.group(1) if match else None
+
+
+def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a PyTorch pickle, unwrapping a ``state_dict`` entry; refuses anything executable."""
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as exc:
+        blocked = _unsafe_global(str(exc))
+        if blocked:
+            raise UnsafeCheckpointError(
+                f"{path.name} was refused: this pickle asks to load {blocked}, which could run arbitrary code. "
+                "Only tensors are accepted from .ckpt files. Get a .safetensors version of this model instead."
+            ) from None
+        raise CorruptCheckpointError(
+            f"{path.name} is not a PyTorch checkpoint (or is damaged): it could not be read as tensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path.name} is damaged or truncated: {str(exc).splitlines()[0]}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise CorruptCheckpointError(f"{path.name} holds a {type(obj).__name__}, not a dictionary of tensors.")
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def open_single_file(path: Path) -> TensorSource:
+    """A lazy tensor source for one weights file, chosen by suffix (or by content for other suffixes)."""
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES or (suffix not in PICKLE_SUFFIXES and _looks_like_safetensors(path)):
+        return SafetensorsSource(path)
+    return DictSource(load_pickle_weights(path))
