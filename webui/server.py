@@ -1,0 +1,254 @@
+"""Build the web app (Gradio UI + optional REST API), check that it is safe to expose, and serve it.
+
+`launch.py` parses the command line into `ServerOptions` and calls `serve`; nothing here reads `sys.argv`.
+Importing this module has no side effects: gradio, torch and the service are imported when first needed.
+
+Security rule ("secure by default"): a server reachable from other machines (`--listen` on a LAN, `--share`
+through a public tunnel) must ask for a password. Without one `check_exposure` raises `InsecureLaunchError`
+whose message says how to add it, unless the user explicitly opts out with `--insecure-no-auth`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gradio as gr
+    from fastapi import FastAPI
+
+Credentials = tuple[tuple[str, str], ...]
+
+LOCALHOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+
+
+class LaunchError(RuntimeError):
+    """The server cannot start as configured; the message says what to change."""
+
+
+class InsecureLaunchError(LaunchError):
+    """The configuration would expose the app to other machines without a password."""
+
+
+def parse_credentials(text: str) -> Credentials:
+    """Parse ``"user:pass[,user2:pass2]"`` into ``(("user", "pass"), ...)``.
+
+    Passwords may contain ``:`` (only the first one separates user from password); surrounding spaces are
+    ignored. An entry without ``:``, an empty user or an empty password raises ``ValueError``.
+    """
+    credentials = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        user, sep, password = entry.partition(":")
+        user, password = user.strip(), password.strip()
+        if not sep or not user or not password:
+            raise ValueError(f"expected user:password, got {entry!r}")
+        credentials.append((user, password))
+    if not credentials:
+        raise ValueError("expected at least one user:password")
+    return tuple(credentials)
+
+
+def read_credentials_file(path: Path) -> Credentials:
+    """Read credentials from a file: ``user:password`` entries separated by newlines or commas, ``#`` comments."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read credentials file {path}: {exc.strerror or exc}") from exc
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    return parse_credentials(",".join(lines))
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything `serve` needs; one field per command-line flag of `launch.py`."""
+
+    models: Path
+    outputs: Path
+    port: int = 7860
+    listen: bool = False
+    share: bool = False
+    gradio_auth: Credentials = ()
+    api: bool = False
+    api_auth: Credentials = ()
+    device: str = "auto"
+    precision: str = "auto"
+    samplers_dir: Path | None = None
+    inbrowser: bool = False
+    insecure_no_auth: bool = False
+    extra_allowed_paths: tuple[Path, ...] = field(default=())
+
+    @property
+    def server_name(self) -> str:
+        """The address to bind: every interface with ``--listen``, loopback otherwise."""
+        return ALL_INTERFACES if self.listen else LOCALHOST
+
+    @property
+    def exposed(self) -> bool:
+        """Whether other machines can reach the server (LAN with ``--listen``, internet with ``--share``)."""
+        return self.listen or self.share
+
+
+def _exposure(options: ServerOptions) -> str:
+    if options.share:
+        return "--share publishes the app on a public internet URL"
+    return "--listen makes the app reachable from every machine on your network"
+
+
+def check_exposure(options: ServerOptions) -> list[str]:
+    """Refuse an exposed server without passwords; return the warnings to print when the user opted out.
+
+    Raises:
+        InsecureLaunchError: ``--share``/``--listen`` without ``--gradio-auth`` (or ``--api`` without
+            ``--api-auth``) and without ``--insecure-no-auth``.
+    """
+    if not options.exposed:
+        return []
+    missing = []
+    if not options.gradio_auth:
+        missing.append(
+            "the web UI has no password: add --gradio-auth user:password (or --gradio-auth-path FILE)"
+        )
+    if options.api and not options.api_auth:
+        missing.append("the REST API (--api) has no password: add --api-auth user:password")
+    if not missing:
+        return []
+    if not options.insecure_no_auth:
+        reasons = "\n".join(f"  - {m}" for m in missing)
+        raise InsecureLaunchError(
+            f"Refusing to start: {_exposure(options)}, but\n{reasons}\n"
+            "Anyone who can reach it could then run generations on your machine. "
+            "To really run it without a password, add --insecure-no-auth."
+        )
+    banner = "!" * 78
+    return [
+        banner,
+        f"WARNING: --insecure-no-auth: {_exposure(options)} WITHOUT A PASSWORD.",
+        *(f"WARNING: {m}" for m in missing),
+        "WARNING: anyone who can reach this address can use your machine.",
+        banner,
+    ]
+
+
+def create_service(options: ServerOptions) -> Any:
+    """Build the `WebUIService` (device, precision, models registry, outputs, sampler plugins)."""
+    from webui.devices import pick_device, pick_dtype
+    from webui.service import WebUIService
+
+    device = pick_device(options.device)
+    dtype = pick_dtype(device, options.precision)
+    return WebUIService(
+        registry_path=options.models,
+        device=device,
+        dtype=dtype,
+        outputs_dir=options.outputs,
+        samplers_dir=options.samplers_dir,
+    )
+
+
+def mount_rest_api(app: FastAPI, service: Any, options: ServerOptions) -> None:
+    """Add the AUTOMATIC1111-compatible REST routes (``/sdapi/v1/*``) to the running app."""
+    try:
+        from webui.api import mount_api
+    except ImportError as exc:
+        raise LaunchError(f"--api: the REST API (webui.api.mount_api) is not available in this build: {exc}") from exc
+    mount_api(app, service, api_auth=list(options.api_auth) or None)
+
+
+@dataclass
+class RunningServer:
+    """A started server: the Gradio Blocks, its FastAPI app and the URLs it answers on."""
+
+    demo: gr.Blocks
+    app: FastAPI
+    local_url: str
+    share_url: str | None
+
+    def close(self) -> None:
+        self.demo.close(verbose=False)
+
+    def block(self) -> None:
+        """Wait until Ctrl+C (then close the server)."""
+        self.demo.block_thread()
+
+
+def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = None) -> RunningServer:
+    """Build the UI for ``service``, start serving it (non-blocking) and mount the REST API if asked.
+
+    The share tunnel is best effort: when it cannot be created (no internet) one line says so and the app
+    keeps serving locally.
+    """
+    import gradio as gr  # noqa: F401  (the UI package needs it; fail here with a clear ImportError)
+
+    from webui.ui import CSS, build_ui
+
+    out = out or sys.stdout
+    warnings = check_exposure(options)
+    demo = build_ui(service)
+    captured = io.StringIO()
+    allowed = [str(options.outputs), *(str(p) for p in options.extra_allowed_paths)]
+    with contextlib.redirect_stdout(captured):
+        app, local_url, share_url = demo.launch(
+            server_name=options.server_name,
+            server_port=options.port,
+            share=options.share,
+            auth=list(options.gradio_auth) or None,
+            auth_message="Stable Diffusion web UI: please log in.",
+            inbrowser=options.inbrowser,
+            prevent_thread_lock=True,
+            show_error=True,
+            quiet=True,
+            ssr_mode=False,
+            css=CSS,
+            allowed_paths=allowed,
+        )
+    try:
+        if options.api:
+            mount_rest_api(app, service, options)
+    except BaseException:
+        demo.close(verbose=False)
+        raise
+    for line in warnings:
+        print(line, file=out)
+    shown_url = local_url
+    if options.listen:
+        shown_url = local_url.replace(ALL_INTERFACES, "<this machine's address>")
+    print(f"* Running on local URL: {shown_url} (bound to {options.server_name}:{options.port})", file=out)
+    if options.share:
+        if share_url:
+            print(f"* Running on public URL: {share_url}", file=out)
+        else:
+            print("* Could not create a share link (no internet connection?); serving locally only.", file=out)
+    if options.api:
+        print(f"* REST API: {local_url.rstrip('/')}/sdapi/v1/", file=out)
+    out.flush()
+    return RunningServer(demo=demo, app=app, local_url=local_url, share_url=share_url)
+
+
+def serve(options: ServerOptions) -> int:
+    """Check the options, build the service, start the server and block until Ctrl+C. Returns an exit code."""
+    try:
+        check_exposure(options)
+    except InsecureLaunchError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    service = create_service(options)
+    try:
+        server = start(options, service)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server.block()
+    finally:
+        close = getattr(service, "close", None)
+        if callable(close):
+            close()
+    return 0

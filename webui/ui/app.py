@@ -1,0 +1,118 @@
+"""`build_ui(service)`: the whole page. Model dropdown on top; txt2img, img2img (+ Inpaint), PNG Info, Models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from webui.pipeline.infotext import request_from_infotext
+from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+from webui.ui import backend
+from webui.ui.common import GenerationTab, ShownResult, request_widget_values
+from webui.ui.img2img import build_img2img_tab
+from webui.ui.jobs import JobTracker
+from webui.ui.models_tab import build_models_tab
+from webui.ui.pnginfo import build_pnginfo_tab
+from webui.ui.txt2img import build_txt2img_tab
+
+TITLE = "Stable Diffusion web UI"
+CSS = """
+/* passed to launch(css=...): gradio 6 takes page-level CSS there */
+.sd-job-status { font-variant-numeric: tabular-nums; padding: 4px 0; }
+.sd-job-status progress { height: 6px; display: block; margin-top: 4px; }
+"""
+
+
+def build_ui(service: Any, *, poll_interval: float = 0.1) -> gr.Blocks:
+    """Build the Gradio app for ``service`` (a `webui.service.WebUIService`). Nothing runs until launched.
+
+    Named API endpoints (usable from ``gradio_client``): ``/txt2img``, ``/img2img`` and ``/png_info``.
+    """
+    tracker = JobTracker(service, poll_interval=poll_interval)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        with gr.Row(equal_height=True):
+            names = [m.name for m in backend.model_choices(service)]
+            model = gr.Dropdown(
+                names, value=backend.default_model(service), label="Stable Diffusion checkpoint",
+                elem_id="model_checkpoint", scale=3,
+            )
+            model_status = gr.Markdown(elem_id="model_status")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
+                txt2img = build_txt2img_tab(service, tracker, model)
+            with gr.Tab("img2img", id="img2img"):
+                img2img, init_image = build_img2img_tab(service, tracker, model)
+            with gr.Tab("PNG Info", id="pnginfo"):
+                pnginfo = build_pnginfo_tab()
+            with gr.Tab("Models", id="models"):
+                build_models_tab(service, model)
+
+        _wire_model_dropdown(service, model, model_status, [txt2img, img2img])
+        _wire_send_to(service, tabs, txt2img, img2img, init_image, pnginfo)
+    return demo
+
+
+def _wire_model_dropdown(service: Any, model: gr.Dropdown, status: gr.Markdown, tabs: list[GenerationTab]) -> None:
+    """Choosing a checkpoint loads it (errors shown next to it) and sets its native width/height."""
+
+    def choose(name: str | None) -> list[Any]:
+        entry = backend.find_model(service, name)
+        sizes: list[Any] = []
+        for _ in tabs:
+            sizes += [entry.width if entry and entry.width else gr.skip(),
+                      entry.height if entry and entry.height else gr.skip()]
+        if not name:
+            return ["", *sizes]
+        try:
+            backend.load_model(service, name)
+        except Exception as exc:
+            gr.Warning(f"Could not load {name}: {exc}")
+            return [f"⚠️ {exc}", *sizes]
+        return [f"Loaded **{name}**", *sizes]
+
+    outputs: list[Any] = [status]
+    for tab in tabs:
+        outputs += [tab.width, tab.height]
+    model.input(choose, model, outputs, concurrency_id="models", concurrency_limit=1,
+                api_visibility="undocumented")
+
+
+def _wire_send_to(
+    service: Any, tabs: gr.Tabs, txt2img: GenerationTab, img2img: GenerationTab, init_image: gr.Image, pnginfo: Any
+) -> None:
+    """Send to img2img (from a gallery) and Send to txt2img/img2img (from PNG Info)."""
+    samplers = backend.sampler_names(service)
+    hidden = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
+
+    def gallery_to_img2img(shown: ShownResult, index: int) -> list[Any]:
+        image = shown.image(index)
+        if image is None:
+            raise gr.Error("Generate an image first.")
+        infotext = shown.infotext(index)
+        values = request_widget_values(request_from_infotext(infotext, Img2ImgRequest()), samplers) if infotext \
+            else [gr.skip()] * len(img2img.parameter_components())
+        return [gr.Tabs(selected="img2img"), image, *values]
+
+    targets = [tabs, init_image, *img2img.parameter_components()]
+    for source in (txt2img, img2img):
+        source.send_to_img2img.click(gallery_to_img2img, [source.results, source.selected], targets, **hidden)
+
+    def png_to(tab_id: str, request_type: type) -> Any:
+        def send(path: str | None, text: str) -> list[Any]:
+            if not text:
+                raise gr.Error("Drop a PNG with generation parameters first.")
+            values = request_widget_values(request_from_infotext(text, request_type()), samplers)
+            extra = [path] if tab_id == "img2img" else []
+            return [gr.Tabs(selected=tab_id), *extra, *values]
+
+        return send
+
+    pnginfo.send_to_txt2img.click(
+        png_to("txt2img", GenerationRequest), [pnginfo.image, pnginfo.parameters],
+        [tabs, *txt2img.parameter_components()], **hidden,
+    )
+    pnginfo.send_to_img2img.click(
+        png_to("img2img", Img2ImgRequest), [pnginfo.image, pnginfo.parameters],
+        [tabs, init_image, *img2img.parameter_components()], **hidden,
+    )

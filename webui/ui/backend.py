@@ -1,0 +1,94 @@
+"""Everything the UI asks the service, in one place (no gradio here, so it is testable without a browser).
+
+The UI talks only to `webui.service.WebUIService`; these helpers turn its answers into the plain lists and
+strings that the widgets display.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_SIZE = 512
+DEFAULT_SCHEDULES = ("Automatic", "Karras", "Exponential")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One models.yaml entry as the model dropdown shows it, with the defaults it suggests."""
+
+    name: str
+    width: int | None = None
+    height: int | None = None
+    sampler: str | None = None
+    steps: int | None = None
+
+
+def model_choices(service: Any) -> list[ModelChoice]:
+    """Every valid models.yaml entry, in file order."""
+    return [
+        ModelChoice(
+            name=entry.name,
+            width=getattr(entry, "width", None),
+            height=getattr(entry, "height", None),
+            sampler=getattr(entry, "sampler", None),
+            steps=getattr(entry, "steps", None),
+        )
+        for entry in service.registry.entries
+    ]
+
+
+def default_model(service: Any) -> str | None:
+    """The model selected when the page opens: the loaded one, else the registry default, else the first."""
+    current = getattr(service.models, "current_name", None)
+    if current:
+        return current
+    default = service.registry.default
+    if default is not None:
+        return default if isinstance(default, str) else default.name
+    entries = model_choices(service)
+    return entries[0].name if entries else None
+
+
+def find_model(service: Any, name: str | None) -> ModelChoice | None:
+    return next((m for m in model_choices(service) if m.name == name), None)
+
+
+def sampler_names(service: Any) -> list[str]:
+    """Names of every registered sampler plugin (built-in, installed and from --samplers-dir)."""
+    return [sampler.name for sampler in service.samplers.samplers]
+
+
+def schedule_names() -> list[str]:
+    """The schedule types the sampling package knows ("Automatic", "Karras", ...)."""
+    try:
+        from webui.sampling import SCHEDULES
+    except ImportError:
+        return list(DEFAULT_SCHEDULES)
+    return list(SCHEDULES)
+
+
+MODEL_STATUS_HEADERS = ["Model", "Status", "Path", "Error"]
+
+
+def model_status_rows(service: Any) -> list[list[str]]:
+    """One row per models.yaml entry (and per broken entry) for the Models tab table."""
+    rows = []
+    for status in service.models.status():
+        loaded = bool(getattr(status, "loaded", False))
+        error = getattr(status, "error", None) or ""
+        state = "loaded" if loaded else ("error" if error else "not loaded")
+        path = str(getattr(status, "path", "") or "")
+        rows.append([status.name, state, path, str(error)])
+    for error in getattr(service.registry, "errors", []) or []:
+        where = getattr(error, "entry", None) or getattr(error, "file", "models.yaml")
+        rows.append([str(where), "invalid entry", str(getattr(error, "file", "")), str(error)])
+    return rows
+
+
+def load_model(service: Any, name: str) -> None:
+    service.models.load(name)
+
+
+def unload_model(service: Any, name: str) -> None:
+    service.models.unload(name)

@@ -1,0 +1,234 @@
+"""Widgets and handlers shared by the txt2img and img2img tabs.
+
+The layout follows AUTOMATIC1111's: prompts with Generate / Interrupt / Skip on top, generation settings
+on the left, gallery + parameters of the selected image on the right. Handlers only translate between
+widget values and `webui.pipeline` requests/results; the work happens in the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from webui.pipeline.errors import InvalidRequest
+from webui.ui import backend
+from webui.ui.jobs import JobTracker, _status_html
+
+RANDOM_SEED = -1
+SIZE_MIN, SIZE_MAX, SIZE_STEP = 64, 2048, 8
+
+
+@dataclass
+class ShownResult:
+    """The images currently in a tab's gallery, with what is needed to reuse them."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+
+    def infotext(self, index: int) -> str:
+        return self.infotexts[index] if 0 <= index < len(self.infotexts) else ""
+
+    def seed(self, index: int) -> int:
+        return self.seeds[index] if 0 <= index < len(self.seeds) else RANDOM_SEED
+
+    def image(self, index: int) -> Image.Image | None:
+        return self.images[index] if 0 <= index < len(self.images) else None
+
+
+@dataclass
+class GenerationTab:
+    """The components of one generation tab (txt2img or img2img)."""
+
+    name: str
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    sampler: gr.Dropdown
+    scheduler: gr.Dropdown
+    steps: gr.Slider
+    cfg_scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    seed: gr.Number
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    gallery: gr.Gallery
+    preview: gr.Image
+    progress: gr.HTML
+    info: gr.Textbox
+    send_to_img2img: gr.Button
+    results: gr.State
+    selected: gr.State
+    denoising_strength: gr.Slider | None = None
+
+    def parameter_components(self) -> list[gr.components.Component]:
+        """The widgets an infotext fills in (PNG Info / Send to), in `request_widget_values` order."""
+        return [
+            self.prompt, self.negative_prompt, self.sampler, self.scheduler, self.steps,
+            self.cfg_scale, self.width, self.height, self.seed,
+        ]
+
+    def outputs(self) -> list[gr.components.Component]:
+        """What a generation event updates, in `GenerationOutputs` order."""
+        return [self.gallery, self.info, self.progress, self.preview, self.results, self.selected]
+
+
+def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button]:
+    """Prompt and negative prompt on the left, Generate (and Interrupt / Skip) on the right."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=6):
+            prompt = gr.Textbox(
+                label="Prompt", lines=3, placeholder="Prompt",
+                elem_id=f"{tab}_prompt",
+            )
+            negative = gr.Textbox(
+                label="Negative prompt", lines=2, placeholder="Negative prompt", elem_id=f"{tab}_neg_prompt"
+            )
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", variant="stop", size="sm", elem_id=f"{tab}_interrupt")
+                skip = gr.Button("Skip", size="sm", elem_id=f"{tab}_skip")
+    return prompt, negative, generate, interrupt, skip
+
+
+def build_settings(
+    tab: str, service: Any, model: backend.ModelChoice | None
+) -> dict[str, gr.components.Component]:
+    """Sampler, schedule, steps, CFG, size, seed and batch widgets, labelled as in AUTOMATIC1111."""
+    samplers = backend.sampler_names(service)
+    default_sampler = model.sampler if model and model.sampler in samplers else None
+    if default_sampler is None:
+        default_sampler = next((s for s in samplers if s.lower() == "euler a"), samplers[0] if samplers else None)
+    width = (model.width if model else None) or backend.DEFAULT_SIZE
+    height = (model.height if model else None) or backend.DEFAULT_SIZE
+    with gr.Row():
+        sampler = gr.Dropdown(samplers, value=default_sampler, label="Sampler", elem_id=f"{tab}_sampler")
+        schedules = backend.schedule_names()
+        scheduler = gr.Dropdown(schedules, value=schedules[0], label="Schedule type", elem_id=f"{tab}_scheduler")
+    steps = gr.Slider(1, 150, value=(model.steps if model and model.steps else 20), step=1, label="Steps",
+                      elem_id=f"{tab}_steps")
+    with gr.Row():
+        width_w = gr.Slider(SIZE_MIN, SIZE_MAX, value=width, step=SIZE_STEP, label="Width", elem_id=f"{tab}_width")
+        height_w = gr.Slider(SIZE_MIN, SIZE_MAX, value=height, step=SIZE_STEP, label="Height",
+                             elem_id=f"{tab}_height")
+    with gr.Row():
+        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+    cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, minimum=-1, scale=4, elem_id=f"{tab}_seed")
+        random_seed = gr.Button("🎲", size="sm", scale=0, min_width=40, elem_id=f"{tab}_random_seed")
+        reuse_seed = gr.Button("♻️", size="sm", scale=0, min_width=40, elem_id=f"{tab}_reuse_seed")
+    return {
+        "sampler": sampler, "scheduler": scheduler, "steps": steps, "width": width_w, "height": height_w,
+        "batch_count": batch_count, "batch_size": batch_size, "cfg_scale": cfg_scale, "seed": seed,
+        "random_seed": random_seed, "reuse_seed": reuse_seed,
+    }
+
+
+def build_outputs(tab: str) -> dict[str, gr.components.Component]:
+    """Live preview + status line, the gallery, the selected image's parameters and Send to img2img."""
+    progress = gr.HTML(value="", elem_id=f"{tab}_progress")
+    preview = gr.Image(label="Preview", interactive=False, visible=False, elem_id=f"{tab}_preview", height=320)
+    gallery = gr.Gallery(
+        label="Output", columns=4, height="auto", format="png", interactive=False, elem_id=f"{tab}_gallery"
+    )
+    send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{tab}_send_to_img2img")
+    info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id=f"{tab}_info", buttons=["copy"])
+    return {
+        "progress": progress, "preview": preview, "gallery": gallery, "send_to_img2img": send_to_img2img,
+        "info": info, "results": gr.State(ShownResult()), "selected": gr.State(0),
+    }
+
+
+def gallery_items(result: Any) -> list[tuple[Image.Image, str]]:
+    """Gallery entries: each image carries its infotext in a PNG ``parameters`` chunk (kept on download)."""
+    items = []
+    for i, image in enumerate(result.images):
+        infotext = result.infotexts[i] if i < len(result.infotexts) else ""
+        shown = image.copy()
+        if infotext:
+            shown.info["parameters"] = infotext
+        seed = result.seeds[i] if i < len(result.seeds) else None
+        items.append((shown, f"seed {seed}" if seed is not None else ""))
+    return items
+
+
+def readable_error(exc: BaseException) -> gr.Error:
+    """A `gr.Error` whose message a user can act on."""
+    if isinstance(exc, InvalidRequest):
+        return gr.Error(f"Invalid {exc.field}: {exc.message}", title="Invalid settings")
+    message = str(exc) or type(exc).__name__
+    return gr.Error(message, title=f"Generation failed ({type(exc).__name__})")
+
+
+def run_generation(
+    tracker: JobTracker, request: Any, model_name: str | None, session: str | None
+) -> Iterator[tuple]:
+    """The body of a Generate handler: yields `GenerationTab.outputs()` updates until the images arrive."""
+    skip = gr.skip()
+    try:
+        request.validate()
+        for update in tracker.follow(request, model_name, session):
+            if update.result is None:
+                preview = gr.Image(value=update.preview, visible=True) if update.preview is not None else skip
+                yield skip, skip, update.html, preview, skip, skip
+                continue
+            result = update.result
+            shown = ShownResult(list(result.images), list(result.seeds), list(result.infotexts))
+            yield (
+                gallery_items(result), shown.infotext(0), update.html, gr.Image(value=None, visible=False),
+                shown, 0,
+            )
+    except gr.Error:
+        raise
+    except Exception as exc:  # every failure ends the spinner with a readable message
+        error = readable_error(exc)
+        yield skip, skip, _status_html(f"Error: {error.message}", None, "error"), gr.Image(visible=False), skip, skip
+        raise error from exc
+
+
+def request_widget_values(request: Any, samplers: list[str]) -> list[Any]:
+    """Widget values for `GenerationTab.parameter_components()` from a request (e.g. parsed from a PNG)."""
+    sampler = next((s for s in samplers if s.lower() == str(request.sampler_name).lower()), gr.skip())
+    return [
+        request.prompt, request.negative_prompt, sampler, request.scheduler, request.steps,
+        request.cfg_scale, request.width or gr.skip(), request.height or gr.skip(), request.seed,
+    ]
+
+
+def request_kwargs(request_type: type, **values: Any) -> dict[str, Any]:
+    """Keep only the fields ``request_type`` has (so a widget the request lacks is simply ignored)."""
+    names = {f.name for f in fields(request_type)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:
+    """Interrupt / Skip (the session's own job), seed buttons, gallery selection."""
+
+    def interrupt(request: gr.Request) -> None:
+        tracker.interrupt(request.session_hash if request else None)
+
+    def skip(request: gr.Request) -> None:
+        tracker.skip(request.session_hash if request else None)
+
+    quiet = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
+    tab.interrupt.click(interrupt, None, None, **quiet)
+    tab.skip.click(skip, None, None, **quiet)
+    tab.random_seed.click(lambda: RANDOM_SEED, None, tab.seed, **quiet)
+    tab.reuse_seed.click(lambda shown, index: shown.seed(index), [tab.results, tab.selected], tab.seed, **quiet)
+
+    def select(shown: ShownResult, evt: gr.SelectData) -> tuple[int, str]:
+        return evt.index, shown.infotext(evt.index)
+
+    tab.gallery.select(select, tab.results, [tab.selected, tab.info], **quiet)

@@ -1,0 +1,152 @@
+"""Follow a service job from the UI: queue position, step/total/ETA, live preview, then the result.
+
+No gradio here. `JobTracker.follow` is a generator: the Gradio event handler yields one UI update per
+`JobUpdate` while the job runs in the service's worker, so the page stays responsive and the preview
+updates in place. The tracker also remembers which job each browser session started, so that the
+Interrupt and Skip buttons act on *that* job rather than on whichever job happens to be running.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+ACTIVE_STATES = ("queued", "running")
+
+
+@dataclass
+class JobUpdate:
+    """One snapshot of a job for the UI; ``result`` is set on the last one."""
+
+    state: str
+    html: str
+    preview: Any | None = None
+    step_key: tuple | None = None
+    result: Any | None = None
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes}:{secs:02d}" if minutes else f"{secs} s"
+
+
+def progress_fraction(progress: Any) -> float:
+    """Fraction of the whole job done (over all images), from a pipeline `Progress`."""
+    total = getattr(progress, "job_total", None) or getattr(progress, "total", None) or 0
+    step = getattr(progress, "job_step", None)
+    if step is None:
+        step = getattr(progress, "step", 0) or 0
+    return min(max(step / total, 0.0), 1.0) if total else 0.0
+
+
+def describe(job: Any) -> JobUpdate:
+    """Turn the job's state and latest `Progress` into an HTML status line (and the preview image)."""
+    state = job.state
+    if state == "queued":
+        position = getattr(job, "queue_position", None)
+        ahead = f"position {position}" if position is not None else "waiting"
+        text = f"In queue: {ahead}"
+        return JobUpdate(state, _status_html(text, None, state), step_key=("queued", position))
+    progress = getattr(job, "progress", None)
+    if state == "running" and progress is not None:
+        step = getattr(progress, "step", 0)
+        total = getattr(progress, "total", 0) or getattr(progress, "total_steps", 0)
+        image = getattr(progress, "image_index", 0)
+        images = getattr(progress, "images_total", None) or getattr(progress, "image_count", 1) or 1
+        eta = getattr(progress, "eta_seconds", None)
+        parts = [f"Step {step}/{total}"]
+        if images > 1:
+            parts.append(f"image {min(image + 1, images)}/{images}")
+        parts.append(f"ETA {format_seconds(eta)}")
+        return JobUpdate(
+            state,
+            _status_html(" · ".join(parts), progress_fraction(progress), state),
+            preview=getattr(progress, "preview", None),
+            step_key=("running", step, image),
+        )
+    if state == "running":
+        return JobUpdate(state, _status_html("Starting…", 0.0, state), step_key=("starting",))
+    return JobUpdate(state, _status_html(state, None, state), step_key=(state,))
+
+
+def _status_html(text: str, fraction: float | None, state: str) -> str:
+    bar = ""
+    if fraction is not None:
+        bar = f'<progress max="100" value="{fraction * 100:.0f}" style="width:100%"></progress>'
+    return f'<div class="sd-job-status" data-state="{html.escape(state)}">{html.escape(text)}{bar}</div>'
+
+
+def done_html(result: Any, seconds: float) -> str:
+    count = len(getattr(result, "images", []) or [])
+    if getattr(result, "interrupted", False):
+        text = f"Interrupted after {format_seconds(seconds)} ({count} image{'s' if count != 1 else ''} kept)"
+        return _status_html(text, None, "interrupted")
+    return _status_html(f"Done: {count} image{'s' if count != 1 else ''} in {seconds:.1f} s", None, "done")
+
+
+class JobTracker:
+    """Submit requests to the service and follow them; remembers the job of each browser session."""
+
+    def __init__(self, service: Any, poll_interval: float = 0.1):
+        self.service = service
+        self.poll_interval = poll_interval
+        self._jobs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def follow(self, request: Any, model_name: str | None, session: str | None) -> Iterator[JobUpdate]:
+        """Submit ``request`` and yield a `JobUpdate` whenever something visible changes.
+
+        The last update carries the `GenerationResult`. Errors from validation or generation propagate
+        (the UI turns them into readable `gr.Error`s). If the browser goes away (the generator is
+        closed) a job that is still queued is withdrawn; a running one finishes and is saved.
+        """
+        started = time.monotonic()
+        job = self.service.submit(request, model_name=model_name or None)
+        key = session or f"job-{id(job)}"
+        with self._lock:
+            self._jobs[key] = job
+        finished = False
+        try:
+            last_key = None
+            while job.state in ACTIVE_STATES:
+                update = describe(job)
+                if update.step_key != last_key:
+                    last_key = update.step_key
+                    yield update
+                time.sleep(self.poll_interval)
+            result = job.result()
+            finished = True
+            yield JobUpdate(job.state, done_html(result, time.monotonic() - started), result=result)
+        finally:
+            with self._lock:
+                if self._jobs.get(key) is job:
+                    del self._jobs[key]
+            if not finished and job.state == "queued":
+                job.interrupt()
+
+    def job_of(self, session: str | None) -> Any | None:
+        with self._lock:
+            return self._jobs.get(session) if session else None
+
+    def interrupt(self, session: str | None) -> bool:
+        """Interrupt the session's job (stops within one sampling step). Returns whether there was one."""
+        job = self.job_of(session)
+        if job is None:
+            return False
+        job.interrupt()
+        return True
+
+    def skip(self, session: str | None) -> bool:
+        """Skip the image the session's job is working on (the rest of the batch goes on)."""
+        job = self.job_of(session)
+        if job is None:
+            return False
+        job.skip()
+        return True

@@ -1,0 +1,47 @@
+"""The Models tab: every models.yaml entry with its status; load / unload; loading errors in plain words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from webui.ui import backend
+
+
+def build_models_tab(service: Any, model: gr.Dropdown) -> None:
+    """Lay out the tab (inside the caller's ``gr.Tab``); loading here also selects the model on top."""
+    names = [m.name for m in backend.model_choices(service)]
+    table = gr.Dataframe(
+        value=backend.model_status_rows(service), headers=backend.MODEL_STATUS_HEADERS, interactive=False,
+        label="Models (from models.yaml)", elem_id="models_table", wrap=True,
+    )
+    with gr.Row():
+        chosen = gr.Dropdown(names, value=model.value, label="Model", elem_id="models_choice", scale=3)
+        load = gr.Button("Load", variant="primary", elem_id="models_load", scale=1)
+        unload = gr.Button("Unload", elem_id="models_unload", scale=1)
+        refresh = gr.Button("Refresh", elem_id="models_refresh", scale=1)
+    message = gr.Markdown(elem_id="models_message")
+
+    def do_load(name: str | None) -> tuple[list, str, Any]:
+        if not name:
+            raise gr.Error("Pick a model first.")
+        try:
+            backend.load_model(service, name)
+        except Exception as exc:
+            return backend.model_status_rows(service), f"**Could not load {name}:** {exc}", gr.skip()
+        return backend.model_status_rows(service), f"Loaded **{name}**.", name
+
+    def do_unload(name: str | None) -> tuple[list, str]:
+        if not name:
+            raise gr.Error("Pick a model first.")
+        try:
+            backend.unload_model(service, name)
+        except Exception as exc:
+            return backend.model_status_rows(service), f"**Could not unload {name}:** {exc}"
+        return backend.model_status_rows(service), f"Unloaded **{name}**."
+
+    hidden = {"api_visibility": "undocumented"}
+    load.click(do_load, chosen, [table, message, model], concurrency_id="models", concurrency_limit=1, **hidden)
+    unload.click(do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1, **hidden)
+    refresh.click(lambda: backend.model_status_rows(service), None, table, queue=False, **hidden)

@@ -1,0 +1,59 @@
+"""The PNG Info tab: drop a PNG, read its ``parameters`` chunk, send the settings to txt2img or img2img."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from webui.pipeline.infotext import parse_infotext
+
+
+def read_parameters(path: str | Path | None) -> str:
+    """The generation parameters stored in an image (PNG ``parameters`` text chunk), or ``""``."""
+    if not path:
+        return ""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            info = dict(image.info)
+            text_chunks = getattr(image, "text", None) or {}
+    except OSError:
+        return ""
+    value = info.get("parameters") or text_chunks.get("parameters") or ""
+    return value if isinstance(value, str) else ""
+
+
+@dataclass
+class PngInfoTab:
+    image: gr.Image
+    parameters: gr.Textbox
+    fields: gr.JSON
+    send_to_txt2img: gr.Button
+    send_to_img2img: gr.Button
+
+
+def build_pnginfo_tab() -> PngInfoTab:
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            image = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"],
+                             elem_id="pnginfo_image", height=400)
+        with gr.Column():
+            parameters = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_parameters",
+                                    buttons=["copy"])
+            fields = gr.JSON(label="Fields", open=True, elem_id="pnginfo_fields")
+            with gr.Row():
+                send_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
+                send_to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
+
+    def show(path: str | None) -> tuple[str, dict]:
+        """Read an image's generation parameters (AUTOMATIC1111 infotext) and their parsed fields."""
+        text = read_parameters(path)
+        if path and not text:
+            gr.Info("This image has no generation parameters.")
+        return text, (parse_infotext(text) if text else {})
+
+    image.change(show, image, [parameters, fields], api_name="png_info", show_progress="hidden")
+    return PngInfoTab(image, parameters, fields, send_to_txt2img, send_to_img2img)

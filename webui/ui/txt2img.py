@@ -1,0 +1,68 @@
+"""The txt2img tab: widgets -> `GenerationRequest` -> service job, shown live; API name ``/txt2img``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from webui.pipeline.requests import GenerationRequest
+from webui.ui import backend
+from webui.ui.common import GenerationTab, build_outputs, build_prompts, build_settings, run_generation, wire_common
+from webui.ui.jobs import JobTracker
+
+
+def txt2img_request(
+    prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float, cfg_scale: float,
+    width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
+) -> GenerationRequest:
+    """The request the txt2img widgets describe (numbers arrive from Gradio as floats)."""
+    return GenerationRequest(
+        prompt=prompt or "",
+        negative_prompt=negative_prompt or "",
+        sampler_name=sampler_name or "",
+        scheduler=scheduler or "Automatic",
+        steps=int(steps),
+        cfg_scale=float(cfg_scale),
+        width=int(width),
+        height=int(height),
+        seed=-1 if seed is None else int(seed),
+        n_iter=int(n_iter),
+        batch_size=int(batch_size),
+    )
+
+
+def build_txt2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
+    """Lay out the tab (inside the caller's ``gr.Tab``) and wire Generate to the service."""
+    name = "txt2img"
+    prompt, negative, generate, interrupt, skip = build_prompts(name)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            settings = build_settings(name, service, backend.find_model(service, model.value))
+        with gr.Column(scale=1):
+            outputs = build_outputs(name)
+    tab = GenerationTab(name=name, prompt=prompt, negative_prompt=negative, generate=generate,
+                        interrupt=interrupt, skip=skip, **settings, **outputs)
+
+    def txt2img(
+        model_name: str, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float,
+        cfg_scale: float, width: float, height: float, seed: float, n_iter: float, batch_size: float,
+        request: gr.Request,
+    ) -> Iterator[tuple]:
+        """Generate images from a prompt; yields live progress, finally the gallery and parameters."""
+        try:
+            gen_request = txt2img_request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
+                                          width, height, seed, n_iter, batch_size)
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"Invalid settings: {exc}") from exc
+        yield from run_generation(tracker, gen_request, model_name, request.session_hash if request else None)
+
+    inputs = [model, prompt, negative, tab.sampler, tab.scheduler, tab.steps, tab.cfg_scale, tab.width,
+              tab.height, tab.seed, tab.batch_count, tab.batch_size]
+    event = dict(fn=txt2img, inputs=inputs, outputs=tab.outputs(), show_progress="minimal",
+                 concurrency_id="generate", concurrency_limit=8)
+    generate.click(api_name="txt2img", **event)
+    prompt.submit(api_visibility="undocumented", **event)
+    wire_common(tab, tracker)
+    return tab
