@@ -1,0 +1,449 @@
+"""txt2img, img2img and inpainting on a loaded Stable Diffusion 1.x model.
+
+The loop (Rombach et al. 2022, arXiv 2112.10752): encode the prompts with CLIP, draw the
+initial latent noise per image from a CPU ``torch.Generator`` seeded with ``seed + i``, run a
+sampler from :mod:`webui.sampling` on a k-diffusion denoiser whose eps-model does
+classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598) with one batched UNet call,
+``eps = eps_uncond + cfg * (eps_cond - eps_uncond)``, and decode with the VAE.
+
+img2img encodes the init image, samples its latent from the VAE's Gaussian with the image's
+generator (as diffusers' ``StableDiffusionImg2ImgPipeline`` does), noises it to the sigma
+where ``denoising_strength`` starts and runs the remaining steps. Inpainting with an ordinary
+(4-channel) model keeps the unmasked latent region on the re-noised original at every model
+call (a denoiser wrapper), then pastes the original pixels back outside the blurred mask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from webui.pipeline.conditioning import Conditioning, encode_conditioning
+from webui.pipeline.errors import InvalidRequest, OutOfMemory
+from webui.pipeline.images import (
+    fill_masked,
+    image_to_tensor,
+    latent_mask,
+    prepare_mask,
+    resize_image,
+    tensor_to_images,
+)
+from webui.pipeline.infotext import format_infotext
+from webui.pipeline.outputs import save_image
+from webui.pipeline.preview import LatentPreview
+from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest
+
+DEFAULT_NATIVE_SIZE = (512, 512)
+FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
+
+
+@dataclass
+class Progress:
+    """Where a generation is: steps over the whole job, the current batch, ETA and a preview."""
+
+    step: int  # sampling steps finished in the whole job
+    total_steps: int
+    image_index: int  # index of the first image of the batch being sampled
+    images_total: int
+    sampling_step: int  # steps finished in the current batch
+    sampling_steps: int
+    eta_seconds: float | None
+    elapsed_seconds: float
+    preview: Image.Image | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class GenerationControl:
+    """Interrupt (stop now, keep finished images) and skip (abandon the current batch).
+
+    Set from any thread; the sampling layer checks :meth:`should_stop` before every model
+    call and raises ``SamplingCancelled``, so both act within one step.
+    """
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+        self._skip = threading.Event()
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def skip(self) -> None:
+        self._skip.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    @property
+    def skipped(self) -> bool:
+        return self._skip.is_set()
+
+    def should_stop(self) -> bool:
+        return self._interrupt.is_set() or self._skip.is_set()
+
+    def clear_skip(self) -> None:
+        self._skip.clear()
+
+
+@dataclass
+class _Prepared:
+    """Per-request tensors for img2img / inpainting at the output size."""
+
+    images: list[Image.Image]  # resized init images (after "fill" for inpainting)
+    pixels: torch.Tensor  # (N, 3, H, W) in [-1, 1]
+    overlay_masks: list[Image.Image] = field(default_factory=list)  # blurred, full size
+    latent_masks: list[torch.Tensor] = field(default_factory=list)  # (1, 1, h, w) 0/1, 1 = repaint
+    originals: list[Image.Image] = field(default_factory=list)  # resized, before "fill"
+
+
+class InpaintDenoiser:
+    """Keeps the unmasked region on the original latent (Lugmayr et al. 2022, RePaint, arXiv 2201.09865).
+
+    Before every model call the kept region of ``x`` is replaced by the original latent noised
+    to the current sigma with the job's own noise (``x0 + sigma * noise`` in the k-diffusion
+    space), and the kept region of the predicted ``x0`` by the original latent; the sampler then
+    stays on the re-noised original there, for any sampler, without changing samplers.
+    """
+
+    def __init__(self, inner: Callable[..., torch.Tensor], init_latent: torch.Tensor, noise: torch.Tensor,
+                 repaint_mask: torch.Tensor):
+        self.inner = inner
+        self.init_latent = init_latent
+        self.noise = noise
+        self.repaint = repaint_mask
+        self.keep = 1.0 - repaint_mask
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+        x = self.keep * (self.init_latent + s * self.noise) + self.repaint * x
+        denoised = self.inner(x, sigma, **kwargs)
+        return self.keep * self.init_latent + self.repaint * denoised
+
+    def __getattr__(self, name: str) -> Any:
+        # Samplers may read schedule attributes (sigmas, sigma_min, ...) of the denoiser.
+        return getattr(self.inner, name)
+
+
+def cfg_eps_fn(
+    unet: torch.nn.Module, conditioning: Conditioning, cfg_scale: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The guided eps-model ``eps_fn(x_in, timestep)``: one UNet call on [uncond; cond].
+
+    With ``cfg_scale == 1`` the unconditional half cannot change the result and is skipped.
+    """
+    dtype = next(unet.parameters()).dtype
+    cond = conditioning.cond.to(dtype)
+    uncond = conditioning.uncond.to(dtype)
+
+    def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        b = x_in.shape[0]
+        timestep = torch.as_tensor(timestep, device=x_in.device).reshape(-1).expand(b)
+        if cfg_scale == 1.0:
+            return unet(x_in.to(dtype), timestep, cond.expand(b, -1, -1)).to(x_in.dtype)
+        context = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
+        eps = unet(torch.cat([x_in, x_in]).to(dtype), torch.cat([timestep, timestep]), context).to(x_in.dtype)
+        eps_uncond, eps_cond = eps.chunk(2)
+        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+
+    return eps_fn
+
+
+def native_size(model: Any) -> tuple[int, int]:
+    """The model's trained image size ``(width, height)``; SD 1.x's 512x512 if it does not say."""
+    size = getattr(model, "native_size", None)
+    return tuple(size) if size else DEFAULT_NATIVE_SIZE  # type: ignore[return-value]
+
+
+def scale_factor(model: Any) -> float:
+    return float(model.vae.config.scale_factor)
+
+
+def effective_steps(request: GenerationRequest) -> int:
+    """Sampler steps actually run: all for txt2img, the last ``int(steps * strength)`` for img2img."""
+    if isinstance(request, Img2ImgRequest):
+        return min(int(request.steps * request.denoising_strength), request.steps)
+    return request.steps
+
+
+def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE-scaled latents -> images, one at a time to bound memory."""
+    vae = model.vae
+    param = next(vae.parameters())
+    images: list[Image.Image] = []
+    with torch.no_grad():
+        for z in latents:
+            z = (z[None] / scale_factor(model)).to(param.device, param.dtype)
+            decoded = vae.decode(z)
+            if not bool(torch.isfinite(decoded).all()) and param.dtype != torch.float32:
+                # fp16 VAEs overflow on some latents: redo this one in float32.
+                decoded = vae.float().decode(z.float())
+                vae.to(param.dtype)
+            images.extend(tensor_to_images(decoded))
+    return images
+
+
+def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Images in [-1, 1] -> VAE-scaled latents, each sampled from the encoder's Gaussian with its generator.
+
+    ``mean + exp(logvar / 2) * randn(generator)``, like diffusers' ``retrieve_latents(..., "sample")``
+    with one generator per image, so that img2img equals ``StableDiffusionImg2ImgPipeline``.
+    """
+    from webui.sampling import randn_like
+
+    vae = model.vae
+    param = next(vae.parameters())
+    latents = []
+    with torch.no_grad():
+        for x, generator in zip(pixels, generators, strict=True):
+            mean, logvar = vae.encode(x[None].to(param.device, param.dtype))
+            mean, std = mean.float(), torch.exp(0.5 * logvar.float())
+            latents.append((mean + std * randn_like(mean, generator)) * scale_factor(model))
+    return torch.cat(latents)
+
+
+def _prepare_img2img(request: Img2ImgRequest) -> _Prepared:
+    width, height = int(request.width), int(request.height)  # type: ignore[arg-type]
+    originals = [resize_image(img.convert("RGB"), width, height, request.resize_mode) for img in request.init_images]
+    prepared = _Prepared(images=list(originals), pixels=torch.empty(0), originals=originals)
+    if request.mask is not None:
+        source_size = request.init_images[0].size
+        mask = prepare_mask(
+            request.mask, source_size, width, height, resize_mode=request.resize_mode, blur=request.mask_blur,
+            invert=bool(request.inpainting_mask_invert),
+        )
+        prepared.overlay_masks = [mask] * len(originals)
+        prepared.latent_masks = [latent_mask(mask, width // 8, height // 8)] * len(originals)
+        if request.inpainting_fill == FILL:
+            prepared.images = [fill_masked(img, mask) for img in originals]
+    prepared.pixels = torch.cat([image_to_tensor(img) for img in prepared.images])
+    return prepared
+
+
+def _resolve_sampler(sampler_registry: Any, request: GenerationRequest) -> Any:
+    try:
+        sampler = sampler_registry.get(request.sampler_name)
+    except (KeyError, ValueError) as err:
+        raise InvalidRequest("sampler_name", str(err)) from None
+    from webui.sampling.schedules import normalize_schedule
+
+    try:
+        schedule = normalize_schedule(request.scheduler)
+    except ValueError as err:
+        raise InvalidRequest("scheduler", str(err)) from None
+    if schedule not in sampler.schedules:
+        raise InvalidRequest(
+            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules)}, not {schedule!r}"
+        )
+    unknown = set(request.sampler_options) - set(sampler.options)
+    if unknown:
+        raise InvalidRequest(
+            "sampler_options",
+            f"{', '.join(sorted(unknown))} not options of {sampler.name!r} (it takes: "
+            f"{', '.join(sampler.options) or 'none'})",
+        )
+    return sampler
+
+
+def check_request(request: GenerationRequest, sampler_registry: Any) -> Any:
+    """Validate ``request`` including its sampler and schedule; returns the sampler.
+
+    Raises :class:`InvalidRequest` naming the field. Width/height may still be None.
+    """
+    request.validate()
+    return _resolve_sampler(sampler_registry, request)
+
+
+def _sampler_options(sampler: Any, request: GenerationRequest) -> dict[str, Any]:
+    options = dict(request.sampler_options)
+    if request.eta is not None and "eta" in sampler.options:
+        options["eta"] = request.eta
+    return options
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(err, oom_type):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def _out_of_memory(request: GenerationRequest, device: torch.device) -> OutOfMemory:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+    field_ = "batch_size" if request.batch_size > 1 else "width"
+    return OutOfMemory(
+        field_,
+        f"out of memory on {device} generating {request.batch_size} image(s) of {request.width}x{request.height}; "
+        "lower the batch size, then the width and height (or use a smaller model / half precision)",
+    )
+
+
+def generate(
+    model: Any,
+    sampler_registry: Any,
+    request: GenerationRequest,
+    *,
+    outputs_dir: Path | None = None,
+    progress: ProgressCallback | None = None,
+    control: GenerationControl | None = None,
+    previewer: LatentPreview | None = None,
+    model_name: str | None = None,
+    version: str | None = None,
+) -> GenerationResult:
+    """Run ``request`` on ``model``; images of batches finished before an interrupt are kept.
+
+    Args:
+        model: a loaded :class:`webui.models.checkpoint.StableDiffusionModel`.
+        sampler_registry: a :class:`webui.sampling.SamplerRegistry`.
+        request: :class:`GenerationRequest` (txt2img) or :class:`Img2ImgRequest`
+            (img2img; inpainting when it has a mask). Validated first: nothing is computed or
+            written for a bad request (:class:`InvalidRequest` names the field).
+        outputs_dir: where to save PNGs (``<outputs_dir>/<txt2img|img2img>/<date>/``); None saves nothing.
+        progress: called after every sampling step (from this thread).
+        control: interrupt/skip from another thread.
+        previewer: latent -> RGB map for ``Progress.preview``; None gives no previews.
+        model_name: name for the infotext (default ``model.name``).
+        version: ``Version`` of the infotext.
+    """
+    check_request(request, sampler_registry)
+    request = request.with_size(native_size(model)).with_seed()
+    sampler = check_request(request, sampler_registry)
+    control = control or GenerationControl()
+    device = getattr(model, "device", None) or next(model.unet.parameters()).device
+    try:
+        return _generate(model, sampler, request, outputs_dir, progress, control, previewer,
+                         model_name, version, torch.device(device))
+    except Exception as err:
+        if _is_out_of_memory(err):
+            raise _out_of_memory(request, torch.device(device)) from err
+        raise
+
+
+def _generate(
+    model: Any,
+    sampler: Any,
+    request: GenerationRequest,
+    outputs_dir: Path | None,
+    progress: ProgressCallback | None,
+    control: GenerationControl,
+    previewer: LatentPreview | None,
+    model_name: str | None,
+    version: str | None,
+    device: torch.device,
+) -> GenerationResult:
+    from webui.sampling import DiscreteEpsDenoiser, SamplingCancelled, randn_like, sample
+
+    prepared = _prepare_img2img(request) if isinstance(request, Img2ImgRequest) else None
+    with torch.no_grad():
+        conditioning = encode_conditioning(
+            model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
+        )
+    conditioning = Conditioning(
+        cond=conditioning.cond.to(device), uncond=conditioning.uncond.to(device), chunks=conditioning.chunks,
+        token_count=conditioning.token_count,
+    )
+    alphas_cumprod = model.alphas_cumprod.to(device)
+    eps_fn = cfg_eps_fn(model.unet, conditioning, request.cfg_scale)
+    options = _sampler_options(sampler, request)
+    width, height = int(request.width), int(request.height)  # type: ignore[arg-type]
+    down = model.vae.config.downscale
+    latent_shape = (model.vae.config.embed_dim, height // down, width // down)
+    steps_per_batch = effective_steps(request)
+    total_steps = steps_per_batch * request.n_iter
+    name = model_name or getattr(model, "name", None)
+    result = GenerationResult(request=request)
+    started = time.monotonic()
+    done_steps = 0
+
+    for iteration in range(request.n_iter):
+        if control.interrupted:
+            result.interrupted = True
+            break
+        first = iteration * request.batch_size
+        seeds = [request.seed + first + b for b in range(request.batch_size)]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        denoiser: Any = DiscreteEpsDenoiser(eps_fn, alphas_cumprod)
+        init_latent = None
+        repaint_masks: torch.Tensor | None = None
+        if prepared is not None:
+            index = [(first + b) % len(prepared.images) for b in range(request.batch_size)]
+            init_latent = encode_images(model, prepared.pixels[index], generators).to(device)
+        noise = randn_like(torch.empty((request.batch_size, *latent_shape), device=device), generators)
+        if prepared is not None and prepared.latent_masks:
+            repaint_masks = torch.cat([prepared.latent_masks[i] for i in index]).to(device)
+            if request.inpainting_fill == LATENT_NOISE:
+                init_latent = init_latent * (1 - repaint_masks) + noise * repaint_masks
+            elif request.inpainting_fill == LATENT_NOTHING:
+                init_latent = init_latent * (1 - repaint_masks)
+            denoiser = InpaintDenoiser(denoiser, init_latent, noise, repaint_masks)
+
+        batch_started = time.monotonic()
+        steps_before = done_steps
+
+        def on_step(info: dict[str, Any], _first: int = first, _before: int = steps_before,
+                    _started: float = batch_started) -> None:
+            nonlocal done_steps
+            step_in_batch = int(info["i"]) + 1
+            done_steps = _before + step_in_batch
+            if progress is None:
+                return
+            now = time.monotonic()
+            elapsed = now - started
+            eta = (now - _started) / step_in_batch * (total_steps - done_steps)
+            preview = previewer(info["denoised"]) if previewer is not None and "denoised" in info else None
+            progress(Progress(
+                step=done_steps, total_steps=total_steps, image_index=_first, images_total=request.total_images,
+                sampling_step=step_in_batch, sampling_steps=steps_per_batch, eta_seconds=eta,
+                elapsed_seconds=elapsed, preview=preview,
+            ))
+
+        try:
+            if init_latent is not None and steps_per_batch == 0:
+                latents = init_latent  # denoising strength too small for one step: the image as encoded
+            else:
+                with torch.no_grad():
+                    latents = sample(
+                        sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
+                        alphas_cumprod=alphas_cumprod, generator=generators, init_latent=init_latent,
+                        denoising_strength=(request.denoising_strength if init_latent is not None else 1.0),
+                        callback=on_step, cancel=control.should_stop, options=options,
+                    )
+        except SamplingCancelled:
+            if control.interrupted:
+                result.interrupted = True
+                break
+            control.clear_skip()
+            done_steps = steps_before + steps_per_batch
+            continue
+
+        images = decode_latents(model, latents)
+        for b, image in enumerate(images):
+            if prepared is not None and prepared.overlay_masks:
+                i = (first + b) % len(prepared.originals)
+                image = Image.composite(image, prepared.originals[i], prepared.overlay_masks[i])
+            seed = seeds[b]
+            infotext = format_infotext(
+                request, seed=seed, model_name=name, model_hash=getattr(model, "short_hash", None),
+                batch_pos=b if request.batch_size > 1 else None, version=version,
+            )
+            result.images.append(image)
+            result.seeds.append(seed)
+            result.infotexts.append(infotext)
+            if outputs_dir is not None:
+                result.paths.append(save_image(image, outputs_dir, request.mode, seed, infotext))
+    return result

@@ -1,0 +1,176 @@
+"""AUTOMATIC1111's generation-parameters text ("infotext"), written to and read from PNGs.
+
+Format (``modules/processing.py::create_infotext`` and
+``modules/infotext_utils.py::parse_generation_parameters``)::
+
+    <prompt, possibly several lines>
+    Negative prompt: <negative prompt>        (omitted when empty)
+    Steps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 512x512, ...
+
+A value containing ``,``, ``:`` or a newline is written JSON-quoted. A reader takes the last
+line as parameters only if it holds at least 3 ``Key: value`` pairs, and splits ``WxH``
+values into ``Key-1`` / ``Key-2``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields, replace
+from typing import Any
+
+from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+NEGATIVE_PREFIX = "Negative prompt:"
+RNG_SOURCE = "CPU"
+
+
+def quote(value: Any) -> str:
+    """A1111's quoting: JSON-encode a value holding ``,``, ``:`` or a newline; else ``str``."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _number(value: float) -> str:
+    """``7.0`` -> ``7``, ``7.5`` -> ``7.5`` (how A1111's values read)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def infotext_parameters(
+    request: GenerationRequest,
+    *,
+    seed: int,
+    model_name: str | None = None,
+    model_hash: str | None = None,
+    batch_pos: int | None = None,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ordered ``Key: value`` pairs of one image (None values are left out)."""
+    params: dict[str, Any] = {
+        "Steps": request.steps,
+        "Sampler": request.sampler_name,
+        "Schedule type": request.scheduler,
+        "CFG scale": _number(request.cfg_scale),
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "Denoising strength": _number(request.denoising_strength) if isinstance(request, Img2ImgRequest) else None,
+        "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        "RNG": RNG_SOURCE,
+        "Eta": _number(request.eta) if request.eta is not None else None,
+    }
+    if isinstance(request, Img2ImgRequest) and request.mask is not None:
+        params["Mask blur"] = request.mask_blur
+    if request.batch_size > 1:
+        params["Batch size"] = request.batch_size
+        params["Batch pos"] = batch_pos
+    for key, value in request.sampler_options.items():
+        params.setdefault(str(key), value)
+    params.update(extra or {})
+    params["Version"] = version
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def format_infotext(
+    request: GenerationRequest,
+    *,
+    seed: int,
+    model_name: str | None = None,
+    model_hash: str | None = None,
+    batch_pos: int | None = None,
+    version: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """The ``parameters`` text of one image of ``request`` (width/height must be resolved)."""
+    params = infotext_parameters(
+        request, seed=seed, model_name=model_name, model_hash=model_hash, batch_pos=batch_pos,
+        version=version, extra=extra,
+    )
+    line = ", ".join(f"{key}: {quote(value)}" for key, value in params.items())
+    negative = f"\n{NEGATIVE_PREFIX} {request.negative_prompt}" if request.negative_prompt else ""
+    return f"{request.prompt}{negative}\n{line}".strip()
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Parse an infotext into ``{"Prompt", "Negative prompt", key: value, "Size-1", "Size-2", ...}``.
+
+    Values stay strings, as A1111 returns them. Never raises on odd input.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX):].strip()
+        (negative if in_negative else prompt).append(line)
+    result: dict[str, str] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _PARAM.findall(last):
+        value = unquote(value.strip())
+        size = _IMAGE_SIZE.match(value)
+        if size is not None:
+            result[f"{key}-1"], result[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            result[key] = value
+    return result
+
+
+# Infotext key -> (request field, converter).
+_FIELDS: dict[str, tuple[str, type]] = {
+    "Steps": ("steps", int),
+    "Sampler": ("sampler_name", str),
+    "Schedule type": ("scheduler", str),
+    "CFG scale": ("cfg_scale", float),
+    "Seed": ("seed", int),
+    "Size-1": ("width", int),
+    "Size-2": ("height", int),
+    "Clip skip": ("clip_skip", int),
+    "Eta": ("eta", float),
+    "Denoising strength": ("denoising_strength", float),
+    "Mask blur": ("mask_blur", int),
+}
+
+
+def request_from_infotext(
+    infotext: str | dict[str, str], base: GenerationRequest | None = None
+) -> GenerationRequest:
+    """A request that regenerates the image an infotext describes.
+
+    ``base`` supplies what an infotext cannot hold (init images, masks); by default a plain
+    :class:`GenerationRequest`. Keys the base type lacks (``Denoising strength`` on txt2img)
+    and values that do not convert are ignored. The returned request generates one image with
+    the recorded seed (``Batch pos`` is folded into nothing: the seed already is seed + pos).
+    """
+    params = parse_infotext(infotext) if isinstance(infotext, str) else dict(infotext)
+    request = base if base is not None else GenerationRequest()
+    names = {f.name for f in fields(request)}
+    changes: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
+    for key, (name, convert) in _FIELDS.items():
+        if key not in params or name not in names:
+            continue
+        try:
+            value = convert(params[key])
+        except (TypeError, ValueError):
+            continue
+        changes[name] = value
+    # One infotext describes one image: regenerate exactly it.
+    changes["batch_size"], changes["n_iter"] = 1, 1
+    return replace(request, **changes)

@@ -1,0 +1,95 @@
+"""Saving generated images: ``<outputs>/<txt2img|img2img>/<YYYY-MM-DD>/<NNNNN>-<seed>.png``.
+
+A file is written under a temporary name in the same folder, flushed to disk, then
+hard-linked to its final name (``os.link`` fails if the name exists, so a file is never
+overwritten, even by another process) and the temporary name removed. A reader therefore
+sees either no file or a complete PNG. The 5-digit counter continues from the largest one
+already in the day's folder, like AUTOMATIC1111's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+INFOTEXT_KEY = "parameters"
+_COUNTER = re.compile(r"^(\d{5,})-")
+MAX_ATTEMPTS = 1000
+
+
+def day_folder(outputs_dir: Path, mode: str, now: dt.datetime | None = None) -> Path:
+    """``outputs_dir/mode/YYYY-MM-DD`` for ``now`` (local time, like A1111)."""
+    return Path(outputs_dir) / mode / (now or dt.datetime.now()).strftime("%Y-%m-%d")
+
+
+def next_counter(folder: Path) -> int:
+    """One more than the largest ``NNNNN-`` prefix in ``folder`` (0 for an empty folder)."""
+    if not folder.is_dir():
+        return 0
+    numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := _COUNTER.match(name))]
+    return max(numbers, default=-1) + 1
+
+
+def png_bytes_info(infotext: str | None) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_text(INFOTEXT_KEY, infotext)
+    return info
+
+
+def save_image(
+    image: Image.Image,
+    outputs_dir: Path,
+    mode: str,
+    seed: int,
+    infotext: str | None,
+    *,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Write ``image`` as a PNG with a ``parameters`` text chunk; returns the final path."""
+    folder = day_folder(outputs_dir, mode, now)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=png_bytes_info(infotext))
+            f.flush()
+            os.fsync(f.fileno())
+        counter = next_counter(folder)
+        for _ in range(MAX_ATTEMPTS):
+            final = folder / f"{counter:05d}-{seed}.png"
+            try:
+                _link_no_overwrite(tmp, final)
+                return final
+            except FileExistsError:
+                counter = max(counter + 1, next_counter(folder))
+        raise FileExistsError(f"no free file name in {folder} after {MAX_ATTEMPTS} attempts")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _link_no_overwrite(source: Path, target: Path) -> None:
+    """Give ``source`` the name ``target``; raise FileExistsError if ``target`` exists."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        # Filesystems without hard links: claim the name exclusively, then replace it atomically.
+        with open(target, "xb"):
+            pass
+        os.replace(source, target)
+
+
+def read_infotext(path_or_image: Path | str | Image.Image) -> str | None:
+    """The ``parameters`` text of a PNG (A1111's PNG Info), or None."""
+    if isinstance(path_or_image, Image.Image):
+        return path_or_image.info.get(INFOTEXT_KEY)
+    with Image.open(path_or_image) as image:
+        return image.info.get(INFOTEXT_KEY)

@@ -1,0 +1,386 @@
+"""The generation service shared by the Gradio UI and the REST API.
+
+:class:`WebUIService` owns the :class:`~webui.models.manager.ModelManager` and the sampler
+registry and runs generation jobs one at a time, in submission order, on one worker thread
+(one device, one generation at a time). Each :class:`Job` has an id, a state, a queue
+position, its latest :class:`~webui.pipeline.generate.Progress` (with a cheap preview) and,
+when finished, its result or error. A failing job stores its error and the queue goes on.
+
+Nothing starts at import: the worker thread starts with the first submitted job and stops
+with :meth:`WebUIService.close`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from webui.pipeline.generate import GenerationControl, Progress, check_request, generate, native_size
+from webui.pipeline.preview import LatentPreview, fit_latent_preview
+from webui.pipeline.requests import GenerationRequest, GenerationResult
+
+QUEUED, RUNNING, DONE, ERROR, INTERRUPTED = "queued", "running", "done", "error", "interrupted"
+JOB_STATES = (QUEUED, RUNNING, DONE, ERROR, INTERRUPTED)
+FINISHED_STATES = (DONE, ERROR, INTERRUPTED)
+KEEP_FINISHED_JOBS = 64
+
+
+class Job:
+    """One queued generation. Thread-safe to read from any thread; created by ``submit``."""
+
+    def __init__(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
+                 queue: JobQueue | None = None, job_id: str | None = None):
+        self.id = job_id or uuid.uuid4().hex
+        self.request = request
+        self.model_name = model_name
+        self.save = save
+        self.state = QUEUED
+        self.progress: Progress | None = None
+        self.error: BaseException | None = None
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.control = GenerationControl()
+        self._result: GenerationResult | None = None
+        self._done = threading.Event()
+        self._queue = queue
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, state={self.state!r}, queue_position={self.queue_position!r})"
+
+    @property
+    def queue_position(self) -> int | None:
+        """1 for the next job to run, 2 for the one after...; 0 while running; None when finished."""
+        if self.state == RUNNING:
+            return 0
+        if self.state != QUEUED or self._queue is None:
+            return None
+        return self._queue.position(self)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def error_message(self) -> str | None:
+        return None if self.error is None else str(self.error) or type(self.error).__name__
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has finished (any way); False on timeout."""
+        return self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """The job's result, waiting for it; re-raises the job's error; TimeoutError on timeout."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} still {self.state} after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self._result is not None
+        return self._result
+
+    def interrupt(self) -> None:
+        """Stop now: a queued job is dropped, a running one stops within one step keeping finished images."""
+        self.control.interrupt()
+        if self._queue is not None:
+            self._queue.cancel(self)
+
+    def skip(self) -> None:
+        """Abandon the batch being sampled and go on with the job's next batch."""
+        self.control.skip()
+
+    def _finish(self, state: str, result: GenerationResult | None, error: BaseException | None) -> None:
+        self.state, self._result, self.error = state, result, error
+        self.finished_at = time.time()
+        self._done.set()
+
+
+class JobQueue:
+    """FIFO of jobs run by ``run(job)`` on one lazily started worker thread."""
+
+    def __init__(self, run: Callable[[Job], GenerationResult], *, name: str = "webui-generation"):
+        self._run = run
+        self._name = name
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._running: Job | None = None
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, job: Job) -> Job:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the generation queue is closed")
+            job._queue = self
+            self._waiting.append(job)
+            self._jobs[job.id] = job
+            self._forget_old()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return job
+
+    def position(self, job: Job) -> int | None:
+        with self._cond:
+            for i, waiting in enumerate(self._waiting, start=1):
+                if waiting is job:
+                    return i
+        return None
+
+    def cancel(self, job: Job) -> bool:
+        """Drop a job that has not started; True if it was waiting."""
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return False
+        job._finish(INTERRUPTED, GenerationResult(interrupted=True, request=job.request), None)
+        return True
+
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    @property
+    def waiting(self) -> list[Job]:
+        with self._cond:
+            return list(self._waiting)
+
+    def get(self, job_id: str) -> Job:
+        with self._cond:
+            try:
+                return self._jobs[job_id]
+            except KeyError:
+                raise KeyError(f"no job with id {job_id!r}") from None
+
+    @property
+    def jobs(self) -> list[Job]:
+        with self._cond:
+            return list(self._jobs.values())
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Drop waiting jobs, interrupt the running one and stop the worker."""
+        with self._cond:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), deque()
+            running = self._running
+            self._cond.notify_all()
+        for job in waiting:
+            job.control.interrupt()
+            job._finish(INTERRUPTED, GenerationResult(interrupted=True, request=job.request), None)
+        if running is not None:
+            running.control.interrupt()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _forget_old(self) -> None:
+        finished = [jid for jid, job in self._jobs.items() if job.done]
+        for jid in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:
+            del self._jobs[jid]
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                job = self._waiting.popleft()
+                self._running = job
+                job.state = RUNNING
+                job.started_at = time.time()
+            try:
+                result = self._run(job)
+            except BaseException as err:  # noqa: BLE001 - stored on the job; the queue must go on
+                job._finish(ERROR, None, err)
+                if not isinstance(err, Exception):
+                    raise
+            else:
+                job._finish(INTERRUPTED if result.interrupted else DONE, result, None)
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()
+
+
+@dataclass
+class ProgressSnapshot:
+    """What a progress bar needs, for one job (or the idle service)."""
+
+    job_id: str | None
+    state: str  # a job state, or "idle"
+    queue_position: int | None
+    queue_size: int  # jobs waiting to start
+    progress: float  # 0..1 over the whole job
+    eta_seconds: float | None
+    step: int = 0
+    total_steps: int = 0
+    image_index: int = 0
+    images_total: int = 0
+    preview: Image.Image | None = None
+    error: str | None = None
+
+    @property
+    def textinfo(self) -> str:
+        if self.state == QUEUED:
+            return f"In queue: position {self.queue_position}"
+        if self.state == RUNNING:
+            return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
+        if self.state == ERROR:
+            return f"Error: {self.error}"
+        return self.state.capitalize()
+
+
+class WebUIService:
+    """Models, samplers and the generation queue: the one object the UI and the API talk to.
+
+    Args:
+        registry_path: ``models.yaml``; ignored when ``manager`` is given.
+        device, dtype: where and in which precision models run (``webui.devices`` picks them).
+        outputs_dir: where images are saved (``<outputs>/<txt2img|img2img>/<date>/``); None saves nothing.
+        samplers_dir: a folder of local sampler plugins (besides built-ins and entry points).
+        manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
+        version: ``Version`` written into infotexts.
+    """
+
+    def __init__(
+        self,
+        registry_path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        outputs_dir: str | Path | None = None,
+        samplers_dir: str | Path | None = None,
+        *,
+        manager: Any | None = None,
+        samplers: Any | None = None,
+        version: str | None = None,
+    ):
+        self.device = torch.device(device)
+        self.dtype = dtype if dtype is not None else torch.float32
+        if manager is None:
+            from webui.models.manager import ModelManager
+            from webui.models.registry import load_registry
+
+            if registry_path is None:
+                raise ValueError("WebUIService needs registry_path (models.yaml) or a ready ModelManager")
+            manager = ModelManager(load_registry(Path(registry_path)), self.device, self.dtype)
+        if samplers is None:
+            from webui.sampling import create_sampler_registry
+
+            samplers = create_sampler_registry(Path(samplers_dir) if samplers_dir is not None else None)
+        self.models = manager
+        self.samplers = samplers
+        self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
+        self.version = version
+        self._previews: dict[int, tuple[Any, LatentPreview]] = {}
+        self._queue = JobQueue(self._run_job)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+        """Queue ``request``; raises :class:`InvalidRequest` at once for a bad request.
+
+        ``model_name`` None uses the current (or default) model; ``save`` False keeps the
+        images out of ``outputs_dir`` (the API's ``save_images``).
+        """
+        check_request(request, self.samplers)
+        return self._queue.submit(Job(request, model_name, save=save))
+
+    def run(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
+            timeout: float | None = None) -> GenerationResult:
+        """Submit and wait for the result (re-raising the job's error)."""
+        return self.submit(request, model_name, save=save).result(timeout)
+
+    def get_job(self, job_id: str) -> Job:
+        """The job with ``job_id`` (recent finished jobs are kept); KeyError if unknown."""
+        return self._queue.get(job_id)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return self._queue.jobs
+
+    @property
+    def current_job(self) -> Job | None:
+        return self._queue.running
+
+    @property
+    def waiting_jobs(self) -> list[Job]:
+        return self._queue.waiting
+
+    def progress(self, job_id: str | None = None) -> ProgressSnapshot:
+        """Progress of ``job_id``, or of the running job (``state="idle"`` when none)."""
+        job = self.get_job(job_id) if job_id is not None else self._queue.running
+        waiting = len(self._queue.waiting)
+        if job is None:
+            return ProgressSnapshot(None, "idle", None, waiting, 0.0, None)
+        p = job.progress
+        fraction = 1.0 if job.state == DONE else (p.fraction if p is not None else 0.0)
+        return ProgressSnapshot(
+            job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=waiting,
+            progress=fraction, eta_seconds=p.eta_seconds if p is not None and job.state == RUNNING else None,
+            step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
+            images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
+            error=job.error_message,
+        )
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Interrupt ``job_id`` or the running job; False if there was nothing to interrupt."""
+        job = self.get_job(job_id) if job_id is not None else self._queue.running
+        if job is None or job.done:
+            return False
+        job.interrupt()
+        return True
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """Skip the current batch of ``job_id`` or of the running job; False if nothing runs."""
+        job = self.get_job(job_id) if job_id is not None else self._queue.running
+        if job is None or job.done:
+            return False
+        job.skip()
+        return True
+
+    def close(self) -> None:
+        """Interrupt everything and stop the worker thread."""
+        self._queue.close()
+
+    # --- models -----------------------------------------------------------------------------
+
+    def select_model(self, name: str) -> Any:
+        """Load ``name`` and make it the current model (blocks while it loads)."""
+        return self.models.load(name)
+
+    def native_size(self, model_name: str | None = None) -> tuple[int, int]:
+        """The (width, height) a request with width/height None gets for that model."""
+        return native_size(self.models.get(model_name))
+
+    def previewer(self, model: Any) -> LatentPreview:
+        """The model's fitted latent->RGB preview map, fitted once per loaded model."""
+        key = id(model)
+        cached = self._previews.get(key)
+        if cached is None or cached[0] is not model:
+            self._previews.clear()  # one resident model: forget the previous one's map
+            cached = (model, fit_latent_preview(model.vae, float(model.vae.config.scale_factor)))
+            self._previews[key] = cached
+        return cached[1]
+
+    def _run_job(self, job: Job) -> GenerationResult:
+        model = self.models.get(job.model_name)
+
+        def on_progress(progress: Progress) -> None:
+            job.progress = progress
+
+        return generate(
+            model, self.samplers, job.request, outputs_dir=self.outputs_dir if job.save else None,
+            progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
+            model_name=job.model_name or getattr(model, "name", None),
+        )
