@@ -35,8 +35,9 @@ class Denoiser(Protocol):
     exactly what diffusers feeds it); when None the denoiser derives it from ``sigma``.
     """
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, timestep: torch.Tensor | None = None) -> torch.Tensor:
-        ...
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, *, timestep: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
 
 class SamplerFunction(Protocol):
@@ -62,8 +63,7 @@ class SamplerFunction(Protocol):
         generator: Generator,
         callback: StepCallback | None,
         **options: Any,
-    ) -> torch.Tensor:
-        ...
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
