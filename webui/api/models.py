@@ -1,0 +1,173 @@
+"""Request and response bodies of the REST API, named and defaulted as AUTOMATIC1111's ``modules/api/models.py``.
+
+Existing clients (the ``webuiapi`` package, Krita/Photoshop plugins, scripts written for A1111) send the full
+A1111 payload; fields this server does not know are ignored (pydantic's default ``extra="ignore"``). The fields
+below are the ones the server honours, plus a few A1111 features it does not implement (hires fix, face
+restoration, tiling, variation seeds, scripts): those are accepted at their default value and answered with
+422 naming the field otherwise, so that a client never silently gets something else than it asked for.
+
+Value ranges that depend on the server's configuration (batch size, steps, image size...) are checked by the
+routes against :class:`webui.api.limits.ApiLimits`; the bounds here are only what is true for any server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from webui.pipeline.requests import INPAINTING_FILLS, MAX_SEED, RESIZE_MODES
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    return ", ".join(f"{i} {name}" for i, name in enumerate(names))
+
+
+class _Body(BaseModel):
+    """A request body: unknown fields are ignored (A1111 clients send many), ``model_*`` names allowed."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class _GenerationFields(_Body):
+    """Fields shared by txt2img and img2img (A1111's ``StableDiffusionProcessing``)."""
+
+    prompt: str = Field(default="", description="What to draw. A1111 prompt syntax: (word:1.2), [word], BREAK.")
+    negative_prompt: str | None = Field(default=None, description="What to avoid; empty or null for none.")
+    styles: list[str] | None = Field(default=None, description="A1111 prompt styles: not supported, ignored.")
+    seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i.")
+    subseed: int = Field(default=-1, description="Variation seed: only used with subseed_strength > 0.")
+    subseed_strength: float = Field(default=0, description="Variation seeds are not supported: must be 0.")
+    seed_resize_from_h: int = Field(default=-1)
+    seed_resize_from_w: int = Field(default=-1)
+    sampler_name: str | None = Field(default=None, description="A name or alias from GET /sdapi/v1/samplers.")
+    sampler_index: str = Field(default="Euler", description="Deprecated A1111 alias of sampler_name.")
+    scheduler: str | None = Field(default=None, description="A schedule from GET /sdapi/v1/schedulers.")
+    batch_size: int = Field(default=1, ge=1, description="Images generated together in one batch.")
+    n_iter: int = Field(default=1, ge=1, description="Number of batches (A1111 'Batch count').")
+    steps: int = Field(default=50, ge=1, description="Sampling steps.")
+    cfg_scale: float = Field(default=7.0, ge=0, allow_inf_nan=False, description="Classifier-free guidance scale.")
+    width: int | None = Field(default=None, ge=8, description="Image width in pixels; null = the model's size.")
+    height: int | None = Field(default=None, ge=8, description="Image height in pixels; null = the model's size.")
+    restore_faces: bool | None = Field(default=None, description="Face restoration is not supported.")
+    tiling: bool | None = Field(default=None, description="Tiling is not supported.")
+    do_not_save_samples: bool = Field(default=False)
+    do_not_save_grid: bool = Field(default=False)
+    eta: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="DDIM / ancestral noise multiplier; null = default."
+    )
+    s_churn: float | None = Field(default=None, allow_inf_nan=False)
+    s_tmax: float | None = Field(default=None, allow_inf_nan=False)
+    s_tmin: float | None = Field(default=None, allow_inf_nan=False)
+    s_noise: float | None = Field(default=None, allow_inf_nan=False)
+    override_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per-request options: sd_model_checkpoint (model title or name), CLIP_stop_at_last_layers.",
+    )
+    override_settings_restore_afterwards: bool = Field(default=True)
+    script_name: str | None = Field(default=None, description="A1111 scripts are not supported.")
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="A1111 extensions: not supported.")
+    send_images: bool = Field(default=True, description="Return the images in the response.")
+    save_images: bool = Field(default=False, description="Also save the images under the server's outputs folder.")
+    force_task_id: str | None = Field(
+        default=None, max_length=200, description="Job id to use (follow it with GET /sdapi/v1/progress?id_task=)."
+    )
+    infotext: str | None = Field(default=None, description="A1111 infotext to take parameters from: not supported.")
+
+
+class StableDiffusionTxt2ImgProcessingAPI(_GenerationFields):
+    """``POST /sdapi/v1/txt2img``."""
+
+    enable_hr: bool = Field(default=False, description="Hires fix is not supported: must be false.")
+    denoising_strength: float | None = Field(default=None, description="Only used by hires fix (ignored).")
+    firstphase_width: int = Field(default=0)
+    firstphase_height: int = Field(default=0)
+    hr_scale: float = Field(default=2.0)
+    hr_upscaler: str | None = Field(default=None)
+    hr_second_pass_steps: int = Field(default=0)
+    hr_resize_x: int = Field(default=0)
+    hr_resize_y: int = Field(default=0)
+
+
+class StableDiffusionImg2ImgProcessingAPI(_GenerationFields):
+    """``POST /sdapi/v1/img2img``; inpainting when ``mask`` is given (white = repaint, unless inverted)."""
+
+    init_images: list[str] | None = Field(default=None, description="Base64 images (PNG/JPEG/WebP, data: URLs ok).")
+    resize_mode: int = Field(default=0, ge=0, le=len(RESIZE_MODES) - 1, description=_choices(RESIZE_MODES))
+    denoising_strength: float = Field(default=0.75, ge=0, le=1, allow_inf_nan=False)
+    image_cfg_scale: float | None = Field(default=None, description="instruct-pix2pix only (ignored).")
+    mask: str | None = Field(default=None, description="Base64 mask image for inpainting.")
+    mask_blur_x: int = Field(default=4, ge=0)
+    mask_blur_y: int = Field(default=4, ge=0)
+    mask_blur: int | None = Field(default=None, ge=0, description="Sets mask_blur_x and mask_blur_y.")
+    mask_round: bool = Field(default=True)
+    inpainting_fill: int = Field(default=0, ge=0, le=len(INPAINTING_FILLS) - 1, description=_choices(INPAINTING_FILLS))
+    inpaint_full_res: bool = Field(default=True, description="A1111 'Only masked' inpainting area.")
+    inpaint_full_res_padding: int = Field(default=0, ge=0)
+    inpainting_mask_invert: int = Field(default=0, ge=0, le=1, description="1 repaints the black part of the mask.")
+    initial_noise_multiplier: float | None = Field(default=None, allow_inf_nan=False)
+    include_init_images: bool = Field(default=False, description="Echo init_images and mask in 'parameters'.")
+
+
+class TextToImageResponse(BaseModel):
+    images: list[str] | None = Field(default=None, description="The generated images, base64 PNG with infotext.")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string: seed, all_seeds, infotexts, id_task, ... as A1111's Processed.js().")
+
+
+class ImageToImageResponse(TextToImageResponse):
+    pass
+
+
+class PNGInfoRequest(_Body):
+    image: str = Field(description="The base64 encoded PNG image (a data: URL works too).")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str = Field(description="The 'parameters' text the image carries (empty when none).")
+    items: dict[str, Any] = Field(description="The other text chunks of the image.")
+    parameters: dict[str, Any] = Field(description="The infotext parsed into fields (A1111 rules).")
+
+
+class ProgressResponse(BaseModel):
+    progress: float = Field(description="Fraction done, 0 to 1.")
+    eta_relative: float = Field(description="Estimated seconds left.")
+    state: dict[str, Any] = Field(description="A1111's state snapshot: job, job_count, job_no, sampling_step, ...")
+    current_image: str | None = Field(default=None, description="Base64 PNG preview of the current image.")
+    textinfo: str | None = Field(default=None)
+    id_task: str | None = Field(default=None, description="The job these numbers are about (null when idle).")
+    queued: bool = False
+    active: bool = False
+    completed: bool = False
+    queue_position: int | None = Field(default=None, description="Jobs ahead of this one (0 = running next).")
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class SDModelItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    title: str
+    model_name: str
+    hash: str | None = Field(default=None, description="Short hash: first 10 hex digits of the file's sha256.")
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)

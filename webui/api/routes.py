@@ -1,0 +1,492 @@
+"""The AUTOMATIC1111-compatible REST API (``/sdapi/v1/*``), mounted on the server that serves the Gradio UI.
+
+Every route calls only :class:`webui.service.WebUIService`, so API jobs wait in the same FIFO queue as the UI's.
+A generation request is checked (pydantic types, :class:`ApiLimits`, the pipeline's own ``validate()``, sampler,
+schedule and model names) before it is queued, so that bad input is answered with a 422 naming the field and
+never leaves a job behind. Waiting for a job happens in a worker thread, so the event loop keeps answering
+``/progress``, ``/interrupt`` and the UI meanwhile.
+
+Usage (``webui/server.py`` does this when ``--api`` is given)::
+
+    app, local_url, share_url = demo.launch(prevent_thread_lock=True, ...)
+    mount_api(app, service, api_auth=[("user", "pass")])
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Query
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from webui.api.errors import field_error
+from webui.api.images import decode_image, encode_png, text_chunks
+from webui.api.limits import ApiLimits
+from webui.api.models import (
+    ImageToImageResponse,
+    PNGInfoRequest,
+    PNGInfoResponse,
+    ProgressResponse,
+    SamplerItem,
+    SchedulerItem,
+    ScriptsList,
+    SDModelItem,
+    StableDiffusionImg2ImgProcessingAPI,
+    StableDiffusionTxt2ImgProcessingAPI,
+    TextToImageResponse,
+    _GenerationFields,
+)
+from webui.api.security import SECURITY_SCHEME, guarded_route_class
+from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.infotext import parse_infotext
+from webui.pipeline.outputs import INFOTEXT_KEY
+from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+from webui.sampling.schedules import SCHEDULES, normalize_schedule
+
+API_PREFIX = "/sdapi/v1"
+DOCS_PATHS = ("/docs", "/openapi.json")
+HOST_DOCS_PATHS = (*DOCS_PATHS, "/docs/oauth2-redirect", "/redoc")  # FastAPI's defaults, replaced by ours
+MAX_REMEMBERED_TASKS = 1000
+MAX_CONCURRENT_WAITS = 64
+
+# A1111 features this server does not implement: (field, the values that mean "off").
+UNSUPPORTED: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("enable_hr", (False,)),
+    ("restore_faces", (None, False)),
+    ("tiling", (None, False)),
+    ("subseed_strength", (0,)),
+    ("script_name", (None, "")),
+    ("alwayson_scripts", ({},)),
+    ("infotext", (None, "")),
+)
+
+
+class SdApi:
+    """The route handlers; one instance per mounted app, holding the job ids it handed out."""
+
+    def __init__(self, service: Any, limits: ApiLimits):
+        self.service = service
+        self.limits = limits
+        self._tasks: OrderedDict[str, Any] = OrderedDict()
+        self._waits = anyio.CapacityLimiter(MAX_CONCURRENT_WAITS)
+
+    # ---------------------------------------------------------------- generation
+
+    async def txt2img(self, req: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:
+        request = self._generation_request(req, GenerationRequest)
+        return await self._run(req, request, self._parameters(req))
+
+    async def img2img(self, req: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:
+        request = await anyio.to_thread.run_sync(self._img2img_request, req, limiter=self._waits)
+        parameters = self._parameters(req)
+        if not req.include_init_images:
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        return await self._run(req, request, parameters)
+
+    def _img2img_request(self, req: StableDiffusionImg2ImgProcessingAPI) -> Img2ImgRequest:
+        if not req.init_images:
+            raise field_error("init_images", "img2img needs at least one init image")
+        max_pixels = self.limits.max_image_pixels
+        images = [decode_image(d, f"init_images.{i}", max_pixels=max_pixels) for i, d in enumerate(req.init_images)]
+        mask = decode_image(req.mask, "mask", max_pixels=max_pixels) if req.mask else None
+        return self._generation_request(
+            req, Img2ImgRequest,
+            init_images=images,
+            denoising_strength=req.denoising_strength,
+            resize_mode=req.resize_mode,
+            mask=mask,
+            mask_blur=req.mask_blur if req.mask_blur is not None else req.mask_blur_x,
+            inpainting_fill=req.inpainting_fill,
+            inpainting_mask_invert=req.inpainting_mask_invert,
+        )
+
+    def _generation_request(self, req: _GenerationFields, kind: type[GenerationRequest], **extra: Any) -> Any:
+        """The pipeline request for ``req``; raises a 422 naming the first field that cannot be served."""
+        self._check_limits(req)
+        for name, off in UNSUPPORTED:
+            value = getattr(req, name, off[0])
+            if value not in off:
+                raise field_error(name, f"is not supported by this server (got {value!r}); leave it unset")
+        settings = req.override_settings or {}
+        clip_skip = settings.get("CLIP_stop_at_last_layers", 1)
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
+            raise field_error("override_settings.CLIP_stop_at_last_layers", f"must be an integer, got {clip_skip!r}")
+        sampler = self._sampler(req.sampler_name or req.sampler_index)
+        # k-diffusion's s_* options reach the samplers that declare them; others ignore them, as in A1111.
+        options = {k: v for k in ("s_churn", "s_tmin", "s_tmax", "s_noise") if (v := getattr(req, k)) is not None}
+        request = kind(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt or "",
+            sampler_name=sampler.name,
+            scheduler=self._schedule_name(req.scheduler),
+            steps=req.steps,
+            cfg_scale=req.cfg_scale,
+            width=req.width,
+            height=req.height,
+            seed=req.seed,
+            batch_size=req.batch_size,
+            n_iter=req.n_iter,
+            clip_skip=clip_skip,
+            eta=req.eta,
+            sampler_options={k: v for k, v in options.items() if k in sampler.options},
+            **extra,
+        )
+        try:
+            request.validate()
+        except InvalidRequest as exc:
+            raise field_error(exc.field, exc.message) from exc
+        return request
+
+    def _check_limits(self, req: _GenerationFields) -> None:
+        limits = self.limits
+        bounds: list[tuple[str, Any, float]] = [
+            ("batch_size", req.batch_size, limits.max_batch_size),
+            ("n_iter", req.n_iter, limits.max_n_iter),
+            ("steps", req.steps, limits.max_steps),
+            ("width", req.width, limits.max_width),
+            ("height", req.height, limits.max_height),
+            ("cfg_scale", req.cfg_scale, limits.max_cfg_scale),
+            ("prompt", len(req.prompt), limits.max_prompt_chars),
+            ("negative_prompt", len(req.negative_prompt or ""), limits.max_prompt_chars),
+        ]
+        for name, value, highest in bounds:
+            if value is not None and value > highest:
+                what = "length" if name.endswith("prompt") else "value"
+                raise field_error(name, f"{what} {value} is above this server's limit of {highest:g}")
+
+    def _sampler(self, name: str) -> Any:
+        try:
+            return self.service.samplers.get(name)
+        except ValueError as exc:
+            raise field_error("sampler_name", str(exc)) from exc
+
+    @staticmethod
+    def _schedule_name(name: str | None) -> str:
+        if name is None or name == "":
+            return SCHEDULES[0]
+        try:
+            return normalize_schedule(name)
+        except ValueError as exc:
+            raise field_error("scheduler", str(exc)) from exc
+
+    @staticmethod
+    def _parameters(req: _GenerationFields) -> dict[str, Any]:
+        return req.model_dump(mode="json")
+
+    async def _run(
+        self, req: _GenerationFields, request: GenerationRequest, parameters: dict[str, Any]
+    ) -> dict[str, Any]:
+        model_name = self._request_model(req)
+        task_id = self._new_task_id(req.force_task_id)
+        try:
+            job = self.service.submit(request, model_name=model_name)
+        except InvalidRequest as exc:
+            raise field_error(exc.field, exc.message) from exc
+        self._remember(task_id, job)
+        return await anyio.to_thread.run_sync(self._finish, job, task_id, req.send_images, parameters,
+                                              limiter=self._waits)
+
+    def _finish(self, job: Any, task_id: str, send_images: bool, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Wait for ``job`` (in a worker thread) and build A1111's response body."""
+        try:
+            result = job.result()
+        except InvalidRequest as exc:
+            raise field_error(exc.field, exc.message) from exc
+        images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=False)]
+        info = dict(result.info)
+        prompt, negative = info.get("prompt", ""), info.get("negative_prompt", "")
+        info.setdefault("all_prompts", [prompt] * len(result.images))
+        info.setdefault("all_negative_prompts", [negative] * len(result.images))
+        info.setdefault("index_of_first_image", 0)
+        info["id_task"] = task_id
+        return {"images": images if send_images else [], "parameters": parameters, "info": json.dumps(info)}
+
+    def _request_model(self, req: _GenerationFields) -> str | None:
+        name = (req.override_settings or {}).get("sd_model_checkpoint")
+        if name is None:
+            return None
+        return self._model_name(name, "override_settings.sd_model_checkpoint")
+
+    def _new_task_id(self, forced: str | None) -> str:
+        if forced:
+            job = self._tasks.get(forced)
+            if job is not None and job.state in ("queued", "running"):
+                raise field_error("force_task_id", f"task {forced!r} is still {job.state}")
+            return forced
+        return f"task({secrets.token_hex(8)})"
+
+    def _remember(self, task_id: str, job: Any) -> None:
+        self._tasks[task_id] = job
+        self._tasks.move_to_end(task_id)
+        while len(self._tasks) > MAX_REMEMBERED_TASKS:
+            self._tasks.popitem(last=False)
+
+    # ---------------------------------------------------------------- progress and control
+
+    async def progress(
+        self,
+        id_task: str | None = Query(default=None, max_length=200, description="A job id from a generation's info."),
+        skip_current_image: bool = Query(default=False, description="Leave out the preview image."),
+    ) -> dict[str, Any]:
+        if id_task is not None:
+            job = self._tasks.get(id_task)
+            if job is None:
+                raise field_error("id_task", f"unknown task {id_task!r}", status_code=404, where="query")
+        else:
+            job = self.service.current_job()
+        return progress_body(job, self._task_id(job), skip_current_image)
+
+    def _task_id(self, job: Any) -> str | None:
+        if job is None:
+            return None
+        return next((task for task, known in reversed(self._tasks.items()) if known is job), job.id)
+
+    async def interrupt(self) -> dict[str, Any]:
+        self.service.interrupt()
+        return {}
+
+    async def skip(self) -> dict[str, Any]:
+        self.service.skip()
+        return {}
+
+    # ---------------------------------------------------------------- models, samplers, options
+
+    async def samplers(self) -> list[dict[str, Any]]:
+        return [
+            {"name": s.name, "aliases": list(s.aliases), "options": {k: v for k, v in s.options.items()}}
+            for s in self.service.samplers.samplers
+        ]
+
+    async def schedulers(self) -> list[dict[str, Any]]:
+        return [
+            {"name": name.lower(), "label": name, "aliases": None,
+             "default_rho": 7.0 if name == "Karras" else None, "need_inner_model": False}
+            for name in SCHEDULES
+        ]
+
+    async def sd_models(self) -> list[dict[str, Any]]:
+        return [self._model_item(entry) for entry in self.service.registry.entries]
+
+    def _model_item(self, entry: Any) -> dict[str, Any]:
+        sha256 = self._sha256(entry.name)
+        return {
+            "title": entry.name,
+            "model_name": entry.name,
+            "hash": sha256[:10] if sha256 else None,
+            "sha256": sha256,
+            "filename": str(getattr(entry, "path", None) or entry.name),
+            "config": None,
+        }
+
+    def _sha256(self, name: str) -> str | None:
+        return self.service.model_sha256(name)
+
+    def _model_name(self, given: Any, field: str) -> str:
+        """The registry name a client means: a name or title, with or without ``" [hash]"`` or a file suffix."""
+        if not isinstance(given, str) or not given.strip():
+            raise field_error(field, f"expected a model name from GET {API_PREFIX}/sd-models, got {given!r}")
+        names = [entry.name for entry in self.service.registry.entries]
+        wanted = given.strip()
+        candidates = [wanted, wanted.rsplit(" [", 1)[0].strip()]
+        candidates += [c.rsplit(".", 1)[0] for c in candidates if c.endswith((".safetensors", ".ckpt"))]
+        for candidate in candidates:
+            for name in names:
+                if candidate.casefold() == name.casefold():
+                    return name
+        raise field_error(field, f"unknown model {given!r}; choose one of {', '.join(names) or '(none)'}")
+
+    async def get_options(self) -> dict[str, Any]:
+        name = self.service.models.current_name or _entry_name(self.service.registry.default)
+        return {
+            "sd_model_checkpoint": name,
+            "sd_checkpoint_hash": self._sha256(name) if name else None,
+            "samples_format": "png",
+        }
+
+    async def set_options(self, options: dict[str, Any]) -> None:
+        """Apply ``sd_model_checkpoint`` (loads the model now); other A1111 options are ignored, as A1111 does
+        with options it does not know."""
+        if "sd_model_checkpoint" in options:
+            name = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
+            try:
+                await anyio.to_thread.run_sync(self.service.models.load, name, limiter=self._waits)
+            except ValueError as exc:
+                raise field_error("sd_model_checkpoint", f"cannot load {name!r}: {exc}") from exc
+        return None
+
+    async def refresh_checkpoints(self) -> None:
+        await anyio.to_thread.run_sync(self.service.reload_registry, limiter=self._waits)
+        return None
+
+    async def scripts(self) -> dict[str, list[str]]:
+        return {"txt2img": [], "img2img": []}
+
+    # ---------------------------------------------------------------- png-info
+
+    async def png_info(self, req: PNGInfoRequest) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(self._png_info, req.image, limiter=self._waits)
+
+    def _png_info(self, data: str) -> dict[str, Any]:
+        image = decode_image(data, "image", max_pixels=self.limits.max_image_pixels)
+        items = text_chunks(image)
+        info = items.pop(INFOTEXT_KEY, "")
+        return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
+
+
+def progress_body(job: Any, task_id: str | None, skip_current_image: bool) -> dict[str, Any]:
+    """A1111's ``ProgressResponse`` for ``job`` (None: nothing queued or running)."""
+    if job is None:
+        return {
+            "progress": 0.0, "eta_relative": 0.0, "state": _state(None), "current_image": None,
+            "textinfo": "Waiting...", "id_task": None,
+        }
+    state = job.state
+    numbers = job.progress
+    fraction = 1.0 if state in ("done", "error", "interrupted") else _fraction(numbers)
+    preview = None
+    if not skip_current_image and numbers is not None and getattr(numbers, "preview", None) is not None:
+        preview = encode_png(numbers.preview)
+    return {
+        "progress": fraction,
+        "eta_relative": float(getattr(numbers, "eta_seconds", None) or 0.0) if state == "running" else 0.0,
+        "state": _state(job),
+        "current_image": preview,
+        "textinfo": _textinfo(job),
+        "id_task": task_id,
+        "queued": state == "queued",
+        "active": state == "running",
+        "completed": state in ("done", "error", "interrupted"),
+        "queue_position": job.queue_position if state == "queued" else None,
+    }
+
+
+def _fraction(numbers: Any) -> float:
+    if numbers is None:
+        return 0.0
+    total = max(1, numbers.total_steps) * max(1, numbers.images_total)
+    done = numbers.image_index * max(1, numbers.total_steps) + numbers.step
+    return min(1.0, max(0.0, done / total))
+
+
+def _state(job: Any) -> dict[str, Any]:
+    """A1111's ``shared.state.dict()`` keys, which clients such as ``webuiapi.util_wait_for_ready`` read."""
+    numbers = getattr(job, "progress", None)
+    return {
+        "skipped": False,
+        "interrupted": getattr(job, "state", None) == "interrupted",
+        "stopping_generation": False,
+        "job": getattr(job, "id", "") or "",
+        "job_count": 0 if job is None or job.state not in ("queued", "running") else 1,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "job_no": getattr(numbers, "image_index", 0),
+        "sampling_step": getattr(numbers, "step", 0),
+        "sampling_steps": getattr(numbers, "total_steps", 0),
+        "queue_position": getattr(job, "queue_position", None),
+    }
+
+
+def _textinfo(job: Any) -> str:
+    state = job.state
+    if state == "queued":
+        return f"In queue ({job.queue_position} ahead)"
+    if state == "running":
+        numbers = job.progress
+        if numbers is None:
+            return "Starting..."
+        return f"Image {numbers.image_index + 1}/{numbers.images_total}, step {numbers.step}/{numbers.total_steps}"
+    if state == "error":
+        return f"Error: {getattr(job, 'error', '')}"
+    return {"done": "Done", "interrupted": "Interrupted"}.get(state, state)
+
+
+def _entry_name(entry: Any) -> str | None:
+    if entry is None or isinstance(entry, str):
+        return entry
+    return entry.name
+
+
+def build_openapi(routes: Sequence[Any], *, secured: bool) -> dict[str, Any]:
+    """The OpenAPI document of the API routes only (not Gradio's), with HTTP Basic declared when secured."""
+    schema = get_openapi(
+        title="Stable Diffusion web UI API",
+        version="1",
+        description="AUTOMATIC1111-compatible REST API (`/sdapi/v1/*`).",
+        routes=list(routes),
+    )
+    if secured:
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEME
+        schema["security"] = [{"HTTPBasic": []}]
+    return schema
+
+
+def mount_api(
+    app: FastAPI,
+    service: Any,
+    *,
+    api_auth: Sequence[tuple[str, str]] | None = None,
+    limits: ApiLimits | None = None,
+) -> SdApi:
+    """Add the ``/sdapi/v1/*`` routes, ``/docs`` and ``/openapi.json`` to ``app``.
+
+    Works on an app that is already serving (Gradio's, after ``launch(prevent_thread_lock=True)``): it only adds
+    routes. With ``api_auth`` every one of them, the docs included, answers 401 without one of those
+    ``(user, password)`` pairs. The app's own ``/docs``, ``/redoc`` and ``/openapi.json`` (FastAPI's defaults;
+    Gradio keeps ``/openapi.json``) are replaced by the API's, so that the schema is never served without the
+    password.
+
+    Raises:
+        ValueError: the API is already mounted on ``app``.
+    """
+    limits = limits or ApiLimits()
+    if any(getattr(r, "path", "").startswith(API_PREFIX) for r in app.routes):
+        raise ValueError(f"the API is already mounted on this app ({API_PREFIX} routes exist)")
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in HOST_DOCS_PATHS]
+    app.openapi_schema = None
+    api = SdApi(service, limits)
+    route_class = guarded_route_class(api_auth)
+    post, get = ["POST"], ["GET"]
+    table: list[tuple[str, Callable[..., Any], list[str], Any]] = [
+        ("/txt2img", api.txt2img, post, TextToImageResponse),
+        ("/img2img", api.img2img, post, ImageToImageResponse),
+        ("/png-info", api.png_info, post, PNGInfoResponse),
+        ("/progress", api.progress, get, ProgressResponse),
+        ("/interrupt", api.interrupt, post, None),
+        ("/skip", api.skip, post, None),
+        ("/options", api.get_options, get, dict[str, Any]),
+        ("/options", api.set_options, post, None),
+        ("/samplers", api.samplers, get, list[SamplerItem]),
+        ("/schedulers", api.schedulers, get, list[SchedulerItem]),
+        ("/sd-models", api.sd_models, get, list[SDModelItem]),
+        ("/refresh-checkpoints", api.refresh_checkpoints, post, None),
+        ("/scripts", api.scripts, get, ScriptsList),
+    ]
+    for path, endpoint, methods, response_model in table:
+        app.router.add_api_route(API_PREFIX + path, endpoint, methods=methods, response_model=response_model,
+                                 route_class_override=route_class, max_body_size=limits.max_body_bytes)
+    api_routes = [r for r in app.routes if getattr(r, "path", "").startswith(API_PREFIX)]
+    schema: dict[str, Any] = {}
+
+    async def openapi() -> JSONResponse:
+        if not schema:
+            schema.update(build_openapi(api_routes, secured=bool(api_auth)))
+        return JSONResponse(schema)
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Stable Diffusion web UI API")
+
+    for path, endpoint in (("/openapi.json", openapi), ("/docs", docs)):
+        app.router.add_api_route(path, endpoint, methods=get, include_in_schema=False,
+                                 route_class_override=route_class, max_body_size=limits.max_body_bytes)
+    return api
+
+
+__all__ = ["ApiLimits", "SdApi", "mount_api", "progress_body"]
