@@ -167,10 +167,6 @@ def native_size(model: Any) -> tuple[int, int]:
     return tuple(size) if size else DEFAULT_NATIVE_SIZE  # type: ignore[return-value]
 
 
-def scale_factor(model: Any) -> float:
-    return float(model.vae.config.scale_factor)
-
-
 def effective_steps(request: GenerationRequest) -> int:
     """Sampler steps actually run: all for txt2img, the last ``int(steps * strength)`` for img2img."""
     if isinstance(request, Img2ImgRequest):
@@ -179,20 +175,10 @@ def effective_steps(request: GenerationRequest) -> int:
 
 
 def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE-scaled latents -> images, one at a time to bound memory."""
-    vae = model.vae
-    param = next(vae.parameters())
-    images: list[Image.Image] = []
-    with torch.no_grad():
-        for z in latents:
-            z = (z[None] / scale_factor(model)).to(param.device, param.dtype)
-            decoded = vae.decode(z)
-            if not bool(torch.isfinite(decoded).all()) and param.dtype != torch.float32:
-                # fp16 VAEs overflow on some latents: redo this one in float32.
-                decoded = vae.float().decode(z.float())
-                vae.to(param.dtype)
-            images.extend(tensor_to_images(decoded))
-    return images
+    """VAE-scaled latents -> images, one at a time to bound memory (fp16 overflow retried in fp32 by the core)."""
+    from webui.models.checkpoint import vae_decode
+
+    return [image for z in latents for image in tensor_to_images(vae_decode(model, z[None]))]
 
 
 def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -201,17 +187,9 @@ def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Gener
     ``mean + exp(logvar / 2) * randn(generator)``, like diffusers' ``retrieve_latents(..., "sample")``
     with one generator per image, so that img2img equals ``StableDiffusionImg2ImgPipeline``.
     """
-    from webui.sampling import randn_like
+    from webui.models.checkpoint import vae_encode
 
-    vae = model.vae
-    param = next(vae.parameters())
-    latents = []
-    with torch.no_grad():
-        for x, generator in zip(pixels, generators, strict=True):
-            mean, logvar = vae.encode(x[None].to(param.device, param.dtype))
-            mean, std = mean.float(), torch.exp(0.5 * logvar.float())
-            latents.append((mean + std * randn_like(mean, generator)) * scale_factor(model))
-    return torch.cat(latents)
+    return torch.cat([vae_encode(model, x[None], g) for x, g in zip(pixels, generators, strict=True)])
 
 
 def _prepare_img2img(request: Img2ImgRequest) -> _Prepared:

@@ -1,0 +1,109 @@
+"""Our txt2img / img2img equal diffusers' pipelines on the same tiny random-weight model (CPU, fp32).
+
+The diffusers UNet and VAE get our weights through diffusers' own key converters
+(``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint``), an independent key map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webui.pipeline.generate import generate
+from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+
+diffusers = pytest.importorskip("diffusers")
+
+SCHEDULER_KWARGS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+PROMPT, NEGATIVE, SEED, STEPS = "the cat", "dog", 1234, 10
+
+
+def make_scheduler(name: str):
+    if name == "DDIM":
+        return diffusers.DDIMScheduler(**SCHEDULER_KWARGS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return diffusers.EulerDiscreteScheduler(**SCHEDULER_KWARGS, steps_offset=1)
+
+
+@pytest.fixture(scope="module")
+def diffusers_parts(tiny_components):
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from webui.models.checkpoint import single_file_state_dict
+
+    c = tiny_components
+    state = single_file_state_dict(c.unet, c.vae, c.text_model)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+        attention_head_dim=8,
+    )
+    unet.load_state_dict(convert_ldm_unet_checkpoint(state, dict(unet.config)))
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+        sample_size=64,
+    )
+    vae.load_state_dict(convert_ldm_vae_checkpoint(state, dict(vae.config)))
+    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": c.text_model, "tokenizer": c.tokenizer}
+
+
+def pipeline(cls, parts, sampler_name):
+    return cls(**parts, scheduler=make_scheduler(sampler_name), safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    from webui.models.checkpoint import load_model
+
+    return load_model(tiny_checkpoint.path, native_size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def samplers():
+    from webui.sampling import create_sampler_registry
+
+    return create_sampler_registry()
+
+
+def max_pixel_difference(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+@pytest.mark.parametrize("sampler_name", ["DDIM", "Euler"])
+def test_txt2img_equals_stable_diffusion_pipeline(diffusers_parts, tiny_model, samplers, sampler_name):
+    pipe = pipeline(diffusers.StableDiffusionPipeline, diffusers_parts, sampler_name)
+    with torch.no_grad():
+        expected = pipe(
+            PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.0, height=64, width=64,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+        ).images[0]
+    ours = generate(tiny_model, samplers, GenerationRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=sampler_name, steps=STEPS, cfg_scale=7.0, seed=SEED,
+    ))
+    assert ours.images[0].size == expected.size == (64, 64)
+    diff = max_pixel_difference(ours.images[0], expected)
+    assert diff <= 1
+
+
+@pytest.mark.parametrize("sampler_name", ["DDIM", "Euler"])
+def test_img2img_at_strength_0_6_equals_img2img_pipeline(diffusers_parts, tiny_model, samplers, sampler_name):
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    pipe = pipeline(diffusers.StableDiffusionImg2ImgPipeline, diffusers_parts, sampler_name)
+    with torch.no_grad():
+        expected = pipe(
+            PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
+            guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(SEED),
+        ).images[0]
+    ours = generate(tiny_model, samplers, Img2ImgRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=sampler_name, steps=STEPS, cfg_scale=7.0, seed=SEED,
+        init_images=[init], denoising_strength=0.6,
+    ))
+    diff = max_pixel_difference(ours.images[0], expected)
+    assert diff <= 1
+    # and it is not trivially the init image
+    assert max_pixel_difference(ours.images[0], init) > 10
