@@ -6,8 +6,8 @@ below are the ones the server honours, plus a few A1111 features it does not imp
 restoration, tiling, variation seeds, scripts): those are accepted at their default value and answered with
 422 naming the field otherwise, so that a client never silently gets something else than it asked for.
 
-Value ranges that depend on the server's configuration (batch size, steps, image size...) are checked by the
-routes against :class:`webui.api.limits.ApiLimits`; the bounds here are only what is true for any server.
+The bounds here are the pipeline's (``webui.pipeline.requests``), true for any server; a server may set lower
+ones (:class:`webui.api.limits.ApiLimits`), which the routes check.
 """
 
 from __future__ import annotations
@@ -16,7 +16,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from webui.pipeline.requests import INPAINTING_FILLS, MAX_SEED, RESIZE_MODES
+from webui.pipeline.requests import (
+    INPAINTING_FILLS,
+    MAX_BATCH_SIZE,
+    MAX_CFG_SCALE,
+    MAX_N_ITER,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    RESIZE_MODES,
+    SIZE_MULTIPLE,
+)
 
 
 def _choices(names: tuple[str, ...]) -> str:
@@ -43,12 +54,14 @@ class _GenerationFields(_Body):
     sampler_name: str | None = Field(default=None, description="A name or alias from GET /sdapi/v1/samplers.")
     sampler_index: str = Field(default="Euler", description="Deprecated A1111 alias of sampler_name.")
     scheduler: str | None = Field(default=None, description="A schedule from GET /sdapi/v1/schedulers.")
-    batch_size: int = Field(default=1, ge=1, description="Images generated together in one batch.")
-    n_iter: int = Field(default=1, ge=1, description="Number of batches (A1111 'Batch count').")
-    steps: int = Field(default=50, ge=1, description="Sampling steps.")
-    cfg_scale: float = Field(default=7.0, ge=0, allow_inf_nan=False, description="Classifier-free guidance scale.")
-    width: int | None = Field(default=None, ge=8, description="Image width in pixels; null = the model's size.")
-    height: int | None = Field(default=None, ge=8, description="Image height in pixels; null = the model's size.")
+    batch_size: int = Field(default=1, ge=1, le=MAX_BATCH_SIZE, description="Images generated together.")
+    n_iter: int = Field(default=1, ge=1, le=MAX_N_ITER, description="Number of batches (A1111 'Batch count').")
+    steps: int = Field(default=50, ge=1, le=MAX_STEPS, description="Sampling steps.")
+    cfg_scale: float = Field(default=7.0, ge=0, le=MAX_CFG_SCALE, allow_inf_nan=False, description="Guidance scale.")
+    width: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
+                              description="Image width in pixels; null = the model's native size.")
+    height: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
+                               description="Image height in pixels; null = the model's native size.")
     restore_faces: bool | None = Field(default=None, description="Face restoration is not supported.")
     tiling: bool | None = Field(default=None, description="Tiling is not supported.")
     do_not_save_samples: bool = Field(default=False)
