@@ -80,7 +80,7 @@ class DictSource:
 
 
 def _unsafe_global(message: str) -> str | None:
-    match = re.search(r"unsupported GLOBAL (\S+)", message)
+    match = re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE)
     return match.group(1) if match else None
 
 
@@ -103,8 +103,9 @@ def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CorruptCheckpointError(
             f"{path.name} is not a PyTorch checkpoint (or is damaged): it could not be read as tensors."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CorruptCheckpointError(f"{path.name} is damaged or truncated: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # the unpickler raises anything (IndexError, KeyError, ...) on garbage
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CorruptCheckpointError(f"{path.name} is damaged, truncated or not a checkpoint: {detail}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

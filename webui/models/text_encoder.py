@@ -15,6 +15,7 @@ from webui.models.errors import TokenizerNotFoundError
 
 CONTEXT_LENGTH = 77
 SD1_TOKENIZER_REPO = "openai/clip-vit-large-patch14"
+MIN_BYTE_LEVEL_VOCAB = 256  # a byte-level BPE vocabulary has at least one token per byte
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -108,13 +109,20 @@ def load_tokenizer(candidates: list[Path], hub_id: str | None, *, model_name: st
 
     for folder in candidates:
         if folder.is_dir() and _has_tokenizer_files(folder):
-            return CLIPTokenizer.from_pretrained(str(folder), model_max_length=CONTEXT_LENGTH)
+            tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=CONTEXT_LENGTH)
+            if len(tokenizer) <= MIN_BYTE_LEVEL_VOCAB:
+                raise TokenizerNotFoundError(f"the tokenizer files in {folder} hold no usable CLIP vocabulary")
+            return tokenizer
     looked = [str(p) for p in candidates]
     if hub_id:
         try:
-            return CLIPTokenizer.from_pretrained(hub_id, model_max_length=CONTEXT_LENGTH, local_files_only=True)
+            tokenizer = CLIPTokenizer.from_pretrained(hub_id, model_max_length=CONTEXT_LENGTH, local_files_only=True)
         except (OSError, ValueError):
-            looked.append(f"Hugging Face cache entry {hub_id!r}")
+            tokenizer = None
+        # transformers 5 returns a 2-token tokenizer instead of failing when no vocabulary file is found.
+        if tokenizer is not None and len(tokenizer) > MIN_BYTE_LEVEL_VOCAB:
+            return tokenizer
+        looked.append(f"Hugging Face cache entry {hub_id!r}")
     target = hint_folder if hint_folder is not None else Path("models") / "tokenizer"
     raise TokenizerNotFoundError(
         f"No CLIP tokenizer found for model {model_name!r} (looked in: {', '.join(looked) or 'nowhere'}). "
