@@ -24,6 +24,11 @@ class ModelChoice:
     steps: int | None = None
 
 
+def registry(service: Any) -> Any:
+    """The parsed models.yaml (``ModelManager.registry``)."""
+    return getattr(service.models, "registry", None) or service.registry
+
+
 def model_choices(service: Any) -> list[ModelChoice]:
     """Every valid models.yaml entry, in file order."""
     return [
@@ -34,7 +39,7 @@ def model_choices(service: Any) -> list[ModelChoice]:
             sampler=getattr(entry, "sampler", None),
             steps=getattr(entry, "steps", None),
         )
-        for entry in service.registry.entries
+        for entry in registry(service).entries
     ]
 
 
@@ -43,7 +48,7 @@ def default_model(service: Any) -> str | None:
     current = getattr(service.models, "current_name", None)
     if current:
         return current
-    default = service.registry.default
+    default = registry(service).default
     if default is not None:
         return default if isinstance(default, str) else default.name
     entries = model_choices(service)
@@ -80,14 +85,15 @@ def model_status_rows(service: Any) -> list[list[str]]:
         state = "loaded" if loaded else ("error" if error else "not loaded")
         path = str(getattr(status, "path", "") or "")
         rows.append([status.name, state, path, str(error)])
-    for error in getattr(service.registry, "errors", []) or []:
+    for error in getattr(registry(service), "errors", []) or []:
         where = getattr(error, "entry", None) or getattr(error, "file", "models.yaml")
         rows.append([str(where), "invalid entry", str(getattr(error, "file", "")), str(error)])
     return rows
 
 
 def load_model(service: Any, name: str) -> None:
-    service.models.load(name)
+    """Load ``name`` and make it current (blocks while it loads)."""
+    service.select_model(name)
 
 
 def unload_model(service: Any, name: str) -> None:

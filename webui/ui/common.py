@@ -91,7 +91,8 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
                 elem_id=f"{tab}_prompt",
             )
             negative = gr.Textbox(
-                label="Negative prompt", lines=2, placeholder="Negative prompt", elem_id=f"{tab}_neg_prompt"
+                value="", label="Negative prompt", lines=2, placeholder="Negative prompt",
+                elem_id=f"{tab}_neg_prompt",
             )
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")

@@ -37,39 +37,24 @@ def format_seconds(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}" if minutes else f"{secs} s"
 
 
-def progress_fraction(progress: Any) -> float:
-    """Fraction of the whole job done (over all images), from a pipeline `Progress`."""
-    total = getattr(progress, "job_total", None) or getattr(progress, "total", None) or 0
-    step = getattr(progress, "job_step", None)
-    if step is None:
-        step = getattr(progress, "step", 0) or 0
-    return min(max(step / total, 0.0), 1.0) if total else 0.0
-
-
 def describe(job: Any) -> JobUpdate:
-    """Turn the job's state and latest `Progress` into an HTML status line (and the preview image)."""
+    """Turn the job's state and latest pipeline `Progress` into an HTML status line (and the preview image)."""
     state = job.state
     if state == "queued":
-        position = getattr(job, "queue_position", None)
-        ahead = f"position {position}" if position is not None else "waiting"
-        text = f"In queue: {ahead}"
+        position = job.queue_position
+        text = f"In queue: position {position}" if position else "In queue"
         return JobUpdate(state, _status_html(text, None, state), step_key=("queued", position))
-    progress = getattr(job, "progress", None)
+    progress = job.progress
     if state == "running" and progress is not None:
-        step = getattr(progress, "step", 0)
-        total = getattr(progress, "total", 0) or getattr(progress, "total_steps", 0)
-        image = getattr(progress, "image_index", 0)
-        images = getattr(progress, "images_total", None) or getattr(progress, "image_count", 1) or 1
-        eta = getattr(progress, "eta_seconds", None)
-        parts = [f"Step {step}/{total}"]
-        if images > 1:
-            parts.append(f"image {min(image + 1, images)}/{images}")
-        parts.append(f"ETA {format_seconds(eta)}")
+        parts = [f"Step {progress.step}/{progress.total_steps}"]
+        if progress.images_total > 1:
+            parts.append(f"image {min(progress.image_index + 1, progress.images_total)}/{progress.images_total}")
+        parts.append(f"ETA {format_seconds(progress.eta_seconds)}")
         return JobUpdate(
             state,
-            _status_html(" · ".join(parts), progress_fraction(progress), state),
-            preview=getattr(progress, "preview", None),
-            step_key=("running", step, image),
+            _status_html(" · ".join(parts), progress.fraction, state),
+            preview=progress.preview,
+            step_key=("running", progress.step, progress.image_index, progress.preview is not None),
         )
     if state == "running":
         return JobUpdate(state, _status_html("Starting…", 0.0, state), step_key=("starting",))
@@ -120,7 +105,7 @@ class JobTracker:
                 if update.step_key != last_key:
                     last_key = update.step_key
                     yield update
-                time.sleep(self.poll_interval)
+                job.wait(self.poll_interval)
             result = job.result()
             finished = True
             yield JobUpdate(job.state, done_html(result, time.monotonic() - started), result=result)

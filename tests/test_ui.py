@@ -1,0 +1,395 @@
+"""The Gradio UI as an adapter: widget values -> typed requests -> service jobs -> gallery/parameters.
+
+These tests run the real `build_ui` on a real Gradio server in this process, driven through
+`gradio_client` (the same named endpoints a user's script calls), against a small stand-in for
+`WebUIService` that follows its contract (submit/Job/Progress) but draws random pixels instead of
+running a model, so that they take about a second each. End-to-end tests with a real model and a real
+browser live in test_browser.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from gradio_client.exceptions import AuthenticationError  # noqa: E402
+
+from webui.pipeline.errors import InvalidRequest  # noqa: E402
+from webui.pipeline.generate import Progress  # noqa: E402
+from webui.pipeline.infotext import parse_infotext  # noqa: E402
+from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest  # noqa: E402
+from webui.ui import build_ui  # noqa: E402
+from webui.ui.img2img import drawn_mask, img2img_request, inpaint_inputs  # noqa: E402
+from webui.ui.jobs import describe, format_seconds  # noqa: E402
+from webui.ui.pnginfo import read_parameters  # noqa: E402
+from webui.ui.txt2img import txt2img_request  # noqa: E402
+
+# --- a stand-in service following webui.service's contract ------------------------------------
+
+
+@dataclass
+class FakeEntry:
+    name: str
+    width: int = 64
+    height: int = 64
+    sampler: str | None = None
+    steps: int | None = None
+
+
+@dataclass
+class FakeRegistry:
+    entries: list[FakeEntry]
+    errors: list = field(default_factory=list)
+
+    @property
+    def default(self) -> FakeEntry:
+        return self.entries[0]
+
+
+@dataclass
+class FakeStatus:
+    name: str
+    loaded: bool
+    error: str | None = None
+
+
+class FakeModels:
+    def __init__(self, registry: FakeRegistry):
+        self.registry = registry
+        self.current_name: str | None = None
+
+    def load(self, name: str) -> None:
+        if name not in [e.name for e in self.registry.entries]:
+            raise KeyError(f"unknown model {name!r}")
+        if name == "broken":
+            raise ValueError("broken.safetensors: not a Stable Diffusion 1.x checkpoint")
+        self.current_name = name
+
+    def unload(self, name: str) -> None:
+        self.current_name = None
+
+    def status(self) -> list[FakeStatus]:
+        return [FakeStatus(e.name, e.name == self.current_name) for e in self.registry.entries]
+
+
+@dataclass
+class FakeSampler:
+    name: str
+
+
+class FakeSamplers:
+    samplers = [FakeSampler("Euler a"), FakeSampler("Euler"), FakeSampler("DDIM")]
+
+
+class FakeJob:
+    def __init__(self, request: GenerationRequest, model_name: str | None, step_seconds: float):
+        self.request, self.model_name, self.step_seconds = request, model_name, step_seconds
+        self.state = "queued"
+        self.progress: Progress | None = None
+        self.position: int | None = 1
+        self.interrupted = threading.Event()
+        self.finished = threading.Event()
+        self._result: GenerationResult | None = None
+
+    @property
+    def queue_position(self) -> int | None:
+        return self.position
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.finished.wait(timeout)
+
+    def interrupt(self) -> None:
+        self.interrupted.set()
+
+    def skip(self) -> None:
+        pass
+
+    def result(self) -> GenerationResult:
+        self.finished.wait()
+        assert self._result is not None
+        return self._result
+
+
+class FakeService:
+    """One worker thread, FIFO, random-pixel images whose seed decides the pixels."""
+
+    def __init__(self, step_seconds: float = 0.01):
+        self.models = FakeModels(FakeRegistry([FakeEntry("tiny"), FakeEntry("big", 128, 96), FakeEntry("broken")]))
+        self.samplers = FakeSamplers()
+        self.step_seconds = step_seconds
+        self.submitted: list[FakeJob] = []
+        self._lock = threading.Lock()
+
+    def select_model(self, name: str) -> None:
+        self.models.load(name)
+
+    def submit(self, request: GenerationRequest, model_name: str | None = None) -> FakeJob:
+        request.validate()
+        if request.sampler_name not in [s.name for s in self.samplers.samplers]:
+            raise InvalidRequest("sampler_name", f"unknown sampler {request.sampler_name!r}")
+        job = FakeJob(request, model_name, self.step_seconds)
+        self.submitted.append(job)
+        threading.Thread(target=self._run, args=(job,), daemon=True).start()
+        return job
+
+    def _run(self, job: FakeJob) -> None:
+        with self._lock:
+            job.state, job.position = "running", 0
+            request = job.request
+            seed = 1000 if request.seed == -1 else request.seed
+            images, seeds, infotexts = [], [], []
+            total = request.steps * request.total_images
+            for i in range(request.total_images):
+                for s in range(request.steps):
+                    if job.interrupted.is_set():
+                        break
+                    time.sleep(job.step_seconds)
+                    done = i * request.steps + s + 1
+                    job.progress = Progress(
+                        step=done, total_steps=total, image_index=i, images_total=request.total_images,
+                        sampling_step=s + 1, sampling_steps=request.steps,
+                        eta_seconds=(total - done) * job.step_seconds, elapsed_seconds=done * job.step_seconds,
+                        preview=Image.new("RGB", (8, 8), (done * 10 % 256, 0, 0)),
+                    )
+                if job.interrupted.is_set():
+                    break
+                rng = np.random.default_rng(seed + i)
+                pixels = rng.integers(0, 256, (request.height, request.width, 3), dtype=np.uint8)
+                images.append(Image.fromarray(pixels))
+                seeds.append(seed + i)
+                infotexts.append(
+                    f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, "
+                    f"CFG scale: {request.cfg_scale:g}, Seed: {seed + i}, Size: {request.width}x{request.height}"
+                )
+            interrupted = job.interrupted.is_set()
+            job._result = GenerationResult(images, seeds, infotexts, [], interrupted, request)
+            job.state = "interrupted" if interrupted else "done"
+            job.finished.set()
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_service() -> FakeService:
+    return FakeService()
+
+
+def _serve(service: FakeService, **launch_kwargs):
+    demo = build_ui(service, poll_interval=0.02)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1",
+                            **launch_kwargs)
+    return demo, url
+
+
+@pytest.fixture
+def ui_url(fake_service):
+    demo, url = _serve(fake_service)
+    try:
+        yield url
+    finally:
+        demo.close(verbose=False)
+
+
+TXT2IMG = dict(
+    model_name="tiny", prompt="a cat", negative_prompt="blurry", sampler_name="Euler", scheduler="Karras",
+    steps=3, cfg_scale=6.5, width=64, height=64, seed=42, n_iter=1, batch_size=2,
+)
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+# --- widget values -> request ------------------------------------------------------------------
+
+
+def test_txt2img_widgets_become_a_typed_request_with_integer_fields():
+    request = txt2img_request("a cat", "", "Euler", "Karras", 20.0, 7.5, 512.0, 384.0, 7.0, 2.0, 3.0)
+    assert request == GenerationRequest(
+        prompt="a cat", negative_prompt="", sampler_name="Euler", scheduler="Karras", steps=20, cfg_scale=7.5,
+        width=512, height=384, seed=7, n_iter=2, batch_size=3,
+    )
+    assert all(isinstance(getattr(request, f), int) for f in ("steps", "width", "height", "seed", "n_iter"))
+    assert txt2img_request("x", "", "Euler", "Automatic", 1, 1, 64, 64, None, 1, 1).seed == -1
+
+
+def test_drawn_mask_is_white_where_any_layer_has_paint():
+    layer = Image.new("RGBA", (16, 8), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (2, 1, 6, 5))
+    mask = drawn_mask({"background": Image.new("RGB", (16, 8)), "layers": [layer], "composite": None})
+    values = np.asarray(mask)
+    assert mask.mode == "L" and values.shape == (8, 16)
+    assert values[1:5, 2:6].min() == 255 and values.sum() == 255 * 16
+    assert drawn_mask({"background": None, "layers": [Image.new("RGBA", (4, 4))], "composite": None}) is None
+    assert drawn_mask(None) is None
+
+
+def test_inpaint_prefers_an_uploaded_mask_and_the_editor_background():
+    background = Image.new("RGB", (8, 8), "red")
+    uploaded = Image.new("RGB", (8, 8), "white")
+    image, mask = inpaint_inputs({"background": background, "layers": []}, uploaded, Image.new("RGB", (8, 8)))
+    assert image is background and mask.mode == "L" and np.asarray(mask).min() == 255
+    fallback = Image.new("RGB", (8, 8), "blue")
+    image, mask = inpaint_inputs(None, None, fallback)
+    assert image is fallback and mask is None
+
+
+def test_img2img_request_carries_mask_only_in_inpaint_mode():
+    init = Image.new("RGB", (64, 64), "green")
+    mask = Image.new("L", (64, 64), 255)
+    args = ("p", "n", "Euler", "Automatic", 4, 7, 64, 64, 3, 1, 1, 0.5, 1, 8, 1, 2)
+    plain = img2img_request("img2img", init, None, mask, *args)
+    inpaint = img2img_request("inpaint", init, None, mask, *args)
+    assert isinstance(plain, Img2ImgRequest) and plain.mask is None and plain.init_images[0].size == (64, 64)
+    assert np.array_equal(np.asarray(inpaint.mask), np.asarray(mask))
+    assert inpaint.mask_blur == 8 and inpaint.inpainting_mask_invert == 1
+    assert inpaint.inpainting_fill == 2 and inpaint.resize_mode == 1 and inpaint.denoising_strength == 0.5
+
+
+def test_progress_line_shows_queue_position_then_step_total_eta():
+    job = FakeJob(GenerationRequest(steps=10), None, 0.0)
+    job.position = 3
+    assert "In queue: position 3" in describe(job).html
+    job.state = "running"
+    job.progress = Progress(step=4, total_steps=20, image_index=1, images_total=2, sampling_step=4,
+                            sampling_steps=10, eta_seconds=75, elapsed_seconds=1.0, preview=None)
+    text = describe(job).html
+    assert "Step 4/20" in text and "image 2/2" in text and "ETA 1:15" in text and 'value="20"' in text
+    assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
+
+
+# --- through a running Gradio server ------------------------------------------------------------
+
+
+def test_txt2img_endpoint_returns_images_with_parameters(ui_url, fake_service):
+    client = gradio_client.Client(ui_url, verbose=False)
+    gallery, info, status, _preview = client.predict(**TXT2IMG, api_name="/txt2img")
+    assert len(gallery) == 2
+    first, second = (_pixels(item["image"]) for item in gallery)
+    assert first.shape == (64, 64, 3) and first.std() > 20 and np.abs(first - second).mean() > 20
+    assert [item["caption"] for item in gallery] == ["seed 42", "seed 43"]
+    assert parse_infotext(info)["Seed"] == "42" and info.startswith("a cat")
+    # Downloaded PNGs keep the infotext in their parameters chunk.
+    assert read_parameters(gallery[1]["image"]).endswith("Seed: 43, Size: 64x64")
+    assert 'data-state="done"' in status and "2 images" in status
+    request = fake_service.submitted[-1].request
+    assert (request.sampler_name, request.scheduler, request.steps, request.cfg_scale) == ("Euler", "Karras", 3, 6.5)
+    assert (request.negative_prompt, request.batch_size, request.n_iter) == ("blurry", 2, 1)
+    assert fake_service.submitted[-1].model_name == "tiny"
+
+
+def test_img2img_and_inpaint_endpoints_send_image_and_mask(ui_url, fake_service, tmp_path: Path):
+    init_path, mask_path = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(init_path)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(mask_path)
+    client = gradio_client.Client(ui_url, verbose=False)
+    common = {k: v for k, v in TXT2IMG.items() if k != "batch_size"} | dict(
+        batch_size=1, denoising_strength=0.6, resize_mode="Just resize", mask_blur=2,
+        mask_mode="Inpaint masked", inpainting_fill="original",
+    )
+    image = gradio_client.handle_file(str(init_path))
+    none = {"inpaint_image": None, "inpaint_mask": None}
+    gallery, info, _, _ = client.predict(mode="img2img", init_image=image, **none, **common, api_name="/img2img")
+    request = fake_service.submitted[-1].request
+    assert len(gallery) == 1 and isinstance(request, Img2ImgRequest) and request.mask is None
+    assert request.denoising_strength == 0.6 and request.init_images[0].getpixel((5, 5)) == (10, 200, 30)
+
+    mask_file = gradio_client.handle_file(str(mask_path))
+    client.predict(mode="inpaint", init_image=image, inpaint_image=None, inpaint_mask=mask_file, **common,
+                   api_name="/img2img")
+    request = fake_service.submitted[-1].request
+    assert request.mask is not None and request.mask.getpixel((5, 5)) == 255 and request.mask.getpixel((60, 5)) == 0
+    assert request.mask_blur == 2 and request.inpainting_fill == 1 and request.inpainting_mask_invert == 0
+
+
+def test_img2img_without_image_is_a_readable_error(ui_url):
+    client = gradio_client.Client(ui_url, verbose=False)
+    with pytest.raises(Exception, match="Upload an image first"):
+        client.predict(mode="img2img", init_image=None, inpaint_image=None, inpaint_mask=None, **TXT2IMG,
+                       api_name="/img2img")
+
+
+def test_invalid_settings_become_a_readable_error_and_the_ui_keeps_working(ui_url):
+    client = gradio_client.Client(ui_url, verbose=False)
+    with pytest.raises(Exception, match="width: must be a multiple of 8"):
+        client.predict(**(TXT2IMG | {"width": 100}), api_name="/txt2img")
+    with pytest.raises(Exception, match="Nope is not in the list of choices"):
+        client.predict(**(TXT2IMG | {"sampler_name": "Nope"}), api_name="/txt2img")
+    gallery, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
+    assert len(gallery) == 2
+
+
+def test_progress_is_streamed_while_the_job_runs(fake_service):
+    fake_service.step_seconds = 0.05
+    demo, url = _serve(fake_service)
+    try:
+        client = gradio_client.Client(url, verbose=False)
+        job = client.submit(**(TXT2IMG | {"steps": 8, "batch_size": 1}), api_name="/txt2img")
+        job.result(timeout=30)
+        statuses = [out[2] for out in job.outputs()]
+    finally:
+        demo.close(verbose=False)
+    running = [s for s in statuses if 'data-state="running"' in s]
+    assert len(running) >= 3 and any("Step 8/8" in s or "Step 7/8" in s for s in running)
+    assert "ETA" in running[-1] and 'data-state="done"' in statuses[-1]
+
+
+def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("parameters", "a dog\nNegative prompt: ugly\nSteps: 12, Sampler: DDIM, CFG scale: 5, Seed: 9, "
+                                "Size: 64x96")
+    path = tmp_path / "in.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=meta)
+    client = gradio_client.Client(ui_url, verbose=False)
+    text, fields = client.predict(gradio_client.handle_file(str(path)), api_name="/png_info")
+    assert text.startswith("a dog") and fields["Sampler"] == "DDIM" and fields["Size-2"] == "96"
+    assert fields["Negative prompt"] == "ugly"
+
+
+def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_service):
+    demo, url = _serve(fake_service, auth=[("alice", "s3cret")])
+    try:
+        assert httpx.get(url + "config").status_code == 401
+        assert httpx.post(url + "gradio_api/call/txt2img", json={"data": []}).status_code == 401
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            gradio_client.Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            gradio_client.Client(url, auth=("alice", "wrong"), verbose=False)
+        client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
+        gallery, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
+        gallery_img2img, *_ = client.predict(
+            mode="img2img", init_image=gradio_client.handle_file(gallery[0]["image"]), inpaint_image=None,
+            inpaint_mask=None, **(TXT2IMG | {"batch_size": 1}), api_name="/img2img",
+        )
+    finally:
+        demo.close(verbose=False)
+    assert len(gallery) == 2 and len(gallery_img2img) == 1
+
+
+def test_two_clients_at_once_both_get_their_images(fake_service):
+    fake_service.step_seconds = 0.02
+    demo, url = _serve(fake_service)
+    try:
+        first, second = (gradio_client.Client(url, verbose=False) for _ in range(2))
+        a = first.submit(**(TXT2IMG | {"prompt": "first", "seed": 1, "batch_size": 1}), api_name="/txt2img")
+        b = second.submit(**(TXT2IMG | {"prompt": "second", "seed": 2, "batch_size": 1}), api_name="/txt2img")
+        out_a, out_b = a.result(timeout=30), b.result(timeout=30)
+    finally:
+        demo.close(verbose=False)
+    assert out_a[1].startswith("first") and out_b[1].startswith("second")
+    assert len(out_a[0]) == len(out_b[0]) == 1
