@@ -1,0 +1,274 @@
+"""generate(): seeds, batches, progress, interrupt/skip, img2img/inpainting, input checks (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from webui.pipeline.errors import InvalidRequest, OutOfMemory
+from webui.pipeline.generate import GenerationControl, InpaintDenoiser, generate
+from webui.pipeline.images import resize_image
+from webui.pipeline.infotext import parse_infotext, request_from_infotext
+from webui.pipeline.outputs import read_infotext
+from webui.pipeline.preview import fit_latent_preview
+from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    from webui.models.checkpoint import load_model
+
+    return load_model(tiny_checkpoint.path, native_size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def samplers():
+    from webui.sampling import create_sampler_registry
+
+    return create_sampler_registry()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def req(**kwargs) -> GenerationRequest:
+    return GenerationRequest(**{"prompt": "the cat", "steps": 3, "seed": 7, "sampler_name": "Euler a", **kwargs})
+
+
+class UNetCalls:
+    """Counts UNet forward calls and their batch sizes."""
+
+    def __init__(self, unet):
+        self.batches: list[int] = []
+        self.handle = unet.register_forward_pre_hook(lambda _m, args: self.batches.append(args[0].shape[0]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_default_size_is_the_models_native_size_and_defaults_are_a1111s(tiny_model, samplers):
+    assert GenerationRequest().steps == 20 and GenerationRequest().cfg_scale == 7.0
+    result = generate(tiny_model, samplers, req())
+    assert result.images[0].size == (64, 64)
+    assert result.request.width == 64 and result.request.height == 64
+
+
+def test_same_request_twice_gives_identical_pixels(tiny_model, samplers):
+    a = generate(tiny_model, samplers, req()).images[0]
+    b = generate(tiny_model, samplers, req()).images[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    c = generate(tiny_model, samplers, req(seed=8)).images[0]
+    assert not np.array_equal(pixels(a), pixels(c))
+
+
+def test_batch_image_i_equals_a_single_run_with_seed_plus_i(tiny_model, samplers):
+    batch = generate(tiny_model, samplers, req(batch_size=2, n_iter=2))
+    assert batch.seeds == [7, 8, 9, 10]
+    for i in (1, 3):
+        single = generate(tiny_model, samplers, req(seed=7 + i)).images[0]
+        assert int(np.abs(pixels(batch.images[i]) - pixels(single)).max()) <= 1
+
+
+def test_random_seed_is_recorded_and_the_infotext_regenerates_the_image(tiny_model, samplers, tmp_path):
+    result = generate(tiny_model, samplers, req(seed=-1, cfg_scale=5.5, negative_prompt="dog, (cat:1.2)"),
+                      outputs_dir=tmp_path)
+    seed = result.seeds[0]
+    assert 0 <= seed < 2**32
+    text = read_infotext(result.paths[0])
+    assert text == result.infotexts[0]
+    assert parse_infotext(text)["Seed"] == str(seed)
+    again = generate(tiny_model, samplers, request_from_infotext(text))
+    assert np.array_equal(pixels(again.images[0]), pixels(result.images[0]))
+
+
+def test_cfg_is_one_batched_unet_call_per_step(tiny_model, samplers):
+    with UNetCalls(tiny_model.unet) as calls:
+        generate(tiny_model, samplers, req(sampler_name="Euler", steps=4, batch_size=2))
+    assert calls.batches == [4, 4, 4, 4]  # [uncond; cond] x 2 images, once per step
+    with UNetCalls(tiny_model.unet) as calls:
+        generate(tiny_model, samplers, req(sampler_name="Euler", steps=2, cfg_scale=1.0))
+    assert calls.batches == [1, 1]
+
+
+def test_prompt_weight_and_clip_skip_change_the_image(tiny_model, samplers):
+    base = pixels(generate(tiny_model, samplers, req(prompt="the cat dog")).images[0])
+    weighted = pixels(generate(tiny_model, samplers, req(prompt="the (cat:1.8) dog")).images[0])
+    skipped = pixels(generate(tiny_model, samplers, req(prompt="the cat dog", clip_skip=2)).images[0])
+    assert not np.array_equal(base, weighted)
+    assert not np.array_equal(base, skipped)
+
+
+def test_progress_reports_steps_eta_and_a_latent_preview(tiny_model, samplers):
+    events = []
+    previewer = fit_latent_preview(tiny_model.vae, tiny_model.scale_factor)
+    generate(tiny_model, samplers, req(steps=3, n_iter=2), progress=events.append, previewer=previewer)
+    assert [(p.step, p.total_steps) for p in events] == [(i, 6) for i in range(1, 7)]
+    assert [p.image_index for p in events] == [0, 0, 0, 1, 1, 1]
+    assert [p.sampling_step for p in events] == [1, 2, 3, 1, 2, 3]
+    assert all(p.eta_seconds is not None and p.eta_seconds >= 0 for p in events)
+    assert events[-1].eta_seconds == 0 and events[-1].fraction == 1.0
+    assert events[0].preview is not None and events[0].preview.size == (8, 8)
+
+
+def test_latent_preview_fit_approximates_the_vae(tiny_model):
+    previewer = fit_latent_preview(tiny_model.vae, tiny_model.scale_factor)
+    latent = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(99))
+    from webui.models.checkpoint import vae_decode
+
+    decoded = torch.nn.functional.adaptive_avg_pool2d(vae_decode(tiny_model, latent), (8, 8))[0]
+    approx = torch.from_numpy(pixels(previewer(latent)).astype(np.float32)).permute(2, 0, 1) / 127.5 - 1
+    # better than predicting the mean colour
+    assert float((approx - decoded).pow(2).mean()) < float((decoded - decoded.mean((1, 2), keepdim=True)).pow(2).mean())
+
+
+def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_images(
+    tiny_model, samplers, tmp_path
+):
+    control = GenerationControl()
+    calls_at_interrupt = []
+
+    def on_progress(p):
+        if p.image_index == 1 and p.sampling_step == 3:
+            control.interrupt()
+            calls_at_interrupt.append(len(calls.batches))
+
+    with UNetCalls(tiny_model.unet) as calls:
+        result = generate(tiny_model, samplers, req(sampler_name="Euler", steps=20, n_iter=3), outputs_dir=tmp_path,
+                          progress=on_progress, control=control)
+    assert result.interrupted
+    assert len(calls.batches) == calls_at_interrupt[0] == 23  # no UNet call after the interrupt
+    assert result.seeds == [7] and len(result.images) == 1 and len(result.paths) == 1
+    with Image.open(result.paths[0]) as saved:
+        saved.load()
+        assert saved.size == (64, 64) and "Seed: 7" in saved.info["parameters"]
+    assert [p.name for p in result.paths[0].parent.iterdir()] == [result.paths[0].name]
+
+
+def test_skip_abandons_the_current_batch_and_goes_on(tiny_model, samplers):
+    control = GenerationControl()
+
+    def on_progress(p):
+        if p.image_index == 0 and p.sampling_step == 1:
+            control.skip()
+
+    result = generate(tiny_model, samplers, req(n_iter=2), progress=on_progress, control=control)
+    assert not result.interrupted
+    assert result.seeds == [8]
+
+
+def test_img2img_resize_modes_give_the_requested_size(tiny_model, samplers):
+    init = Image.new("RGB", (96, 48), (200, 30, 30))
+    for mode in range(3):
+        result = generate(tiny_model, samplers, Img2ImgRequest(
+            prompt="p", steps=2, seed=1, init_images=[init], resize_mode=mode, width=64, height=64))
+        assert result.images[0].size == (64, 64)
+    assert "Denoising strength: 0.75" in result.infotexts[0]
+
+
+def test_resize_image_crop_and_fill_follow_a1111():
+    image = Image.new("RGB", (100, 50), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 10, 50))  # a blue left edge
+    crop = resize_image(image, 50, 50, 1)
+    assert crop.size == (50, 50) and crop.getpixel((0, 25)) == (255, 0, 0)  # the blue edge is cropped away
+    fill = resize_image(image, 50, 50, 2)
+    assert fill.size == (50, 50)
+    assert fill.getpixel((25, 0)) != (0, 0, 0) and fill.getpixel((25, 49)) != (0, 0, 0)  # bands filled
+
+
+def test_inpainting_keeps_original_pixels_outside_the_mask(tiny_model, samplers, tmp_path):
+    rng = np.random.default_rng(1)
+    init = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    mask = Image.new("L", (32, 32), 0)  # another size than the image: resized to it
+    mask.paste(255, (0, 0, 16, 32))  # repaint the left half
+    for fill in range(4):
+        result = generate(tiny_model, samplers, Img2ImgRequest(
+            prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_fill=fill,
+            denoising_strength=1.0), outputs_dir=tmp_path)
+        out = pixels(result.images[0])
+        # (the half-size mask is resized bilinearly: columns 31-32 straddle the edge)
+        assert np.array_equal(out[:, 33:], pixels(init)[:, 33:])
+        assert np.abs(out[:, :31] - pixels(init)[:, :31]).max() > 10
+    assert "Mask blur: 0" in result.infotexts[0]
+    inverted = generate(tiny_model, samplers, Img2ImgRequest(
+        prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_mask_invert=1))
+    assert np.array_equal(pixels(inverted.images[0])[:, :31], pixels(init)[:, :31])
+
+
+def test_inpaint_denoiser_keeps_the_unmasked_latent_on_the_renoised_original():
+    init = torch.randn(1, 4, 4, 4)
+    noise = torch.randn(1, 4, 4, 4)
+    repaint = torch.zeros(1, 1, 4, 4)
+    repaint[..., :2] = 1
+    seen = []
+
+    def inner(x, sigma, **_):
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+
+    wrapped = InpaintDenoiser(inner, init, noise, repaint)
+    x = torch.randn(1, 4, 4, 4) * 5
+    denoised = wrapped(x, torch.tensor([2.0]), timestep=None)
+    torch.testing.assert_close(seen[0][..., 2:], (init + 2.0 * noise)[..., 2:])
+    torch.testing.assert_close(seen[0][..., :2], x[..., :2])
+    torch.testing.assert_close(denoised[..., 2:], init[..., 2:])
+    assert float(denoised[..., :2].abs().max()) == 0
+
+
+BAD_REQUESTS = [
+    (req(width=100), "width"),
+    (req(width=56), "width"),
+    (req(height=2056), "height"),
+    (req(steps=0), "steps"),
+    (req(steps=151), "steps"),
+    (req(steps=2.5), "steps"),
+    (req(cfg_scale=-1), "cfg_scale"),
+    (req(cfg_scale=31), "cfg_scale"),
+    (req(cfg_scale=math.nan), "cfg_scale"),
+    (req(cfg_scale=math.inf), "cfg_scale"),
+    (req(seed=-2), "seed"),
+    (req(batch_size=0), "batch_size"),
+    (req(prompt=None), "prompt"),
+    (req(sampler_name="No such sampler"), "sampler_name"),
+    (req(scheduler="Nope"), "scheduler"),
+    (req(eta=math.nan), "eta"),
+    (Img2ImgRequest(init_images=[]), "init_images"),
+    (Img2ImgRequest(init_images=[b"not an image"]), "init_images"),
+    (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], denoising_strength=1.5), "denoising_strength"),
+    (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], denoising_strength=math.nan), "denoising_strength"),
+    (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], mask="mask.png"), "mask"),
+    (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], resize_mode=7), "resize_mode"),
+    (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], inpainting_fill=4), "inpainting_fill"),
+]
+
+
+@pytest.mark.parametrize(("request_", "field"), BAD_REQUESTS, ids=[f for _, f in BAD_REQUESTS])
+def test_bad_input_raises_invalid_request_naming_the_field_and_writes_nothing(
+    tiny_model, samplers, tmp_path, request_, field
+):
+    with UNetCalls(tiny_model.unet) as calls, pytest.raises(InvalidRequest) as info:
+        generate(tiny_model, samplers, request_, outputs_dir=tmp_path)
+    assert info.value.field == field
+    assert calls.batches == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_names_what_to_lower_and_writes_nothing(tiny_model, samplers, tmp_path, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tiny_model.unet, "forward", oom)
+    with pytest.raises(OutOfMemory) as info:
+        generate(tiny_model, samplers, req(batch_size=4), outputs_dir=tmp_path)
+    assert isinstance(info.value, InvalidRequest) and info.value.field == "batch_size"
+    assert "lower the batch size" in str(info.value)
+    assert list(tmp_path.rglob("*.png")) == []
+    monkeypatch.undo()
+    assert generate(tiny_model, samplers, req()).images  # the next request works
