@@ -125,6 +125,7 @@ def _drop_unknown_hooks(registry: SamplerRegistry, pm: pluggy.PluginManager) -> 
 
 
 def _warn(registry: SamplerRegistry, plugin_name: str, reason: str) -> None:
+    reason = " ".join(reason.split())  # one line, also for pluggy's multi-line validation errors
     message = f"Sampler plugin {plugin_name!r} skipped: {reason}"
     registry.warnings.append(message)
     logger.warning(message)

@@ -133,8 +133,12 @@ class Sampler:
             raise ValueError(
                 f"Sampler {self.name!r}: automatic={self.automatic!r} is not one of {', '.join(AUTOMATIC_SPACINGS)}"
             )
-        object.__setattr__(self, "name", self.name.strip())
-        object.__setattr__(self, "aliases", tuple(a.strip() for a in aliases))
+        name = self.name.strip()
+        unique: dict[str, str] = {name.casefold(): name}
+        for alias in aliases:  # aliases repeating the name (in any case) or each other are dropped
+            unique.setdefault(alias.strip().casefold(), alias.strip())
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "aliases", tuple(unique.values())[1:])
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "schedules", schedules)
 
