@@ -1,0 +1,190 @@
+"""WebUIService / JobQueue: FIFO order, queue positions, interrupt/skip, errors that don't wedge the queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.requests import GenerationRequest, GenerationResult
+from webui.service import DONE, ERROR, INTERRUPTED, QUEUED, RUNNING, Job, JobQueue, WebUIService
+
+TIMEOUT = 60
+
+
+def wait_until(predicate, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+class Scripted:
+    """A job runner whose jobs wait for a per-job event and record the order they ran in."""
+
+    def __init__(self):
+        self.order: list[str] = []
+        self.release: dict[str, threading.Event] = {}
+        self.fail: set[str] = set()
+
+    def __call__(self, job: Job) -> GenerationResult:
+        self.order.append(job.request.prompt)
+        event = self.release.setdefault(job.request.prompt, threading.Event())
+        event.wait(TIMEOUT)
+        if job.request.prompt in self.fail:
+            raise RuntimeError(f"boom in {job.request.prompt}")
+        return GenerationResult(seeds=[1], request=job.request, interrupted=job.control.interrupted)
+
+
+def submit(queue: JobQueue, runner: Scripted, prompt: str) -> Job:
+    runner.release.setdefault(prompt, threading.Event())
+    return queue.submit(Job(GenerationRequest(prompt=prompt)))
+
+
+def test_jobs_run_one_at_a_time_in_fifo_order_with_queue_positions():
+    runner = Scripted()
+    queue = JobQueue(runner)
+    try:
+        jobs = [submit(queue, runner, p) for p in "abcd"]
+        wait_until(lambda: jobs[0].state == RUNNING)
+        assert [j.queue_position for j in jobs] == [0, 1, 2, 3]
+        assert [j.state for j in jobs] == [RUNNING, QUEUED, QUEUED, QUEUED]
+        assert len({j.id for j in jobs}) == 4
+        runner.release["a"].set()
+        wait_until(lambda: jobs[1].state == RUNNING)
+        assert jobs[0].state == DONE and jobs[0].queue_position is None
+        assert [j.queue_position for j in jobs[1:]] == [0, 1, 2]
+        for p in "bcd":
+            runner.release[p].set()
+        assert [j.result(TIMEOUT).request.prompt for j in jobs] == list("abcd")
+        assert runner.order == list("abcd")
+        assert queue.get(jobs[2].id) is jobs[2]
+    finally:
+        for event in runner.release.values():
+            event.set()
+        queue.close()
+
+
+def test_a_failing_job_stores_its_error_and_the_queue_goes_on():
+    runner = Scripted()
+    runner.fail.add("bad")
+    queue = JobQueue(runner)
+    try:
+        bad, good = submit(queue, runner, "bad"), submit(queue, runner, "good")
+        runner.release["bad"].set()
+        runner.release["good"].set()
+        assert good.result(TIMEOUT).seeds == [1]
+        assert bad.state == ERROR and "boom in bad" in bad.error_message
+        with pytest.raises(RuntimeError, match="boom in bad"):
+            bad.result(0)
+    finally:
+        queue.close()
+
+
+def test_interrupting_a_queued_job_removes_it_and_later_jobs_move_up():
+    runner = Scripted()
+    queue = JobQueue(runner)
+    try:
+        first, second, third = (submit(queue, runner, p) for p in ("1", "2", "3"))
+        wait_until(lambda: first.state == RUNNING)
+        second.interrupt()
+        assert second.state == INTERRUPTED and second.done and second.result(0).interrupted
+        assert third.queue_position == 1
+        runner.release["1"].set()
+        runner.release["3"].set()
+        assert third.result(TIMEOUT).request.prompt == "3"
+        assert runner.order == ["1", "3"]
+    finally:
+        queue.close()
+
+
+def test_result_timeout_and_close_finishes_waiting_jobs():
+    runner = Scripted()
+    queue = JobQueue(runner)
+    running, waiting = submit(queue, runner, "r"), submit(queue, runner, "w")
+    wait_until(lambda: running.state == RUNNING)
+    with pytest.raises(TimeoutError):
+        running.result(0.01)
+    runner.release["r"].set()
+    queue.close()
+    assert waiting.state == INTERRUPTED
+    assert running.wait(TIMEOUT) and running.state in (DONE, INTERRUPTED)
+    with pytest.raises(RuntimeError):
+        queue.submit(Job(GenerationRequest()))
+
+
+class OneModel:
+    """A stand-in ModelManager that serves one loaded model (or fails for other names)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def get(self, name=None):
+        if name not in (None, "tiny"):
+            raise KeyError(f"unknown model {name!r}")
+        return self.model
+
+    def load(self, name):
+        return self.get(name)
+
+
+@pytest.fixture(scope="module")
+def service(tiny_checkpoint, tmp_path_factory):
+    from webui.models.checkpoint import load_model
+
+    model = load_model(tiny_checkpoint.path, native_size=(64, 64), name="tiny")
+    svc = WebUIService(manager=OneModel(model), outputs_dir=tmp_path_factory.mktemp("outputs"), version="test")
+    yield svc
+    svc.close()
+
+
+def test_service_generates_saves_and_reports_progress(service):
+    job = service.submit(GenerationRequest(prompt="the cat", steps=3, seed=5, batch_size=2))
+    result = job.result(TIMEOUT)
+    assert job.state == DONE and result.seeds == [5, 6]
+    assert len(result.paths) == 2 and all(p.is_file() for p in result.paths)
+    assert "Version: test" in result.infotexts[0] and "Model: tiny" in result.infotexts[0]
+    snapshot = service.progress(job.id)
+    assert snapshot.state == DONE and snapshot.progress == 1.0 and snapshot.step == 3 == snapshot.total_steps
+    assert snapshot.preview is not None
+    assert service.progress().state == "idle"
+    unsaved = service.run(GenerationRequest(prompt="x", steps=1, seed=5), save=False, timeout=TIMEOUT)
+    assert unsaved.images and unsaved.paths == []
+
+
+def test_service_rejects_bad_requests_at_submit(service):
+    before = len(service.jobs)
+    with pytest.raises(InvalidRequest) as info:
+        service.submit(GenerationRequest(width=100))
+    assert info.value.field == "width"
+    with pytest.raises(InvalidRequest) as info:
+        service.submit(GenerationRequest(sampler_name="nope"))
+    assert info.value.field == "sampler_name"
+    assert len(service.jobs) == before
+
+
+def test_service_interrupt_and_skip_act_on_the_running_job(service):
+    long = GenerationRequest(prompt="p", steps=150, seed=1, n_iter=3, sampler_name="Euler")
+    job = service.submit(long)
+    after = service.submit(GenerationRequest(prompt="q", steps=2, seed=2))
+    wait_until(lambda: job.progress is not None and job.progress.step >= 2)
+    assert service.progress().job_id == job.id and service.progress().state == RUNNING
+    assert service.progress(after.id).queue_position == 1
+    assert service.skip()  # abandon batch 1 of 3
+    wait_until(lambda: job.progress.image_index >= 1)
+    assert service.interrupt()
+    result = job.result(TIMEOUT)
+    assert job.state == INTERRUPTED and result.interrupted and result.images == []
+    assert after.result(TIMEOUT).seeds == [2] and after.state == DONE
+    assert not service.interrupt()  # nothing running
+
+
+def test_service_errors_do_not_wedge_the_queue(service):
+    bad = service.submit(GenerationRequest(prompt="p", steps=1), model_name="missing")
+    good = service.submit(GenerationRequest(prompt="p", steps=1, seed=3))
+    assert good.result(TIMEOUT).seeds == [3]
+    assert bad.state == ERROR and "missing" in bad.error_message
+    assert service.progress(bad.id).state == ERROR
