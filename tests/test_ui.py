@@ -85,6 +85,8 @@ class FakeModels:
 @dataclass
 class FakeSampler:
     name: str
+    aliases: tuple[str, ...] = ()
+    options: dict = field(default_factory=dict)
 
 
 class FakeSamplers:
