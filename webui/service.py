@@ -32,6 +32,7 @@ QUEUED, RUNNING, DONE, ERROR, INTERRUPTED = "queued", "running", "done", "error"
 JOB_STATES = (QUEUED, RUNNING, DONE, ERROR, INTERRUPTED)
 FINISHED_STATES = (DONE, ERROR, INTERRUPTED)
 KEEP_FINISHED_JOBS = 64
+SMALL_MODEL_BYTES = 256 * 2**20
 
 
 class Job:
@@ -265,6 +266,7 @@ class WebUIService:
         samplers: Any | None = None,
         version: str | None = None,
     ):
+        self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         if manager is None:
@@ -283,6 +285,7 @@ class WebUIService:
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.version = version
         self._previews: dict[int, tuple[Any, LatentPreview]] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}
         self._queue = JobQueue(self._run_job)
 
     # --- jobs -------------------------------------------------------------------------------
@@ -354,6 +357,61 @@ class WebUIService:
         self._queue.close()
 
     # --- models -----------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Any:
+        """The model registry (``models.yaml`` entries) the manager loads from."""
+        return getattr(self.models, "registry", None)
+
+    def reload_registry(self) -> Any:
+        """Re-read ``models.yaml`` (A1111's "refresh checkpoints"); loaded models stay loaded."""
+        if self.registry_path is None:
+            return self.registry
+        from webui.models.registry import load_registry
+
+        registry = load_registry(self.registry_path)
+        if hasattr(self.models, "set_registry"):
+            self.models.set_registry(registry)
+        else:
+            self.models.registry = registry
+        return registry
+
+    def model_sha256(self, name: str, *, max_bytes_to_hash: int = SMALL_MODEL_BYTES) -> str | None:
+        """Full sha256 of a registry model's file, if known without a long read.
+
+        Taken from the loaded model, else from a cache, else computed for files up to
+        ``max_bytes_to_hash`` (A1111 likewise shows hashes only once it has computed them).
+        """
+        model = self._loaded_model(name)
+        if model is not None and getattr(model, "sha256", None):
+            return model.sha256
+        try:
+            entry = self.registry.get(name) if self.registry is not None else None
+        except (KeyError, ValueError):
+            entry = None
+        path = getattr(entry, "path", None)
+        if path is None or not Path(path).is_file():
+            return None
+        stat = Path(path).stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._hashes:
+            if stat.st_size > max_bytes_to_hash:
+                return None
+            from webui.models.checkpoint import file_sha256
+
+            self._hashes[key] = file_sha256(Path(path))
+        return self._hashes[key]
+
+    def _loaded_model(self, name: str) -> Any | None:
+        for cached_model, _ in self._previews.values():
+            if getattr(cached_model, "name", None) == name:
+                return cached_model
+        loaded = getattr(self.models, "loaded", None)
+        if callable(loaded):
+            loaded = loaded()
+        if isinstance(loaded, dict):
+            return loaded.get(name)
+        return None
 
     def select_model(self, name: str) -> Any:
         """Load ``name`` and make it the current model (blocks while it loads)."""
