@@ -272,3 +272,15 @@ def test_out_of_memory_names_what_to_lower_and_writes_nothing(tiny_model, sample
     assert list(tmp_path.rglob("*.png")) == []
     monkeypatch.undo()
     assert generate(tiny_model, samplers, req()).images  # the next request works
+
+
+def test_mask_from_luminance_or_from_the_alpha_of_brush_strokes():
+    from webui.pipeline.images import prepare_mask
+
+    opaque = Image.new("RGBA", (16, 16), (0, 0, 0, 255))
+    opaque.paste((255, 255, 255, 255), (0, 0, 8, 16))
+    strokes = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    strokes.paste((0, 0, 0, 255), (0, 0, 8, 16))  # black paint, opaque where painted
+    for mask in (opaque, strokes):
+        out = prepare_mask(mask, (16, 16), 16, 16, resize_mode=0, blur=0, invert=False)
+        assert out.mode == "L" and out.getpixel((2, 8)) == 255 and out.getpixel((13, 8)) == 0

@@ -6,8 +6,11 @@ progress goes out through a callback and interruption comes in through
 """
 
 from webui.pipeline.errors import InvalidRequest, OutOfMemory, PipelineError
+from webui.pipeline.generate import GenerationControl, Progress, check_request, generate
+from webui.pipeline.infotext import format_infotext, parse_infotext, request_from_infotext
 from webui.pipeline.requests import (
     INPAINTING_FILLS,
+    MASK_MODES,
     RESIZE_MODES,
     GenerationRequest,
     GenerationResult,
@@ -16,11 +19,19 @@ from webui.pipeline.requests import (
 
 __all__ = [
     "INPAINTING_FILLS",
+    "MASK_MODES",
     "RESIZE_MODES",
+    "GenerationControl",
     "GenerationRequest",
     "GenerationResult",
     "Img2ImgRequest",
     "InvalidRequest",
     "OutOfMemory",
     "PipelineError",
+    "Progress",
+    "check_request",
+    "format_infotext",
+    "generate",
+    "parse_infotext",
+    "request_from_infotext",
 ]

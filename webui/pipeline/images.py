@@ -52,8 +52,8 @@ def prepare_mask(
     A mask of another size than the init image is first resized to the init image's size,
     then undergoes the same resize mode as the image so that they stay aligned.
     """
-    if mask.mode in ("RGBA", "LA", "PA"):
-        # A transparent brush stroke: use the alpha channel where the image has one.
+    if mask.mode in ("RGBA", "LA", "PA") and mask.getchannel("A").getextrema() != (255, 255):
+        # Brush strokes on a transparent layer: the alpha channel is the mask.
         mask = mask.getchannel("A")
     mask = mask.convert("L")
     if mask.size != source_size:
