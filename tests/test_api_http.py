@@ -12,6 +12,7 @@ import base64
 import json
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,16 +22,12 @@ from PIL import Image
 from test_api_support import b64_png, from_b64, serve
 
 from webui.api import ApiLimits, mount_api
+from webui.models.registry import ModelEntry, Registry
 from webui.pipeline.requests import GenerationResult
 from webui.sampling.registry import create_sampler_registry
+from webui.service import ProgressSnapshot
 
 USER, PASSWORD = "alice", "s3cret:with:colons"
-
-
-@dataclass
-class StubEntry:
-    name: str
-    path: str
 
 
 @dataclass
@@ -60,35 +57,41 @@ class StubModels:
         self.current_name = name
 
 
-@dataclass
-class StubRegistry:
-    entries: list[StubEntry]
-
-    @property
-    def default(self) -> StubEntry:
-        return self.entries[0]
-
-
 class StubService:
     def __init__(self) -> None:
         self.samplers = create_sampler_registry()
-        self.registry = StubRegistry([StubEntry("tiny", "/models/tiny.safetensors"), StubEntry("Other-Model", "/o")])
+        self.registry = Registry(None, [ModelEntry("tiny", Path("/models/tiny.safetensors")),
+                                        ModelEntry("Other-Model", Path("/models/other.ckpt"))])
         self.models = StubModels()
         self.submitted: list[tuple[Any, str | None]] = []
+        self.jobs: dict[str, StubJob] = {}
         self.calls: list[str] = []
 
-    def submit(self, request: Any, model_name: str | None = None) -> StubJob:
+    def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> StubJob:
         self.submitted.append((request, model_name))
-        return StubJob(id=f"job{len(self.submitted)}", request=request)
+        job = StubJob(id=f"job{len(self.jobs)}", request=request)
+        self.jobs[job.id] = job
+        return job
 
-    def current_job(self) -> None:
-        return None
+    def get_job(self, job_id: str) -> StubJob:
+        return self.jobs[job_id]
 
-    def interrupt(self) -> None:
+    def progress(self, job_id: str | None = None) -> ProgressSnapshot:
+        if job_id is None:
+            return ProgressSnapshot(None, "idle", None, 0, 0.0, None)
+        job = self.jobs[job_id]
+        return ProgressSnapshot(job.id, job.state, None, 0, 1.0, None)
+
+    def interrupt(self) -> bool:
         self.calls.append("interrupt")
+        return False
 
-    def skip(self) -> None:
+    def skip(self) -> bool:
         self.calls.append("skip")
+        return False
+
+    def select_model(self, name: str) -> None:
+        self.models.load(name)
 
     def model_sha256(self, name: str) -> str | None:
         return "ab" * 32 if name == "tiny" else None
@@ -402,6 +405,8 @@ def test_progress_when_idle_and_for_an_unknown_task(client: httpx.Client) -> Non
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
     r = client.get("/sdapi/v1/progress", params={"id_task": "task(nope)"})
     assert r.status_code == 404 and _error_field(r) == ["query", "id_task"]
+    r = client.get("/sdapi/v1/progress", params={"id_task": "x" * 201})
+    assert r.status_code == 422 and _error_field(r) == ["query", "id_task"]
 
 
 def test_progress_follows_a_finished_task(client: httpx.Client) -> None:

@@ -15,14 +15,13 @@ Usage (``webui/server.py`` does this when ``--api`` is given)::
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, HTTPException, Query
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -45,6 +44,7 @@ from webui.api.models import (
     _GenerationFields,
 )
 from webui.api.security import SECURITY_SCHEME, guarded_route_class
+from webui.models.errors import CheckpointError
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
 from webui.pipeline.outputs import INFOTEXT_KEY
@@ -75,7 +75,7 @@ class SdApi:
     def __init__(self, service: Any, limits: ApiLimits):
         self.service = service
         self.limits = limits
-        self._tasks: OrderedDict[str, Any] = OrderedDict()
+        self._forced_ids: OrderedDict[str, str] = OrderedDict()  # client's force_task_id -> service job id
         self._waits = anyio.CapacityLimiter(MAX_CONCURRENT_WAITS)
 
     # ---------------------------------------------------------------- generation
@@ -186,12 +186,17 @@ class SdApi:
         self, req: _GenerationFields, request: GenerationRequest, parameters: dict[str, Any]
     ) -> dict[str, Any]:
         model_name = self._request_model(req)
-        task_id = self._new_task_id(req.force_task_id)
+        self._check_task_id(req.force_task_id)
         try:
-            job = self.service.submit(request, model_name=model_name)
+            job = self.service.submit(request, model_name, save=req.save_images)
         except InvalidRequest as exc:
             raise field_error(exc.field, exc.message) from exc
-        self._remember(task_id, job)
+        task_id = job.id
+        if req.force_task_id:
+            task_id = req.force_task_id
+            self._forced_ids[task_id] = job.id
+            while len(self._forced_ids) > MAX_REMEMBERED_TASKS:
+                self._forced_ids.popitem(last=False)
         return await anyio.to_thread.run_sync(self._finish, job, task_id, req.send_images, parameters,
                                               limiter=self._waits)
 
@@ -201,6 +206,10 @@ class SdApi:
             result = job.result()
         except InvalidRequest as exc:
             raise field_error(exc.field, exc.message) from exc
+        except (CheckpointError, LookupError) as exc:
+            raise field_error("override_settings.sd_model_checkpoint", f"cannot load the model: {exc}") from exc
+        except Exception as exc:  # a failure of the server, not of the request: say what it was
+            raise HTTPException(500, detail=f"generation failed: {type(exc).__name__}: {exc}") from exc
         images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=False)]
         info = dict(result.info)
         prompt, negative = info.get("prompt", ""), info.get("negative_prompt", "")
@@ -216,19 +225,17 @@ class SdApi:
             return None
         return self._model_name(name, "override_settings.sd_model_checkpoint")
 
-    def _new_task_id(self, forced: str | None) -> str:
-        if forced:
-            job = self._tasks.get(forced)
-            if job is not None and job.state in ("queued", "running"):
-                raise field_error("force_task_id", f"task {forced!r} is still {job.state}")
-            return forced
-        return f"task({secrets.token_hex(8)})"
-
-    def _remember(self, task_id: str, job: Any) -> None:
-        self._tasks[task_id] = job
-        self._tasks.move_to_end(task_id)
-        while len(self._tasks) > MAX_REMEMBERED_TASKS:
-            self._tasks.popitem(last=False)
+    def _check_task_id(self, forced: str | None) -> None:
+        """A client may choose its job id (A1111's ``force_task_id``), but not one that is still in use."""
+        if not forced:
+            return
+        job_id = self._forced_ids.get(forced, forced)
+        try:
+            state = self.service.get_job(job_id).state
+        except KeyError:
+            return
+        if state in ("queued", "running"):
+            raise field_error("force_task_id", f"task {forced!r} is still {state}")
 
     # ---------------------------------------------------------------- progress and control
 
@@ -237,18 +244,14 @@ class SdApi:
         id_task: str | None = Query(default=None, max_length=200, description="A job id from a generation's info."),
         skip_current_image: bool = Query(default=False, description="Leave out the preview image."),
     ) -> dict[str, Any]:
-        if id_task is not None:
-            job = self._tasks.get(id_task)
-            if job is None:
-                raise field_error("id_task", f"unknown task {id_task!r}", status_code=404, where="query")
-        else:
-            job = self.service.current_job()
-        return progress_body(job, self._task_id(job), skip_current_image)
-
-    def _task_id(self, job: Any) -> str | None:
-        if job is None:
-            return None
-        return next((task for task, known in reversed(self._tasks.items()) if known is job), job.id)
+        job_id = None if id_task is None else self._forced_ids.get(id_task, id_task)
+        try:
+            snapshot = self.service.progress(job_id)
+        except KeyError as exc:
+            message = f"unknown or expired task {id_task!r}"
+            raise field_error("id_task", message, status_code=404, where="query") from exc
+        task_id = id_task or next((t for t, j in self._forced_ids.items() if j == snapshot.job_id), snapshot.job_id)
+        return progress_body(snapshot, task_id, skip_current_image)
 
     async def interrupt(self) -> dict[str, Any]:
         self.service.interrupt()
@@ -283,7 +286,7 @@ class SdApi:
             "model_name": entry.name,
             "hash": sha256[:10] if sha256 else None,
             "sha256": sha256,
-            "filename": str(getattr(entry, "path", None) or entry.name),
+            "filename": entry.filename,
             "config": None,
         }
 
@@ -291,21 +294,17 @@ class SdApi:
         return self.service.model_sha256(name)
 
     def _model_name(self, given: Any, field: str) -> str:
-        """The registry name a client means: a name or title, with or without ``" [hash]"`` or a file suffix."""
+        """The registry name a client means (a name or A1111 title ``name [hash]``, any case, or a file name)."""
         if not isinstance(given, str) or not given.strip():
             raise field_error(field, f"expected a model name from GET {API_PREFIX}/sd-models, got {given!r}")
-        names = [entry.name for entry in self.service.registry.entries]
-        wanted = given.strip()
-        candidates = [wanted, wanted.rsplit(" [", 1)[0].strip()]
-        candidates += [c.rsplit(".", 1)[0] for c in candidates if c.endswith((".safetensors", ".ckpt"))]
-        for candidate in candidates:
-            for name in names:
-                if candidate.casefold() == name.casefold():
-                    return name
-        raise field_error(field, f"unknown model {given!r}; choose one of {', '.join(names) or '(none)'}")
+        try:
+            return self.service.registry.get(given).name
+        except LookupError as exc:
+            raise field_error(field, str(exc).strip("'\"")) from exc
 
     async def get_options(self) -> dict[str, Any]:
-        name = self.service.models.current_name or _entry_name(self.service.registry.default)
+        default = self.service.registry.default
+        name = self.service.models.current_name or (default.name if default is not None else None)
         return {
             "sd_model_checkpoint": name,
             "sd_checkpoint_hash": self._sha256(name) if name else None,
@@ -318,8 +317,8 @@ class SdApi:
         if "sd_model_checkpoint" in options:
             name = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
             try:
-                await anyio.to_thread.run_sync(self.service.models.load, name, limiter=self._waits)
-            except ValueError as exc:
+                await anyio.to_thread.run_sync(self.service.select_model, name, limiter=self._waits)
+            except (CheckpointError, LookupError) as exc:
                 raise field_error("sd_model_checkpoint", f"cannot load {name!r}: {exc}") from exc
         return None
 
@@ -342,76 +341,34 @@ class SdApi:
         return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
 
 
-def progress_body(job: Any, task_id: str | None, skip_current_image: bool) -> dict[str, Any]:
-    """A1111's ``ProgressResponse`` for ``job`` (None: nothing queued or running)."""
-    if job is None:
-        return {
-            "progress": 0.0, "eta_relative": 0.0, "state": _state(None), "current_image": None,
-            "textinfo": "Waiting...", "id_task": None,
-        }
-    state = job.state
-    numbers = job.progress
-    fraction = 1.0 if state in ("done", "error", "interrupted") else _fraction(numbers)
-    preview = None
-    if not skip_current_image and numbers is not None and getattr(numbers, "preview", None) is not None:
-        preview = encode_png(numbers.preview)
+def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) -> dict[str, Any]:
+    """A1111's ``ProgressResponse`` from the service's ``ProgressSnapshot`` (``state`` "idle" when nothing runs)."""
+    state = snapshot.state
+    running = state == "running"
+    preview = snapshot.preview if running and not skip_current_image else None
     return {
-        "progress": fraction,
-        "eta_relative": float(getattr(numbers, "eta_seconds", None) or 0.0) if state == "running" else 0.0,
-        "state": _state(job),
-        "current_image": preview,
-        "textinfo": _textinfo(job),
+        "progress": float(snapshot.progress),
+        "eta_relative": float(snapshot.eta_seconds or 0.0),
+        # The keys of A1111's shared.state.dict(), which clients such as webuiapi.util_wait_for_ready read.
+        "state": {
+            "skipped": False,
+            "interrupted": state == "interrupted",
+            "stopping_generation": False,
+            "job": snapshot.job_id or "",
+            "job_count": snapshot.queue_size + int(running),
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "job_no": snapshot.image_index,
+            "sampling_step": snapshot.step,
+            "sampling_steps": snapshot.total_steps,
+        },
+        "current_image": encode_png(preview) if preview is not None else None,
+        "textinfo": snapshot.textinfo,
         "id_task": task_id,
         "queued": state == "queued",
-        "active": state == "running",
+        "active": running,
         "completed": state in ("done", "error", "interrupted"),
-        "queue_position": job.queue_position if state == "queued" else None,
+        "queue_position": snapshot.queue_position,
     }
-
-
-def _fraction(numbers: Any) -> float:
-    if numbers is None:
-        return 0.0
-    total = max(1, numbers.total_steps) * max(1, numbers.images_total)
-    done = numbers.image_index * max(1, numbers.total_steps) + numbers.step
-    return min(1.0, max(0.0, done / total))
-
-
-def _state(job: Any) -> dict[str, Any]:
-    """A1111's ``shared.state.dict()`` keys, which clients such as ``webuiapi.util_wait_for_ready`` read."""
-    numbers = getattr(job, "progress", None)
-    return {
-        "skipped": False,
-        "interrupted": getattr(job, "state", None) == "interrupted",
-        "stopping_generation": False,
-        "job": getattr(job, "id", "") or "",
-        "job_count": 0 if job is None or job.state not in ("queued", "running") else 1,
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-        "job_no": getattr(numbers, "image_index", 0),
-        "sampling_step": getattr(numbers, "step", 0),
-        "sampling_steps": getattr(numbers, "total_steps", 0),
-        "queue_position": getattr(job, "queue_position", None),
-    }
-
-
-def _textinfo(job: Any) -> str:
-    state = job.state
-    if state == "queued":
-        return f"In queue ({job.queue_position} ahead)"
-    if state == "running":
-        numbers = job.progress
-        if numbers is None:
-            return "Starting..."
-        return f"Image {numbers.image_index + 1}/{numbers.images_total}, step {numbers.step}/{numbers.total_steps}"
-    if state == "error":
-        return f"Error: {getattr(job, 'error', '')}"
-    return {"done": "Done", "interrupted": "Interrupted"}.get(state, state)
-
-
-def _entry_name(entry: Any) -> str | None:
-    if entry is None or isinstance(entry, str):
-        return entry
-    return entry.name
 
 
 def build_openapi(routes: Sequence[Any], *, secured: bool) -> dict[str, Any]:
