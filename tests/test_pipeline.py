@@ -284,3 +284,12 @@ def test_mask_from_luminance_or_from_the_alpha_of_brush_strokes():
     for mask in (opaque, strokes):
         out = prepare_mask(mask, (16, 16), 16, 16, resize_mode=0, blur=0, invert=False)
         assert out.mode == "L" and out.getpixel((2, 8)) == 255 and out.getpixel((13, 8)) == 0
+
+
+def test_result_info_is_a1111_shaped(tiny_model, samplers):
+    result = generate(tiny_model, samplers, req(batch_size=2, seed=11))
+    info = result.info
+    assert info["seed"] == 11 and info["all_seeds"] == [11, 12]
+    assert info["all_prompts"] == ["the cat", "the cat"] and info["infotexts"] == result.infotexts
+    assert info["width"] == 64 and info["sd_model_hash"] == tiny_model.short_hash
+    assert info["denoising_strength"] is None and not info["interrupted"]

@@ -344,7 +344,7 @@ def _generate(
     steps_per_batch = effective_steps(request)
     total_steps = steps_per_batch * request.n_iter
     name = model_name or getattr(model, "name", None)
-    result = GenerationResult(request=request)
+    result = GenerationResult(request=request, model_name=name, model_hash=getattr(model, "short_hash", None))
     started = time.monotonic()
     done_steps = 0
 
@@ -416,7 +416,7 @@ def _generate(
                 image = Image.composite(image, prepared.originals[i], prepared.overlay_masks[i])
             seed = seeds[b]
             infotext = format_infotext(
-                request, seed=seed, model_name=name, model_hash=getattr(model, "short_hash", None),
+                request, seed=seed, model_name=name, model_hash=result.model_hash,
                 batch_pos=b if request.batch_size > 1 else None, version=version,
             )
             result.images.append(image)

@@ -170,22 +170,36 @@ class GenerationResult:
     interrupted: bool = False
     request: GenerationRequest | None = None
 
+    model_name: str | None = None
+    model_hash: str | None = None
+
     @property
     def info(self) -> dict[str, Any]:
-        """A1111's ``info`` object (the API returns it JSON-encoded)."""
-        req = self.request
-        first = self.seeds[0] if self.seeds else (req.seed if req else -1)
+        """AUTOMATIC1111's ``info`` object for this result (the API returns it JSON-encoded)."""
+        req = self.request if self.request is not None else GenerationRequest()
+        count = len(self.images)
         return {
-            "prompt": req.prompt if req else "",
-            "negative_prompt": req.negative_prompt if req else "",
-            "seed": first,
+            "prompt": req.prompt,
+            "negative_prompt": req.negative_prompt,
+            "all_prompts": [req.prompt] * count,
+            "all_negative_prompts": [req.negative_prompt] * count,
+            "seed": self.seeds[0] if self.seeds else req.seed,
             "all_seeds": list(self.seeds),
-            "width": req.width if req else None,
-            "height": req.height if req else None,
-            "sampler_name": req.sampler_name if req else None,
-            "steps": req.steps if req else None,
-            "cfg_scale": req.cfg_scale if req else None,
-            "batch_size": req.batch_size if req else None,
+            "subseed": -1,
+            "all_subseeds": [-1] * count,
+            "width": req.width,
+            "height": req.height,
+            "sampler_name": req.sampler_name,
+            "scheduler": req.scheduler,
+            "steps": req.steps,
+            "cfg_scale": req.cfg_scale,
+            "batch_size": req.batch_size,
+            "n_iter": req.n_iter,
+            "clip_skip": req.clip_skip,
+            "denoising_strength": getattr(req, "denoising_strength", None),
+            "sd_model_name": self.model_name,
+            "sd_model_hash": self.model_hash,
+            "index_of_first_image": 0,
             "infotexts": list(self.infotexts),
             "interrupted": self.interrupted,
         }
