@@ -278,6 +278,16 @@ def test_options_unknown_to_the_sampler_and_none_values_are_ignored(registry, al
     assert torch.equal(ddim, ours(registry, alphas_cumprod, "DDIM", toy_eps, x, steps=5))
 
 
+def test_option_values_take_the_type_of_their_default(registry):
+    from webui.sampling.driver import sampler_options
+
+    assert sampler_options(registry.get("LMS"), {"order": 3.0}) == {"order": 3}
+    assert sampler_options(registry.get("DDIM"), {"eta": "0.5"}) == {"eta": 0.5}
+    for bad in ({"order": 2.5}, {"order": "four"}, {"order": True}):
+        with pytest.raises(ValueError, match="option 'order' must be of type int"):
+            sampler_options(registry.get("LMS"), bad)
+
+
 def test_unknown_schedule_and_bad_strength_raise_value_errors(registry, alphas_cumprod):
     with pytest.raises(ValueError, match="Automatic, Karras, Exponential"):
         ours(registry, alphas_cumprod, "Euler", toy_eps, noise(), steps=5, schedule="cosine")

@@ -54,8 +54,32 @@ def sampler_options(sampler: Sampler, options: Mapping[str, Any] | None) -> dict
     merged = dict(sampler.options)
     for key, value in (options or {}).items():
         if key in merged and value is not None:
-            merged[key] = value
+            merged[key] = _coerce(sampler.name, key, value, merged[key])
     return merged
+
+
+def _coerce(sampler_name: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the option's default (JSON clients send 4.0 for an int option)."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+                    return value.strip().lower() in ("true", "1", "yes")
+                raise ValueError
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Sampler {sampler_name!r}: option {key!r} must be of type {type(default).__name__}, got {value!r}"
+        ) from None
 
 
 def img2img_start(steps: int, denoising_strength: float) -> int:

@@ -66,7 +66,7 @@ class SamplerFunction(Protocol):
     ) -> torch.Tensor: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Sampler:
     """A sampler as the registry, the UI and the API see it.
 
@@ -89,6 +89,8 @@ class Sampler:
         round_karras_timesteps: feed the UNet integer timesteps with the Karras schedule, as
             diffusers' DPMSolverMultistepScheduler does.
         description: one line for the UI.
+
+    Instances compare and hash by identity (the registry holds one per name).
     """
 
     name: str
