@@ -106,3 +106,16 @@ def test_offline_hub_entry_fails_with_a_clear_message(tmp_path, monkeypatch):
     manager = ModelManager(load_registry(registry_path), cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match="could not get x.safetensors from https://huggingface.co/nobody/nothing"):
         manager.get()
+
+
+def test_set_registry_keeps_resident_models_and_drops_removed_ones(manager, tmp_path, tiny_checkpoint):
+    model = manager.get("tiny")
+    same = tmp_path / "same.yaml"
+    same.write_text(f"models:\n  - {{name: tiny, path: {tiny_checkpoint.path}}}\n")
+    manager.set_registry(load_registry(same))
+    assert manager.loaded() == {"tiny": model} and manager.current_name == "tiny"
+    other = tmp_path / "other.yaml"
+    other.write_text(f"models:\n  - {{name: renamed, path: {tiny_checkpoint.path}}}\n")
+    manager.set_registry(load_registry(other))
+    assert manager.loaded() == {} and manager.current_name is None
+    assert manager.get().name == "renamed"

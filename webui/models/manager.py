@@ -103,6 +103,24 @@ class ModelManager:
                     self._current = None
             self._free()
 
+    def loaded(self) -> dict[str, StableDiffusionModel]:
+        """The resident models by name (a copy)."""
+        with self._lock:
+            return dict(self._loaded)
+
+    def set_registry(self, registry: Registry) -> None:
+        """Use a re-read ``models.yaml``; resident models stay loaded, entries that disappeared are unloaded."""
+        with self._lock:
+            self.registry = registry
+            gone = [n for n in self._loaded if n not in registry.names]
+            for name in gone:
+                del self._loaded[name]
+                if self._current == name:
+                    self._current = None
+            self._errors = {n: e for n, e in self._errors.items() if n in registry.names}
+            if gone:
+                self._free()
+
     def status(self) -> list[ModelStatus]:
         with self._lock:
             default = self.registry.default
