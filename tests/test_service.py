@@ -188,3 +188,20 @@ def test_service_errors_do_not_wedge_the_queue(service):
     assert good.result(TIMEOUT).seeds == [3]
     assert bad.state == ERROR and "missing" in bad.error_message
     assert service.progress(bad.id).state == ERROR
+
+
+def test_service_built_from_models_yaml_uses_the_entry_native_size_and_reports_hashes(tiny_checkpoint, tmp_path):
+    svc = WebUIService(tiny_checkpoint.models_yaml, device="cpu", outputs_dir=tmp_path)
+    try:
+        assert [e.name for e in svc.registry.entries] == ["tiny"]
+        sha = svc.model_sha256("tiny")  # a small file: hashed without loading it
+        assert sha is not None and len(sha) == 64
+        result = svc.run(GenerationRequest(prompt="the cat", steps=2, seed=1), timeout=TIMEOUT)
+        assert result.images[0].size == (64, 64)  # width/height None -> the entry's 64x64
+        assert svc.native_size() == (64, 64)
+        assert f"Model hash: {sha[:10]}" in result.infotexts[0] and "Model: tiny" in result.infotexts[0]
+        assert svc.model_sha256("tiny") == sha and svc.model_sha256("nope") is None
+        assert svc.reload_registry().names == ["tiny"]
+        assert result.paths[0].parent.parent.name == "txt2img"
+    finally:
+        svc.close()

@@ -387,7 +387,7 @@ class WebUIService:
             return model.sha256
         try:
             entry = self.registry.get(name) if self.registry is not None else None
-        except (KeyError, ValueError):
+        except (LookupError, ValueError):
             entry = None
         path = getattr(entry, "path", None)
         if path is None or not Path(path).is_file():
