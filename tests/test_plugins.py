@@ -232,6 +232,7 @@ def test_a_misspelled_hook_is_caught_by_check_pending(tmp_path):
 @pytest.fixture
 def installed_example(tmp_path):
     """pip-install the example plugin package (offline, no deps), uninstall it afterwards."""
+    pytest.importorskip("setuptools.build_meta", reason="--no-build-isolation builds with the venv's setuptools")
     source = shutil.copytree(EXAMPLE, tmp_path / EXAMPLE.name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(source)], check=True)
