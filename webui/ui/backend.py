@@ -7,6 +7,7 @@ strings that the widgets display.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_SIZE = 512
@@ -73,21 +74,34 @@ def schedule_names() -> list[str]:
     return list(SCHEDULES)
 
 
-MODEL_STATUS_HEADERS = ["Model", "Status", "Path", "Error"]
+MODEL_STATUS_HEADERS = ["Model", "Status", "Source", "Hash", "Error"]
+
+
+def _source(entry: Any) -> str:
+    if getattr(entry, "path", None):
+        return str(entry.path)
+    repo, file = getattr(entry, "repo", None), getattr(entry, "file", None)
+    return f"{repo}/{file}" if repo and file else str(repo or "")
 
 
 def model_status_rows(service: Any) -> list[list[str]]:
     """One row per models.yaml entry (and per broken entry) for the Models tab table."""
+    reg = registry(service)
+    entries = {entry.name: entry for entry in reg.entries}
     rows = []
     for status in service.models.status():
-        loaded = bool(getattr(status, "loaded", False))
         error = getattr(status, "error", None) or ""
-        state = "loaded" if loaded else ("error" if error else "not loaded")
-        path = str(getattr(status, "path", "") or "")
-        rows.append([status.name, state, path, str(error)])
-    for error in getattr(registry(service), "errors", []) or []:
-        where = getattr(error, "entry", None) or getattr(error, "file", "models.yaml")
-        rows.append([str(where), "invalid entry", str(getattr(error, "file", "")), str(error)])
+        if getattr(status, "loaded", False):
+            state = "loaded (current)" if getattr(status, "current", True) else "loaded"
+        else:
+            state = "load failed" if error else "not loaded"
+        if getattr(status, "default", False):
+            state += ", default"
+        hash_ = getattr(status, "short_hash", None) or ""
+        rows.append([status.name, state, _source(entries.get(status.name)), hash_, str(error)])
+    for error in getattr(reg, "errors", []) or []:
+        where = getattr(error, "entry", None) or Path(str(getattr(error, "file", "models.yaml"))).name
+        rows.append([str(where), "invalid entry", str(getattr(error, "file", "")), "", str(error)])
     return rows
 
 

@@ -142,7 +142,8 @@ def build_outputs(tab: str) -> dict[str, gr.components.Component]:
     progress = gr.HTML(value="", elem_id=f"{tab}_progress")
     preview = gr.Image(label="Preview", interactive=False, visible=False, elem_id=f"{tab}_preview", height=320)
     gallery = gr.Gallery(
-        label="Output", columns=4, height="auto", format="png", interactive=False, elem_id=f"{tab}_gallery"
+        label="Output", columns=4, height=480, object_fit="contain", format="png", interactive=False,
+        elem_id=f"{tab}_gallery",
     )
     send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{tab}_send_to_img2img")
     info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id=f"{tab}_info", buttons=["copy"])

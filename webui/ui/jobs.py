@@ -68,10 +68,26 @@ def _status_html(text: str, fraction: float | None, state: str) -> str:
     return f'<div class="sd-job-status" data-state="{html.escape(state)}">{html.escape(text)}{bar}</div>'
 
 
-def done_html(result: Any, seconds: float) -> str:
+def display_preview(preview: Any | None, request: Any, longest: int = 512) -> Any | None:
+    """The latent preview (1/8 of the image size) enlarged towards the requested size for display."""
+    if preview is None:
+        return None
+    width = getattr(request, "width", None) or preview.width * 8
+    height = getattr(request, "height", None) or preview.height * 8
+    scale = min(longest / max(width, height), 1.0)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size[0] <= preview.width:
+        return preview
+    from PIL import Image
+
+    return preview.resize(size, Image.Resampling.BILINEAR)
+
+
+def done_html(result: Any, seconds: float, progress: Any | None = None) -> str:
     count = len(getattr(result, "images", []) or [])
     if getattr(result, "interrupted", False):
-        text = f"Interrupted after {format_seconds(seconds)} ({count} image{'s' if count != 1 else ''} kept)"
+        where = f" at step {progress.step}/{progress.total_steps}" if progress is not None else ""
+        text = f"Interrupted{where} after {format_seconds(seconds)} ({count} image{'s' if count != 1 else ''} kept)"
         return _status_html(text, None, "interrupted")
     return _status_html(f"Done: {count} image{'s' if count != 1 else ''} in {seconds:.1f} s", None, "done")
 
@@ -104,11 +120,13 @@ class JobTracker:
                 update = describe(job)
                 if update.step_key != last_key:
                     last_key = update.step_key
+                    update.preview = display_preview(update.preview, request)
                     yield update
                 job.wait(self.poll_interval)
             result = job.result()
             finished = True
-            yield JobUpdate(job.state, done_html(result, time.monotonic() - started), result=result)
+            summary = done_html(result, time.monotonic() - started, job.progress)
+            yield JobUpdate(job.state, summary, result=result)
         finally:
             with self._lock:
                 if self._jobs.get(key) is job:

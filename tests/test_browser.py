@@ -1,0 +1,336 @@
+"""End to end: `python launch.py` as a subprocess with a real (tiny) model, driven by a real Chromium and by
+`gradio_client`.
+
+The model is the bundled demo model when `models.yaml` lists it and its files exist, else the random-weight
+`tiny_checkpoint` fixture (64x64 images): either way generation takes seconds on a CPU. Screenshots go to
+docs/screenshots/. Every server started here is killed in a ``finally``.
+
+Run: ``OMP_NUM_THREADS=1 pytest tests/test_browser.py -m "browser or slow" -x -q``
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+START_TIMEOUT = 180.0
+USER, PASSWORD = "alice", "wonderland"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``launch.py`` subprocess and everything it printed."""
+
+    process: subprocess.Popen
+    url: str
+    outputs: Path
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _pump(stream: io.TextIOBase, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line.rstrip("\n"))
+
+
+def start_server(models_yaml: Path, outputs: Path, *args: str) -> Server:
+    """Start ``launch.py`` on a free port and wait until it answers (or fail with its output)."""
+    port = free_port()
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+                        "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--models", str(models_yaml),
+               "--outputs", str(outputs), "--device", "cpu", *args]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    server = Server(process, f"http://127.0.0.1:{port}/", outputs)
+    threading.Thread(target=_pump, args=(process.stdout, server.lines), daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"launch.py exited with {process.returncode}:\n{server.output}")
+        if any("Running on local URL" in line for line in server.lines):
+            return server
+        time.sleep(0.2)
+    stop_server(server)
+    raise AssertionError(f"launch.py did not start within {START_TIMEOUT} s:\n{server.output}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def models_yaml(request) -> Path:
+    """The bundled demo model's models.yaml if the demo weights are there, else the tiny fixture model."""
+    bundled = ROOT / "models.yaml"
+    if bundled.is_file() and (ROOT / "models" / "demo").is_dir() and any((ROOT / "models" / "demo").iterdir()):
+        return bundled
+    return request.getfixturevalue("tiny_checkpoint").models_yaml
+
+
+@pytest.fixture(scope="module")
+def server(models_yaml, tmp_path_factory) -> Iterator[Server]:
+    running = start_server(models_yaml, tmp_path_factory.mktemp("outputs"))
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def auth_server(models_yaml, tmp_path_factory) -> Iterator[Server]:
+    running = start_server(models_yaml, tmp_path_factory.mktemp("outputs"), "--gradio-auth", f"{USER}:{PASSWORD}")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+# --- browser helpers ----------------------------------------------------------------------------
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    """Type into a slider's / number's input box (Gradio applies it on blur)."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def pick(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def generate_in_browser(page, prompt: str, sampler: str, steps: int = 4) -> str:
+    """Fill txt2img, click Generate, wait for the gallery; returns the parameters text."""
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    pick(page, "txt2img_sampler", sampler)
+    set_number(page, "txt2img_steps", steps)
+    set_number(page, "txt2img_seed", 1234)
+    page.locator("#txt2img_generate").click()
+    page.locator("#txt2img_gallery img").first.wait_for(timeout=120_000)
+    info = page.locator("#txt2img_info textarea")
+    page.wait_for_function("el => el.value.includes('Steps:')", arg=info.element_handle(), timeout=30_000)
+    return info.input_value()
+
+
+def gallery_image(page) -> Image.Image:
+    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    answer = page.request.get(src)
+    assert answer.ok, src
+    return Image.open(io.BytesIO(answer.body())).convert("RGB")
+
+
+def assert_not_blank(image: Image.Image) -> None:
+    pixels = np.asarray(image, dtype=np.float32)
+    assert pixels.std() > 2.0, f"image looks blank (std {pixels.std():.2f})"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 16
+
+
+# --- browser tests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(server, page):
+    page.goto(server.url)
+    info = generate_in_browser(page, "a red cat", "DDIM")
+    assert info.startswith("a red cat") and "Sampler: DDIM" in info and "Seed: 1234" in info
+    assert "Steps: 4" in info
+    image = gallery_image(page)
+    assert_not_blank(image)
+    assert "Done" in page.locator("#txt2img_progress").inner_text()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "txt2img.png"), full_page=True)
+    saved = list((server.outputs / "txt2img").rglob("*.png"))
+    assert saved, "the image was not saved under --outputs"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_login_page_then_generate(auth_server, page):
+    assert httpx.get(auth_server.url + "config").status_code == 401
+    page.goto(auth_server.url)
+    page.get_by_label("username").fill(USER)
+    page.get_by_label("password").fill(PASSWORD)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "login.png"))
+    page.get_by_role("button", name="Login").click()
+    page.locator("#txt2img_prompt textarea").wait_for(timeout=30_000)
+    info = generate_in_browser(page, "a blue dog", "Euler")
+    assert "Sampler: Euler," in info
+    assert_not_blank(gallery_image(page))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
+    page.goto(server.url)
+    page.locator("#txt2img_prompt textarea").fill("a long run")
+    set_number(page, "txt2img_steps", 150)
+    set_number(page, "txt2img_batch_count", 4)
+    page.locator("#txt2img_generate").click()
+    progress = page.locator("#txt2img_progress")
+    page.wait_for_function(
+        "el => /Step ([3-9]|\\d\\d+)\\//.test(el.innerText)", arg=progress.element_handle(), timeout=120_000
+    )
+    page.locator("#txt2img_preview img").wait_for(timeout=10_000)  # the live preview is shown
+    clicked_at = time.monotonic()
+    step_at_click = int(re.search(r"Step (\d+)/", progress.inner_text()).group(1))
+    page.locator("#txt2img_interrupt").click()
+    page.wait_for_function("el => el.innerText.includes('Interrupted')", arg=progress.element_handle(),
+                           timeout=60_000)
+    elapsed = time.monotonic() - clicked_at
+    text = progress.inner_text()
+    stopped, total = map(int, re.search(r"at step (\d+)/(\d+)", text).groups())
+    assert total == 600 and stopped < total
+    # The status line lags the worker by one poll, so allow the step it was on plus the one it finished.
+    assert stopped <= step_at_click + 2, (step_at_click, text)
+    assert elapsed < 30
+    # The UI is usable again: a new run works.
+    info = generate_in_browser(page, "after interrupt", "Euler", steps=3)
+    assert info.startswith("after interrupt")
+
+
+# --- gradio_client against the real server --------------------------------------------------------------
+
+
+def _client(url: str, auth: tuple[str, str] | None = None):
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(url, auth=auth, verbose=False)
+
+
+TXT2IMG = dict(prompt="a small house", negative_prompt="", sampler_name="Euler a", scheduler="Automatic",
+               steps=3, cfg_scale=7, width=64, height=64, seed=7, n_iter=1, batch_size=1)
+
+
+def _img2img_args(image_path: str) -> dict:
+    from gradio_client import handle_file
+
+    return TXT2IMG | dict(mode="img2img", init_image=handle_file(image_path), inpaint_image=None,
+                          inpaint_mask=None, denoising_strength=0.5, resize_mode="Just resize", mask_blur=4,
+                          mask_mode="Inpaint masked", inpainting_fill="original")
+
+
+@pytest.mark.slow
+def test_gradio_client_txt2img_and_img2img(server):
+    client = _client(server.url)
+    gallery, info, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
+    assert len(gallery) == 1 and "Seed: 7" in info
+    assert_not_blank(Image.open(gallery[0]["image"]).convert("RGB"))
+    gallery2, info2, *_ = client.predict(**_img2img_args(gallery[0]["image"]), api_name="/img2img")
+    assert len(gallery2) == 1 and "Denoising strength: 0.5" in info2
+
+
+@pytest.mark.slow
+def test_gradio_client_needs_login_when_auth_is_on(auth_server):
+    from gradio_client.exceptions import AuthenticationError
+
+    with pytest.raises(AuthenticationError):
+        _client(auth_server.url)
+    assert httpx.post(auth_server.url + "gradio_api/call/txt2img", json={"data": []}).status_code == 401
+    client = _client(auth_server.url, auth=(USER, PASSWORD))
+    gallery, info, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
+    assert len(gallery) == 1 and "Seed: 7" in info
+    gallery2, *_ = client.predict(**_img2img_args(gallery[0]["image"]), api_name="/img2img")
+    assert len(gallery2) == 1
+
+
+@pytest.mark.slow
+def test_two_clients_at_once_both_get_images_in_order(server):
+    first, second = _client(server.url), _client(server.url)
+    a = first.submit(**(TXT2IMG | {"prompt": "first", "steps": 12, "seed": 1}), api_name="/txt2img")
+    time.sleep(0.3)
+    b = second.submit(**(TXT2IMG | {"prompt": "second", "steps": 3, "seed": 2}), api_name="/txt2img")
+    out_b = b.result(timeout=180)
+    assert a.done(), "the second job finished before the first one"
+    out_a = a.result(timeout=10)
+    assert out_a[1].startswith("first") and out_b[1].startswith("second")
+    assert len(out_a[0]) == len(out_b[0]) == 1
+
+
+@pytest.mark.slow
+def test_share_with_auth_without_internet_keeps_serving_locally(models_yaml, tmp_path):
+    running = start_server(models_yaml, tmp_path / "outputs", "--share", "--gradio-auth", f"{USER}:{PASSWORD}")
+    try:
+        assert httpx.get(running.url).status_code == 200
+        client = _client(running.url, auth=(USER, PASSWORD))
+        gallery, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
+        assert len(gallery) == 1
+    finally:
+        stop_server(running)
+    share_lines = [line for line in running.lines if "share link" in line or "public URL" in line]
+    assert len(share_lines) == 1, running.output
+
+
+@pytest.mark.slow
+def test_listen_binds_all_interfaces(models_yaml, tmp_path):
+    running = start_server(models_yaml, tmp_path / "outputs", "--listen", "--gradio-auth", f"{USER}:{PASSWORD}")
+    try:
+        port = int(running.url.rstrip("/").rsplit(":", 1)[1])
+        listening = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                listening.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+        assert listening == {"0.0.0.0"}
+    finally:
+        stop_server(running)
+    assert "bound to 0.0.0.0" in running.output
