@@ -106,6 +106,7 @@ DETERMINISTIC = [
     ("DDIM", "Automatic", "DDIMScheduler", {}),
     ("Euler", "Automatic", "EulerDiscreteScheduler", {}),
     ("Euler", "Karras", "EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("Euler", "Exponential", "EulerDiscreteScheduler", {"use_exponential_sigmas": True}),
     ("Heun", "Automatic", "HeunDiscreteScheduler", {}),
     ("Heun", "Karras", "HeunDiscreteScheduler", {"use_karras_sigmas": True}),
     ("DPM++ 2M", "Automatic", "DPMSolverMultistepScheduler", {}),
