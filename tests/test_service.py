@@ -205,3 +205,15 @@ def test_service_built_from_models_yaml_uses_the_entry_native_size_and_reports_h
         assert result.paths[0].parent.parent.name == "txt2img"
     finally:
         svc.close()
+
+
+def test_model_switch_waits_for_the_running_generation(service):
+    job = service.submit(GenerationRequest(prompt="p", steps=150, seed=1, n_iter=3, sampler_name="Euler"))
+    wait_until(lambda: job.progress is not None)
+    switched = threading.Event()
+    thread = threading.Thread(target=lambda: (service.select_model("tiny"), switched.set()))
+    thread.start()
+    assert not switched.wait(0.2)  # blocked behind the running job
+    job.interrupt()
+    thread.join(TIMEOUT)
+    assert switched.is_set() and job.state == INTERRUPTED

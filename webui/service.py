@@ -286,6 +286,9 @@ class WebUIService:
         self.version = version
         self._previews: dict[int, tuple[Any, LatentPreview]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
+        # Held while a job runs and while models load or unload: a model switch waits for the
+        # running generation instead of loading a second model next to it.
+        self._device_lock = threading.RLock()
         self._queue = JobQueue(self._run_job)
 
     # --- jobs -------------------------------------------------------------------------------
@@ -414,8 +417,15 @@ class WebUIService:
         return None
 
     def select_model(self, name: str) -> Any:
-        """Load ``name`` and make it the current model (blocks while it loads)."""
-        return self.models.load(name)
+        """Make ``name`` the current model, loading it if needed; waits for the running job first."""
+        with self._device_lock:
+            return self.models.get(name)
+
+    def unload_model(self, name: str | None = None) -> None:
+        """Free ``name`` (None: every model); waits for the running job first."""
+        with self._device_lock:
+            self.models.unload(name)
+            self._previews.clear()
 
     def native_size(self, model_name: str | None = None) -> tuple[int, int]:
         """The (width, height) a request with width/height None gets for that model."""
@@ -432,13 +442,13 @@ class WebUIService:
         return cached[1]
 
     def _run_job(self, job: Job) -> GenerationResult:
-        model = self.models.get(job.model_name)
-
         def on_progress(progress: Progress) -> None:
             job.progress = progress
 
-        return generate(
-            model, self.samplers, job.request, outputs_dir=self.outputs_dir if job.save else None,
-            progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
-            model_name=job.model_name or getattr(model, "name", None),
-        )
+        with self._device_lock:
+            model = self.models.get(job.model_name)
+            return generate(
+                model, self.samplers, job.request, outputs_dir=self.outputs_dir if job.save else None,
+                progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
+                model_name=getattr(model, "name", None) or job.model_name,
+            )

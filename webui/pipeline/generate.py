@@ -39,6 +39,7 @@ from webui.pipeline.infotext import format_infotext
 from webui.pipeline.outputs import save_image
 from webui.pipeline.preview import LatentPreview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest
+from webui.pipeline.seeds import image_generators, initial_noise
 
 DEFAULT_NATIVE_SIZE = (512, 512)
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
@@ -297,131 +298,140 @@ def generate(
         previewer: latent -> RGB map for ``Progress.preview``; None gives no previews.
         model_name: name for the infotext (default ``model.name``).
         version: ``Version`` of the infotext.
+
+    Raises:
+        InvalidRequest: a bad field (before any work), or :class:`OutOfMemory` (device cache freed).
     """
     check_request(request, sampler_registry)
     request = request.with_size(native_size(model)).with_seed()
     sampler = check_request(request, sampler_registry)
     control = control or GenerationControl()
-    device = getattr(model, "device", None) or next(model.unet.parameters()).device
+    device = torch.device(getattr(model, "device", None) or next(model.unet.parameters()).device)
     try:
-        return _generate(model, sampler, request, outputs_dir, progress, control, previewer,
-                         model_name, version, torch.device(device))
+        run = _Run(model, sampler, request, device, progress, previewer)
+        return run.all_batches(control, outputs_dir, model_name or getattr(model, "name", None), version)
     except Exception as err:
         if _is_out_of_memory(err):
-            raise _out_of_memory(request, torch.device(device)) from err
+            raise _out_of_memory(request, device) from err
         raise
 
 
-def _generate(
-    model: Any,
-    sampler: Any,
-    request: GenerationRequest,
-    outputs_dir: Path | None,
-    progress: ProgressCallback | None,
-    control: GenerationControl,
-    previewer: LatentPreview | None,
-    model_name: str | None,
-    version: str | None,
-    device: torch.device,
-) -> GenerationResult:
-    from webui.sampling import DiscreteEpsDenoiser, SamplingCancelled, randn_like, sample
+class _Run:
+    """One request's generation: what is shared by its batches, and how to run one batch."""
 
-    prepared = _prepare_img2img(request) if isinstance(request, Img2ImgRequest) else None
-    with torch.no_grad():
-        conditioning = encode_conditioning(
-            model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip
+    def __init__(self, model: Any, sampler: Any, request: GenerationRequest, device: torch.device,
+                 progress: ProgressCallback | None, previewer: LatentPreview | None):
+        self.model, self.sampler, self.request, self.device = model, sampler, request, device
+        self.progress, self.previewer = progress, previewer
+        self.prepared = _prepare_img2img(request) if isinstance(request, Img2ImgRequest) else None
+        c = encode_conditioning(model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip)
+        self.eps_fn = cfg_eps_fn(
+            model.unet, Conditioning(c.cond.to(device), c.uncond.to(device), c.chunks, c.token_count),
+            request.cfg_scale,
         )
-    conditioning = Conditioning(
-        cond=conditioning.cond.to(device), uncond=conditioning.uncond.to(device), chunks=conditioning.chunks,
-        token_count=conditioning.token_count,
-    )
-    alphas_cumprod = model.alphas_cumprod.to(device)
-    eps_fn = cfg_eps_fn(model.unet, conditioning, request.cfg_scale)
-    options = _sampler_options(sampler, request)
-    width, height = int(request.width), int(request.height)  # type: ignore[arg-type]
-    down = model.vae.config.downscale
-    latent_shape = (model.vae.config.embed_dim, height // down, width // down)
-    steps_per_batch = effective_steps(request)
-    total_steps = steps_per_batch * request.n_iter
-    name = model_name or getattr(model, "name", None)
-    result = GenerationResult(request=request, model_name=name, model_hash=getattr(model, "short_hash", None))
-    started = time.monotonic()
-    done_steps = 0
+        self.alphas_cumprod = model.alphas_cumprod.to(device)
+        self.options = _sampler_options(sampler, request)
+        down = model.vae.config.downscale
+        self.latent_shape = (model.vae.config.embed_dim, int(request.height) // down, int(request.width) // down)
+        self.steps_per_batch = effective_steps(request)
+        self.total_steps = self.steps_per_batch * request.n_iter
+        self.done_steps = 0
+        self.started = time.monotonic()
 
-    for iteration in range(request.n_iter):
-        if control.interrupted:
-            result.interrupted = True
-            break
-        first = iteration * request.batch_size
-        seeds = [request.seed + first + b for b in range(request.batch_size)]
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        denoiser: Any = DiscreteEpsDenoiser(eps_fn, alphas_cumprod)
-        init_latent = None
-        repaint_masks: torch.Tensor | None = None
-        if prepared is not None:
-            index = [(first + b) % len(prepared.images) for b in range(request.batch_size)]
-            init_latent = encode_images(model, prepared.pixels[index], generators).to(device)
-        noise = randn_like(torch.empty((request.batch_size, *latent_shape), device=device), generators)
-        if prepared is not None and prepared.latent_masks:
-            repaint_masks = torch.cat([prepared.latent_masks[i] for i in index]).to(device)
-            if request.inpainting_fill == LATENT_NOISE:
-                init_latent = init_latent * (1 - repaint_masks) + noise * repaint_masks
-            elif request.inpainting_fill == LATENT_NOTHING:
-                init_latent = init_latent * (1 - repaint_masks)
-            denoiser = InpaintDenoiser(denoiser, init_latent, noise, repaint_masks)
+    def all_batches(self, control: GenerationControl, outputs_dir: Path | None, model_name: str | None,
+                    version: str | None) -> GenerationResult:
+        from webui.sampling import SamplingCancelled
 
-        batch_started = time.monotonic()
-        steps_before = done_steps
-
-        def on_step(info: dict[str, Any], _first: int = first, _before: int = steps_before,
-                    _started: float = batch_started) -> None:
-            nonlocal done_steps
-            step_in_batch = int(info["i"]) + 1
-            done_steps = _before + step_in_batch
-            if progress is None:
-                return
-            now = time.monotonic()
-            elapsed = now - started
-            eta = (now - _started) / step_in_batch * (total_steps - done_steps)
-            preview = previewer(info["denoised"]) if previewer is not None and "denoised" in info else None
-            progress(Progress(
-                step=done_steps, total_steps=total_steps, image_index=_first, images_total=request.total_images,
-                sampling_step=step_in_batch, sampling_steps=steps_per_batch, eta_seconds=eta,
-                elapsed_seconds=elapsed, preview=preview,
-            ))
-
-        try:
-            if init_latent is not None and steps_per_batch == 0:
-                latents = init_latent  # denoising strength too small for one step: the image as encoded
-            else:
-                with torch.no_grad():
-                    latents = sample(
-                        sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
-                        alphas_cumprod=alphas_cumprod, generator=generators, init_latent=init_latent,
-                        denoising_strength=(request.denoising_strength if init_latent is not None else 1.0),
-                        callback=on_step, cancel=control.should_stop, options=options,
-                    )
-        except SamplingCancelled:
+        request = self.request
+        result = GenerationResult(request=request, model_name=model_name,
+                                  model_hash=getattr(self.model, "short_hash", None))
+        for iteration in range(request.n_iter):
             if control.interrupted:
                 result.interrupted = True
                 break
-            control.clear_skip()
-            done_steps = steps_before + steps_per_batch
-            continue
+            first = iteration * request.batch_size
+            seeds = request.seeds()[first:first + request.batch_size]
+            steps_before = self.done_steps
+            try:
+                latents = self.sample_batch(first, seeds, control)
+            except SamplingCancelled:
+                if control.interrupted:
+                    result.interrupted = True
+                    break
+                control.clear_skip()  # skip: this batch only
+                self.done_steps = steps_before + self.steps_per_batch
+                continue
+            for b, image in enumerate(self.finish_images(first, latents)):
+                infotext = format_infotext(
+                    request, seed=seeds[b], model_name=model_name, model_hash=result.model_hash,
+                    batch_pos=b if request.batch_size > 1 else None, version=version,
+                )
+                result.images.append(image)
+                result.seeds.append(seeds[b])
+                result.infotexts.append(infotext)
+                if outputs_dir is not None:
+                    result.paths.append(save_image(image, outputs_dir, request.mode, seeds[b], infotext))
+        return result
 
-        images = decode_latents(model, latents)
-        for b, image in enumerate(images):
-            if prepared is not None and prepared.overlay_masks:
-                i = (first + b) % len(prepared.originals)
-                image = Image.composite(image, prepared.originals[i], prepared.overlay_masks[i])
-            seed = seeds[b]
-            infotext = format_infotext(
-                request, seed=seed, model_name=name, model_hash=result.model_hash,
-                batch_pos=b if request.batch_size > 1 else None, version=version,
+    def sample_batch(self, first: int, seeds: list[int], control: GenerationControl) -> torch.Tensor:
+        """Latents of the images ``first .. first + len(seeds)``; raises ``SamplingCancelled``."""
+        from webui.sampling import DiscreteEpsDenoiser, sample
+
+        request, prepared = self.request, self.prepared
+        generators = image_generators(seeds)
+        denoiser: Any = DiscreteEpsDenoiser(self.eps_fn, self.alphas_cumprod)
+        init_latent = None
+        if prepared is not None:
+            index = [(first + b) % len(prepared.images) for b in range(len(seeds))]
+            # The encoder's sample is each generator's first draw, the noise its second (as diffusers).
+            init_latent = encode_images(self.model, prepared.pixels[index], generators).to(self.device)
+        noise = initial_noise(self.latent_shape, generators, self.device)
+        if prepared is not None and prepared.latent_masks:
+            repaint = torch.cat([prepared.latent_masks[i] for i in index]).to(self.device)
+            if request.inpainting_fill == LATENT_NOISE:
+                init_latent = init_latent * (1 - repaint) + noise * repaint
+            elif request.inpainting_fill == LATENT_NOTHING:
+                init_latent = init_latent * (1 - repaint)
+            denoiser = InpaintDenoiser(denoiser, init_latent, noise, repaint)
+        if init_latent is not None and self.steps_per_batch == 0:
+            return init_latent  # denoising strength too small for one step: the image as encoded
+        with torch.no_grad():
+            return sample(
+                self.sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
+                alphas_cumprod=self.alphas_cumprod, generator=generators, init_latent=init_latent,
+                denoising_strength=request.denoising_strength if init_latent is not None else 1.0,
+                callback=self._step_callback(first), cancel=control.should_stop, options=self.options,
             )
-            result.images.append(image)
-            result.seeds.append(seed)
-            result.infotexts.append(infotext)
-            if outputs_dir is not None:
-                result.paths.append(save_image(image, outputs_dir, request.mode, seed, infotext))
-    return result
+
+    def finish_images(self, first: int, latents: torch.Tensor) -> list[Image.Image]:
+        """Decode; for inpainting, paste the original pixels back outside the (blurred) mask."""
+        images = decode_latents(self.model, latents)
+        prepared = self.prepared
+        if prepared is None or not prepared.overlay_masks:
+            return images
+        out = []
+        for b, image in enumerate(images):
+            i = (first + b) % len(prepared.originals)
+            out.append(Image.composite(image, prepared.originals[i], prepared.overlay_masks[i]))
+        return out
+
+    def _step_callback(self, first: int) -> Callable[[dict[str, Any]], None]:
+        steps_before, batch_started = self.done_steps, time.monotonic()
+
+        def on_step(info: dict[str, Any]) -> None:
+            step_in_batch = int(info["i"]) + 1
+            self.done_steps = steps_before + step_in_batch
+            if self.progress is None:
+                return
+            now = time.monotonic()
+            eta = (now - batch_started) / step_in_batch * (self.total_steps - self.done_steps)
+            denoised = info.get("denoised")
+            preview = self.previewer(denoised) if self.previewer is not None and denoised is not None else None
+            self.progress(Progress(
+                step=self.done_steps, total_steps=self.total_steps, image_index=first,
+                images_total=self.request.total_images, sampling_step=step_in_batch,
+                sampling_steps=self.steps_per_batch, eta_seconds=eta, elapsed_seconds=now - self.started,
+                preview=preview,
+            ))
+
+        return on_step

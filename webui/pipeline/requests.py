@@ -9,7 +9,6 @@ naming the first bad one before anything is computed or written.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.seeds import resolve_seed
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -24,9 +24,8 @@ MAX_CFG_SCALE = 30.0
 MAX_BATCH_SIZE = 8
 MAX_N_ITER = 100
 MAX_CLIP_SKIP = 12
-# Seeds are drawn like AUTOMATIC1111's, below 2**32; larger explicit ones are still accepted.
+# Random seeds are below 2**32 like AUTOMATIC1111's; larger explicit ones are still accepted.
 MAX_SEED = 2**63 - 1
-RANDOM_SEED_LIMIT = 4294967294
 
 # AUTOMATIC1111's img2img resize modes (index == the value its API takes).
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
@@ -34,11 +33,6 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 INPAINTING_FILLS = ("fill", "original", "latent noise", "latent nothing")
 # AUTOMATIC1111's "Mask mode" choices (index == ``inpainting_mask_invert``).
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
-
-
-def random_seed() -> int:
-    """A fresh seed for a request whose seed is -1 (the range AUTOMATIC1111 draws from)."""
-    return random.randrange(RANDOM_SEED_LIMIT)
 
 
 @dataclass
@@ -85,7 +79,7 @@ class GenerationRequest:
 
     def with_seed(self) -> GenerationRequest:
         """A copy with ``seed=-1`` replaced by a concrete random seed."""
-        return self if self.seed != -1 else replace(self, seed=random_seed())
+        return self if self.seed != -1 else replace(self, seed=resolve_seed(self.seed))
 
     def seeds(self) -> list[int]:
         """Seed of every image of the job, in order (request seed must be resolved)."""
