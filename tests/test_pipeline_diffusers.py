@@ -107,3 +107,25 @@ def test_img2img_at_strength_0_6_equals_img2img_pipeline(diffusers_parts, tiny_m
     assert diff <= 1
     # and it is not trivially the init image
     assert max_pixel_difference(ours.images[0], init) > 10
+
+
+def test_inpainting_with_an_ordinary_model_equals_the_inpaint_pipeline(diffusers_parts, tiny_model, samplers):
+    """diffusers blends the re-noised original into the kept region after every step, as we do."""
+    rng = np.random.default_rng(2)
+    init = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half (on the 8-pixel latent grid)
+    pipe = pipeline(diffusers.StableDiffusionInpaintPipeline, diffusers_parts, "Euler")
+    with torch.no_grad():
+        expected = pipe(
+            PROMPT, image=init, mask_image=mask, strength=0.75, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
+            guidance_scale=7.0, height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED),
+        ).images[0]
+    ours = generate(tiny_model, samplers, Img2ImgRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=STEPS, cfg_scale=7.0, seed=SEED,
+        init_images=[init], denoising_strength=0.75, mask=mask, mask_blur=0, inpainting_fill=1,
+    )).images[0]
+    ours_px, expected_px = np.asarray(ours, dtype=np.int16), np.asarray(expected, dtype=np.int16)
+    assert int(np.abs(ours_px[:, :32] - expected_px[:, :32]).max()) <= 1  # the repainted half
+    assert np.array_equal(ours_px[:, 32:], np.asarray(init, dtype=np.int16)[:, 32:])  # original pixels pasted back
+    assert int(np.abs(ours_px[:, :32] - np.asarray(init, dtype=np.int16)[:, :32]).max()) > 10
