@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-FIT_SAMPLES = 4
+FIT_SAMPLES = 2
 FIT_LATENT_SIZE = 8
 
 
