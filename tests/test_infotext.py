@@ -95,3 +95,11 @@ def test_garbage_never_raises():
     for text in ["", "\n\n", "Steps: x, Sampler: , CFG scale: nan-ish, Seed: -", "Negative prompt:"]:
         parsed = parse_infotext(text)
         request_from_infotext(parsed)
+
+
+def test_legacy_sampler_names_with_the_schedule_folded_in_are_split():
+    text = "p\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512"
+    back = request_from_infotext(text)
+    assert (back.sampler_name, back.scheduler) == ("DPM++ 2M", "Karras")
+    plain = request_from_infotext("p\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert (plain.sampler_name, plain.scheduler) == ("Euler a", "Automatic")

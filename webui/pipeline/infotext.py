@@ -25,6 +25,7 @@ _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 NEGATIVE_PREFIX = "Negative prompt:"
 RNG_SOURCE = "CPU"
+LEGACY_SCHEDULE_SUFFIXES = ("Karras", "Exponential")
 
 
 def quote(value: Any) -> str:
@@ -160,6 +161,13 @@ def request_from_infotext(
     the recorded seed (``Batch pos`` is folded into nothing: the seed already is seed + pos).
     """
     params = parse_infotext(infotext) if isinstance(infotext, str) else dict(infotext)
+    sampler = params.get("Sampler", "")
+    if "Schedule type" not in params:
+        # Infotexts written before A1111 1.9 fold the schedule into the sampler: "DPM++ 2M Karras".
+        for schedule in LEGACY_SCHEDULE_SUFFIXES:
+            if sampler.endswith(f" {schedule}"):
+                params["Sampler"], params["Schedule type"] = sampler[: -len(schedule) - 1], schedule
+                break
     request = base if base is not None else GenerationRequest()
     names = {f.name for f in fields(request)}
     changes: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
