@@ -3,8 +3,8 @@
 Existing clients (the ``webuiapi`` package, Krita/Photoshop plugins, scripts written for A1111) send the full
 A1111 payload; fields this server does not know are ignored (pydantic's default ``extra="ignore"``). The fields
 below are the ones the server honours, plus a few A1111 features it does not implement (hires fix, face
-restoration, tiling, variation seeds, scripts): those are accepted at their default value and answered with
-422 naming the field otherwise, so that a client never silently gets something else than it asked for.
+restoration, tiling, variation seeds, scripts): their schema admits only the "off" value, so that turning one
+on is answered with 422 naming the field and a client never silently gets something else than it asked for.
 
 The bounds here are the pipeline's (``webui.pipeline.requests``), true for any server; a server may set lower
 ones (:class:`webui.api.limits.ApiLimits`), which the routes check.
@@ -12,7 +12,7 @@ ones (:class:`webui.api.limits.ApiLimits`), which the routes check.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,8 @@ from webui.pipeline.requests import (
     RESIZE_MODES,
     SIZE_MULTIPLE,
 )
+
+NOT_SUPPORTED = "is not supported by this server"
 
 
 def _choices(names: tuple[str, ...]) -> str:
@@ -48,7 +50,7 @@ class _GenerationFields(_Body):
     styles: list[str] | None = Field(default=None, description="A1111 prompt styles: not supported, ignored.")
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i.")
     subseed: int = Field(default=-1, description="Variation seed: only used with subseed_strength > 0.")
-    subseed_strength: float = Field(default=0, description="Variation seeds are not supported: must be 0.")
+    subseed_strength: float = Field(default=0, ge=0, le=0, description=f"Variation seeds {NOT_SUPPORTED}: 0 only.")
     seed_resize_from_h: int = Field(default=-1)
     seed_resize_from_w: int = Field(default=-1)
     sampler_name: str | None = Field(default=None, description="A name or alias from GET /sdapi/v1/samplers.")
@@ -62,8 +64,8 @@ class _GenerationFields(_Body):
                               description="Image width in pixels; null = the model's native size.")
     height: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
                                description="Image height in pixels; null = the model's native size.")
-    restore_faces: bool | None = Field(default=None, description="Face restoration is not supported.")
-    tiling: bool | None = Field(default=None, description="Tiling is not supported.")
+    restore_faces: Literal[False] | None = Field(default=None, description=f"Face restoration {NOT_SUPPORTED}.")
+    tiling: Literal[False] | None = Field(default=None, description=f"Tiling {NOT_SUPPORTED}.")
     do_not_save_samples: bool = Field(default=False)
     do_not_save_grid: bool = Field(default=False)
     eta: float | None = Field(
@@ -78,21 +80,22 @@ class _GenerationFields(_Body):
         description="Per-request options: sd_model_checkpoint (model title or name), CLIP_stop_at_last_layers.",
     )
     override_settings_restore_afterwards: bool = Field(default=True)
-    script_name: str | None = Field(default=None, description="A1111 scripts are not supported.")
+    script_name: Literal[""] | None = Field(default=None, description=f"A1111 scripts {NOT_SUPPORTED}.")
     script_args: list[Any] = Field(default_factory=list)
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="A1111 extensions: not supported.")
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, max_length=0,
+                                             description=f"A1111 extensions {NOT_SUPPORTED}: empty only.")
     send_images: bool = Field(default=True, description="Return the images in the response.")
     save_images: bool = Field(default=False, description="Also save the images under the server's outputs folder.")
     force_task_id: str | None = Field(
         default=None, max_length=200, description="Job id to use (follow it with GET /sdapi/v1/progress?id_task=)."
     )
-    infotext: str | None = Field(default=None, description="A1111 infotext to take parameters from: not supported.")
+    infotext: Literal[""] | None = Field(default=None, description=f"Parameters from an infotext {NOT_SUPPORTED}.")
 
 
 class StableDiffusionTxt2ImgProcessingAPI(_GenerationFields):
     """``POST /sdapi/v1/txt2img``."""
 
-    enable_hr: bool = Field(default=False, description="Hires fix is not supported: must be false.")
+    enable_hr: Literal[False] = Field(default=False, description=f"Hires fix {NOT_SUPPORTED}: false only.")
     denoising_strength: float | None = Field(default=None, description="Only used by hires fix (ignored).")
     firstphase_width: int = Field(default=0)
     firstphase_height: int = Field(default=0)
@@ -106,7 +109,7 @@ class StableDiffusionTxt2ImgProcessingAPI(_GenerationFields):
 class StableDiffusionImg2ImgProcessingAPI(_GenerationFields):
     """``POST /sdapi/v1/img2img``; inpainting when ``mask`` is given (white = repaint, unless inverted)."""
 
-    init_images: list[str] | None = Field(default=None, description="Base64 images (PNG/JPEG/WebP, data: URLs ok).")
+    init_images: list[str] = Field(min_length=1, description="Base64 images (PNG, JPEG, WebP; data: URLs too).")
     resize_mode: int = Field(default=0, ge=0, le=len(RESIZE_MODES) - 1, description=_choices(RESIZE_MODES))
     denoising_strength: float = Field(default=0.75, ge=0, le=1, allow_inf_nan=False)
     image_cfg_scale: float | None = Field(default=None, description="instruct-pix2pix only (ignored).")

@@ -57,18 +57,6 @@ HOST_DOCS_PATHS = (*DOCS_PATHS, "/docs/oauth2-redirect", "/redoc")  # FastAPI's 
 MAX_REMEMBERED_TASKS = 1000
 MAX_CONCURRENT_WAITS = 64
 
-# A1111 features this server does not implement: (field, the values that mean "off").
-UNSUPPORTED: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    ("enable_hr", (False,)),
-    ("restore_faces", (None, False)),
-    ("tiling", (None, False)),
-    ("subseed_strength", (0,)),
-    ("script_name", (None, "")),
-    ("alwayson_scripts", ({},)),
-    ("infotext", (None, "")),
-)
-
-
 class SdApi:
     """The route handlers; one instance per mounted app, holding the job ids it handed out."""
 
@@ -93,8 +81,6 @@ class SdApi:
         return await self._run(req, request, parameters)
 
     def _img2img_request(self, req: StableDiffusionImg2ImgProcessingAPI) -> Img2ImgRequest:
-        if not req.init_images:
-            raise field_error("init_images", "img2img needs at least one init image")
         max_pixels = self.limits.max_image_pixels
         images = [decode_image(d, f"init_images.{i}", max_pixels=max_pixels) for i, d in enumerate(req.init_images)]
         mask = decode_image(req.mask, "mask", max_pixels=max_pixels) if req.mask else None
@@ -112,17 +98,16 @@ class SdApi:
     def _generation_request(self, req: _GenerationFields, kind: type[GenerationRequest], **extra: Any) -> Any:
         """The pipeline request for ``req``; raises a 422 naming the first field that cannot be served."""
         self._check_limits(req)
-        for name, off in UNSUPPORTED:
-            value = getattr(req, name, off[0])
-            if value not in off:
-                raise field_error(name, f"is not supported by this server (got {value!r}); leave it unset")
         settings = req.override_settings or {}
         clip_skip = settings.get("CLIP_stop_at_last_layers", 1)
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
             raise field_error("override_settings.CLIP_stop_at_last_layers", f"must be an integer, got {clip_skip!r}")
         sampler = self._sampler(req.sampler_name or req.sampler_index)
-        # k-diffusion's s_* options reach the samplers that declare them; others ignore them, as in A1111.
-        options = {k: v for k in ("s_churn", "s_tmin", "s_tmax", "s_noise") if (v := getattr(req, k)) is not None}
+        # k-diffusion's s_* options and eta reach the samplers that declare them (others ignore them, as in A1111);
+        # values equal to the sampler's defaults are dropped so that infotexts list only what was changed.
+        given = {k: getattr(req, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta")}
+        options = {k: v for k, v in given.items() if v is not None and k in sampler.options and v != sampler.options[k]}
+        eta = options.pop("eta", None)
         request = kind(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt or "",
@@ -136,8 +121,8 @@ class SdApi:
             batch_size=req.batch_size,
             n_iter=req.n_iter,
             clip_skip=clip_skip,
-            eta=req.eta,
-            sampler_options={k: v for k, v in options.items() if k in sampler.options},
+            eta=eta,
+            sampler_options=options,
             **extra,
         )
         try:
