@@ -164,14 +164,14 @@ def generate_in_browser(page, prompt: str, sampler: str, steps: int = 4) -> str:
     set_number(page, "txt2img_steps", steps)
     set_number(page, "txt2img_seed", 1234)
     page.locator("#txt2img_generate").click()
-    page.locator("#txt2img_gallery img").first.wait_for(timeout=120_000)
+    page.locator("#txt2img_gallery img:visible").first.wait_for(timeout=120_000)
     info = page.locator("#txt2img_info textarea")
     page.wait_for_function("el => el.value.includes('Steps:')", arg=info.element_handle(), timeout=30_000)
     return info.input_value()
 
 
-def gallery_image(page) -> Image.Image:
-    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+def gallery_image(page, tab: str = "txt2img") -> Image.Image:
+    src = page.locator(f"#{tab}_gallery img:visible").first.get_attribute("src")
     answer = page.request.get(src)
     assert answer.ok, src
     return Image.open(io.BytesIO(answer.body())).convert("RGB")
@@ -248,6 +248,62 @@ def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
     # The UI is usable again: a new run works.
     info = generate_in_browser(page, "after interrupt", "Euler", steps=3)
     assert info.startswith("after interrupt")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
+    page.goto(server.url)
+    info = generate_in_browser(page, "a green tree", "Euler")
+    # Gallery -> Send to img2img: image and parameters arrive in the img2img tab.
+    page.locator("#txt2img_send_to_img2img").click()
+    prompt = page.locator("#img2img_prompt textarea")
+    page.wait_for_function("el => el.value === 'a green tree'", arg=prompt.element_handle(), timeout=10_000)
+    page.locator("#img2img_image img:visible").first.wait_for(timeout=10_000)
+    set_number(page, "img2img_denoising_strength", 0.6)
+    page.locator("#img2img_generate").click()
+    page.locator("#img2img_gallery img:visible").first.wait_for(timeout=120_000)
+    img2img_info = page.locator("#img2img_info textarea")
+    page.wait_for_function("el => el.value.includes('Denoising strength: 0.6')",
+                           arg=img2img_info.element_handle(), timeout=30_000)
+    assert_not_blank(gallery_image(page, "img2img"))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "img2img.png"), full_page=True)
+
+    # PNG Info: drop a saved output, read its parameters, send them to txt2img.
+    saved = sorted((server.outputs / "txt2img").rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img_prompt textarea").fill("")
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    parameters = page.locator("#pnginfo_parameters textarea")
+    page.wait_for_function("el => el.value.includes('Steps:')", arg=parameters.element_handle(), timeout=30_000)
+    assert parameters.input_value() == info
+    page.screenshot(path=str(SCREENSHOTS / "png_info.png"), full_page=True)
+    page.locator("#pnginfo_send_to_txt2img").click()
+    txt2img_prompt = page.locator("#txt2img_prompt textarea")
+    page.wait_for_function("el => el.value === 'a green tree'", arg=txt2img_prompt.element_handle(),
+                           timeout=10_000)
+
+    # Inpaint: upload the image, paint a stroke on it, generate.
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#img2img_inpaint input[type=file]").set_input_files(str(saved))
+    page.wait_for_timeout(1500)
+    canvas = page.locator("#img2img_inpaint canvas").first
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 20, y)
+    page.mouse.down()
+    for i in range(10):
+        page.mouse.move(x - 20 + 4 * i, y + i)
+    page.mouse.up()
+    page.locator("#img2img_generate").click()
+    page.wait_for_function("el => el.innerText.includes('Done')", arg=page.locator("#img2img_progress")
+                           .element_handle(), timeout=120_000)
+    page.wait_for_function("el => el.value.includes('Mask blur')", arg=img2img_info.element_handle(),
+                           timeout=30_000)
+    page.screenshot(path=str(SCREENSHOTS / "inpaint.png"), full_page=True)
 
 
 # --- gradio_client against the real server --------------------------------------------------------------

@@ -102,6 +102,7 @@ class FakeJob:
         self.interrupted = threading.Event()
         self.finished = threading.Event()
         self._result: GenerationResult | None = None
+        self.error: BaseException | None = None
 
     @property
     def queue_position(self) -> int | None:
@@ -118,6 +119,8 @@ class FakeJob:
 
     def result(self) -> GenerationResult:
         self.finished.wait()
+        if self.error is not None:
+            raise self.error
         assert self._result is not None
         return self._result
 
@@ -148,6 +151,12 @@ class FakeService:
         with self._lock:
             job.state, job.position = "running", 0
             request = job.request
+            if request.prompt == "explode":
+                time.sleep(job.step_seconds)
+                job.error = RuntimeError("the VAE decoded NaNs; try --precision fp32")
+                job.state = "error"
+                job.finished.set()
+                return
             seed = 1000 if request.seed == -1 else request.seed
             images, seeds, infotexts = [], [], []
             total = request.steps * request.total_images
@@ -332,6 +341,14 @@ def test_invalid_settings_become_a_readable_error_and_the_ui_keeps_working(ui_ur
         client.predict(**(TXT2IMG | {"sampler_name": "Nope"}), api_name="/txt2img")
     gallery, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
     assert len(gallery) == 2
+
+
+def test_a_failing_job_ends_with_its_message_and_the_queue_goes_on(ui_url):
+    client = gradio_client.Client(ui_url, verbose=False)
+    with pytest.raises(Exception, match="the VAE decoded NaNs; try --precision fp32"):
+        client.predict(**(TXT2IMG | {"prompt": "explode"}), api_name="/txt2img")
+    gallery, info, status, _ = client.predict(**TXT2IMG, api_name="/txt2img")
+    assert len(gallery) == 2 and 'data-state="done"' in status
 
 
 def test_progress_is_streamed_while_the_job_runs(fake_service):
