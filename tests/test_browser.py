@@ -306,6 +306,26 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
     page.screenshot(path=str(SCREENSHOTS / "inpaint.png"), full_page=True)
 
 
+@pytest.mark.browser
+@pytest.mark.slow
+def test_closing_a_tab_mid_run_does_not_break_the_queue(server, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    try:
+        page = context.new_page()
+        page.goto(server.url)
+        page.locator("#txt2img_prompt textarea").fill("abandoned")
+        set_number(page, "txt2img_steps", 60)
+        page.locator("#txt2img_generate").click()
+        page.wait_for_function("el => /Step [2-9]/.test(el.innerText)",
+                               arg=page.locator("#txt2img_progress").element_handle(), timeout=120_000)
+    finally:
+        context.close()
+    gallery, info, *_ = _client(server.url).predict(**(TXT2IMG | {"prompt": "after the tab closed"}),
+                                                    api_name="/txt2img")
+    assert len(gallery) == 1 and info.startswith("after the tab closed")
+    assert server.process.poll() is None
+
+
 # --- gradio_client against the real server --------------------------------------------------------------
 
 
@@ -382,8 +402,9 @@ def test_share_with_auth_without_internet_keeps_serving_locally(models_yaml, tmp
 
 
 @pytest.mark.slow
-def test_listen_binds_all_interfaces(models_yaml, tmp_path):
-    running = start_server(models_yaml, tmp_path / "outputs", "--listen", "--gradio-auth", f"{USER}:{PASSWORD}")
+def test_listen_binds_all_interfaces_and_api_needs_its_password(models_yaml, tmp_path):
+    running = start_server(models_yaml, tmp_path / "outputs", "--listen", "--gradio-auth", f"{USER}:{PASSWORD}",
+                           "--api", "--api-auth", "api:key")
     try:
         port = int(running.url.rstrip("/").rsplit(":", 1)[1])
         listening = set()
@@ -393,6 +414,13 @@ def test_listen_binds_all_interfaces(models_yaml, tmp_path):
             if state == "0A" and int(hex_port, 16) == port:
                 listening.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
         assert listening == {"0.0.0.0"}
+        api = running.url + "sdapi/v1/"
+        assert httpx.get(api + "samplers").status_code == 401
+        assert httpx.get(api + "samplers", auth=(USER, PASSWORD)).status_code == 401  # UI login is not API auth
+        body = {"prompt": "api", "steps": 2, "width": 64, "height": 64, "seed": 3, "sampler_name": "Euler"}
+        answer = httpx.post(api + "txt2img", json=body, auth=("api", "key"), timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["images"]) == 1
     finally:
         stop_server(running)
-    assert "bound to 0.0.0.0" in running.output
+    assert "bound to 0.0.0.0" in running.output and "REST API" in running.output

@@ -33,6 +33,11 @@ JOB_STATES = (QUEUED, RUNNING, DONE, ERROR, INTERRUPTED)
 FINISHED_STATES = (DONE, ERROR, INTERRUPTED)
 KEEP_FINISHED_JOBS = 64
 SMALL_MODEL_BYTES = 256 * 2**20
+# ModelEntry field -> GenerationRequest field, for default_request().
+_ENTRY_DEFAULTS = {
+    "sampler": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg_scale",
+    "clip_skip": "clip_skip", "width": "width", "height": "height",
+}
 
 
 class Job:
@@ -426,6 +431,20 @@ class WebUIService:
         with self._device_lock:
             self.models.unload(name)
             self._previews.clear()
+
+    def default_request(self, model_name: str | None = None) -> GenerationRequest:
+        """A1111's defaults with the model entry's own (``sampler``, ``steps``, ``cfg_scale``, size...).
+
+        For filling a form; nothing loads. Fields the entry leaves out keep A1111's defaults.
+        """
+        entry_of = getattr(self.models, "entry", None)
+        entry = entry_of(model_name) if callable(entry_of) else None
+        defaults: dict[str, Any] = {}
+        for entry_field, request_field in _ENTRY_DEFAULTS.items():
+            value = getattr(entry, entry_field, None)
+            if value is not None:
+                defaults[request_field] = value
+        return GenerationRequest(**defaults)
 
     def native_size(self, model_name: str | None = None) -> tuple[int, int]:
         """The (width, height) a request with width/height None gets for that model."""
