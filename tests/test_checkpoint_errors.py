@@ -177,3 +177,32 @@ def test_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_state, tiny_t
 
 def test_folder_that_is_not_a_diffusers_model(tmp_path):
     expect_error(tmp_path, CheckpointError, "model_index.json")
+
+
+def test_original_style_ckpt_with_lightning_callback_and_numpy_step_loads(tmp_path, tiny_state, tiny_tokenizer_dir,
+                                                                          tiny_components, monkeypatch):
+    """CompVis' own .ckpt files also pickle a Lightning ModelCheckpoint and numpy scalars: harmless, accepted."""
+    import sys
+    import types
+
+    import numpy as np
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.best_model_score = torch.tensor(0.5)
+            self.dirpath = "/logs"
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "sd-v1-4-style.ckpt"
+    torch.save({"state_dict": tiny_state, "global_step": np.int64(470000), "epoch": 6,
+                "callbacks": {"ModelCheckpoint": ModelCheckpoint()}}, path)
+    write(tmp_path, "unused.safetensors", {"x": torch.zeros(1)}, tiny_tokenizer_dir)
+    model = load_model(path, compute_hash=False)
+    expected = tiny_components.unet.state_dict()["out.2.weight"]
+    torch.testing.assert_close(model.unet.state_dict()["out.2.weight"], expected)

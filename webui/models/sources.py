@@ -79,6 +79,36 @@ class DictSource:
         self._tensors = {}
 
 
+class LightningCallbackState:
+    """Inert stand-in for ``pytorch_lightning`` callback objects pickled into some original SD 1.x ``.ckpt``
+    files (e.g. CompVis' ``sd-v1-4.ckpt``). Its fields are kept as plain data and never used; no
+    pytorch_lightning code is imported or run."""
+
+
+def _harmless_globals() -> list[tuple[object, str]]:
+    """Globals that real SD 1.x ``.ckpt`` files contain besides tensors, which cannot run code.
+
+    The same short list AUTOMATIC1111's restricted unpickler accepts: numpy scalars and dtypes (for
+    ``global_step``) and Lightning's ``ModelCheckpoint`` (mapped to :class:`LightningCallbackState`).
+    """
+    items: list[tuple[object, str]] = [
+        (LightningCallbackState, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    ]
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional for torch; without it such files are refused
+        return items
+    core = getattr(np, "_core", None) or np.core
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        items.append((core.multiarray.scalar, f"{module}.scalar"))
+    items.append((np.dtype, "numpy.dtype"))
+    # numpy 2 rebuilds a dtype as an instance of its per-type class (Int64DType, ...) and sets its state.
+    for name in dir(getattr(np, "dtypes", None)):
+        if name.endswith("DType"):
+            items.append((getattr(np.dtypes, name), f"numpy.dtypes.{name}"))
+    return items
+
+
 def _unsafe_global(message: str) -> str | None:
     match = re.search(r"GLOBAL ([\w.]+)", message, flags=re.IGNORECASE)
     return match.group(1) if match else None
@@ -87,12 +117,13 @@ def _unsafe_global(message: str) -> str | None:
 def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a PyTorch pickle, unwrapping a ``state_dict`` entry; refuses anything executable."""
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap can only be used" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with torch.serialization.safe_globals(_harmless_globals()):
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap can only be used" not in str(exc):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         blocked = _unsafe_global(str(exc))
         if blocked:
