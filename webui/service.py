@@ -12,6 +12,7 @@ with :meth:`WebUIService.close`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -27,6 +28,8 @@ from PIL import Image
 from webui.pipeline.generate import GenerationControl, Progress, check_request, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult
+
+logger = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, ERROR, INTERRUPTED = "queued", "running", "done", "error", "interrupted"
 JOB_STATES = (QUEUED, RUNNING, DONE, ERROR, INTERRUPTED)
@@ -289,7 +292,7 @@ class WebUIService:
         self.samplers = samplers
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.version = version
-        self._previews: dict[int, tuple[Any, LatentPreview]] = {}
+        self._previews: dict[int, tuple[Any, LatentPreview | None]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
@@ -450,13 +453,19 @@ class WebUIService:
         """The (width, height) a request with width/height None gets for that model."""
         return native_size(self.models.get(model_name))
 
-    def previewer(self, model: Any) -> LatentPreview:
-        """The model's fitted latent->RGB preview map, fitted once per loaded model."""
+    def previewer(self, model: Any) -> LatentPreview | None:
+        """The model's fitted latent->RGB preview map, fitted once per loaded model (None if that failed)."""
         key = id(model)
         cached = self._previews.get(key)
         if cached is None or cached[0] is not model:
             self._previews.clear()  # one resident model: forget the previous one's map
-            cached = (model, fit_latent_preview(model.vae, float(model.vae.config.scale_factor)))
+            try:
+                fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
+            except Exception:  # noqa: BLE001 - previews are a nicety; generation goes on without them
+                logger.warning("could not fit the live-preview map for %s", getattr(model, "name", model),
+                               exc_info=True)
+                fitted = None
+            cached = (model, fitted)
             self._previews[key] = cached
         return cached[1]
 
