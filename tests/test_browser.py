@@ -245,7 +245,8 @@ def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
     # The status line lags the worker by one poll, so allow the step it was on plus the one it finished.
     assert stopped <= step_at_click + 2, (step_at_click, text)
     assert elapsed < 30
-    # The UI is usable again: a new run works.
+    # The UI is usable again: a new run works (reload for the default size).
+    page.goto(server.url)
     info = generate_in_browser(page, "after interrupt", "Euler", steps=3)
     assert info.startswith("after interrupt")
 
@@ -324,6 +325,26 @@ def test_closing_a_tab_mid_run_does_not_break_the_queue(server, browser):
                                                     api_name="/txt2img")
     assert len(gallery) == 1 and info.startswith("after the tab closed")
     assert server.process.poll() is None
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_models_tab_lists_status_and_loads_unloads(server, page):
+    page.goto(server.url)
+    page.get_by_role("tab", name="Models").click()
+    table = page.locator("#models_table")
+    name = page.locator("#model_checkpoint input").first.input_value()
+    assert name and name in table.inner_text()
+    message = page.locator("#models_message")
+    page.locator("#models_unload").click()
+    page.wait_for_function("(el) => el.innerText.includes('Unloaded')", arg=message.element_handle(), timeout=30_000)
+    assert "not loaded" in table.inner_text()
+    page.locator("#models_load").click()
+    page.wait_for_function("(el) => el.innerText.includes('Loaded')", arg=message.element_handle(), timeout=120_000)
+    page.wait_for_function("(el) => el.innerText.includes('loaded (current)')", arg=table.element_handle(),
+                           timeout=10_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "models.png"))
 
 
 # --- gradio_client against the real server --------------------------------------------------------------
