@@ -249,6 +249,20 @@ BAD_REQUESTS = [
 ]
 
 
+def _truncated_png() -> Image.Image:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, format="PNG")
+    return Image.open(io.BytesIO(buffer.getvalue()[:60]))
+
+
+BAD_REQUESTS += [
+    (Img2ImgRequest(init_images=[_truncated_png()]), "init_images"),
+    (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], mask=_truncated_png()), "mask"),
+]
+
+
 @pytest.mark.parametrize(("request_", "field"), BAD_REQUESTS, ids=[f for _, f in BAD_REQUESTS])
 def test_bad_input_raises_invalid_request_naming_the_field_and_writes_nothing(
     tiny_model, samplers, tmp_path, request_, field

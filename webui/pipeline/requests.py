@@ -143,10 +143,13 @@ class Img2ImgRequest(GenerationRequest):
                 raise InvalidRequest("init_images", f"item {i} is not an image ({type(image).__name__})")
             if image.width < 1 or image.height < 1:
                 raise InvalidRequest("init_images", f"item {i} is empty")
+            _check_readable(image, "init_images", f"item {i}")
         _check_float(self, "denoising_strength", 0.0, 1.0)
         _check_int(self, "resize_mode", 0, len(RESIZE_MODES) - 1)
-        if self.mask is not None and not isinstance(self.mask, Image.Image):
-            raise InvalidRequest("mask", f"is not an image ({type(self.mask).__name__})")
+        if self.mask is not None:
+            if not isinstance(self.mask, Image.Image):
+                raise InvalidRequest("mask", f"is not an image ({type(self.mask).__name__})")
+            _check_readable(self.mask, "mask", "the mask")
         _check_int(self, "mask_blur", 0, 64)
         _check_int(self, "inpainting_fill", 0, len(INPAINTING_FILLS) - 1)
         _check_int(self, "inpainting_mask_invert", 0, 1)
@@ -197,6 +200,14 @@ class GenerationResult:
             "infotexts": list(self.infotexts),
             "interrupted": self.interrupted,
         }
+
+
+def _check_readable(image: Image.Image, name: str, what: str) -> None:
+    """Decode a lazily opened image now, so that a truncated file is a bad request, not a crash later."""
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InvalidRequest(name, f"{what} cannot be decoded: {err}") from None
 
 
 def _check_str(request: Any, name: str) -> None:
