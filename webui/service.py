@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +308,8 @@ class WebUIService:
         images out of ``outputs_dir`` (the API's ``save_images``).
         """
         check_request(request, self.samplers)
-        return self._queue.submit(Job(request, model_name, save=save))
+        # The job keeps its own copy: a caller that reuses its request object cannot change a queued job.
+        return self._queue.submit(Job(replace(request), model_name, save=save))
 
     def run(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
             timeout: float | None = None) -> GenerationResult:
