@@ -27,12 +27,21 @@ def _credentials(text: str) -> tuple[tuple[str, str], ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: ...)`` only where there is a meaningful default (not for on/off flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; ``--help`` explains every flag."""
     parser = argparse.ArgumentParser(
         prog="launch.py",
         description="Stable Diffusion 1.x web UI (Gradio) with an optional AUTOMATIC1111-compatible REST API.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     net = parser.add_argument_group("network and security")
     net.add_argument("--port", type=int, default=7860, help="TCP port to serve on.")

@@ -96,6 +96,25 @@ def test_api_on_the_network_needs_its_own_password(tmp_path: Path):
     assert result.returncode != 0 and "--api-auth user:password" in result.stderr
 
 
+def test_unavailable_device_is_a_one_line_error(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_launch("--device", "cuda", "--models", str(tmp_path / "models.yaml"), "--port", str(free_port()))
+    assert result.returncode == 2 and "no CUDA GPU is available" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_launch("--device", "cpu", "--models", str(tmp_path / "models.yaml"), "--port", str(port))
+    assert result.returncode == 2 and "error:" in result.stderr and str(port) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_exposure_rules(tmp_path: Path):
     assert check_exposure(options(tmp_path)) == []  # localhost only: no password needed
     assert check_exposure(options(tmp_path, api=True)) == []

@@ -239,16 +239,21 @@ def serve(options: ServerOptions) -> int:
     except InsecureLaunchError as exc:
         print(exc, file=sys.stderr)
         return 2
-    service = create_service(options)
+    try:
+        service = create_service(options)
+    except ValueError as exc:  # unknown/unavailable device, unsupported precision
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for problem in getattr(service.registry, "errors", None) or []:
+        print(f"warning: {problem}", file=sys.stderr)
     try:
         server = start(options, service)
-    except LaunchError as exc:
+    except (LaunchError, OSError) as exc:  # OSError: the port is taken
+        service.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         server.block()
     finally:
-        close = getattr(service, "close", None)
-        if callable(close):
-            close()
+        service.close()
     return 0
