@@ -2,27 +2,26 @@
 
 Usage::
 
-    python bench/bench_models.py                       # fp32, UNet at 32x32 and 64x64 latents, VAE decode 512 px
-    python bench/bench_models.py --precision bf16 --repeats 3 --sizes 32
+    python bench/bench_models.py                     # fp32; UNet batch 2 at 32x32 and 64x64 latents; VAE decode 512 px
+    python bench/bench_models.py --precision bf16 --repeats 3 --sizes 32 --vae-size 0
 
-The parent process writes one set of random SD 1.5 weights (CompVis names); each measurement then runs
-in a fresh child process (so that peak RSS belongs to one implementation only) which loads the same
-weights into our module or into diffusers' (through our diffusers <-> CompVis key map), runs one
-warm-up and ``--repeats`` timed calls, and saves its output so the parent can check both agree.
-UNet: batch 2 (one classifier-free-guidance step). VAE: decode of one latent. diffusers is a
-benchmark-only dependency.
+Both implementations hold the very same weight tensors (ours built on the meta device and filled with
+``load_state_dict(assign=True)``; diffusers' filled with the same tensors through our diffusers <-> CompVis
+key map), so they use the same weight memory and their outputs can be compared. Calls are interleaved
+(ours, diffusers, diffusers, ours, ...) after one warm-up each, so that a machine shared with other work
+slows both alike; the table shows the fastest and the median call, and the peak extra resident memory
+(RSS sampled every 5 ms during a call, minus RSS before it). UNet: batch 2, one classifier-free-guidance
+step. VAE: decode of one latent. diffusers is a benchmark-only dependency.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
-import tempfile
+import os
+import statistics
+import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
@@ -39,110 +38,115 @@ SD15_VAE = dict(
 )
 
 
-def write_weights(folder: Path) -> None:
-    from safetensors.torch import save_file
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+
+class PeakRss:
+    """Highest resident set size seen while the ``with`` block runs (sampled by a thread)."""
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def extra_gib(self) -> float:
+        return (self.peak - self.start) / 2**30
+
+
+def build_pair(part: str, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Our module and diffusers' module sharing one set of random SD 1.5 weights."""
+    import diffusers
+
+    from webui.models.diffusers_folder import unet_key_map, vae_key_map
     from webui.models.unet import UNetConfig, UNetModel
     from webui.models.vae import AutoencoderKL, VAEConfig
 
     torch.manual_seed(0)
-    for name, module in (("unet", UNetModel(UNetConfig())), ("vae", AutoencoderKL(VAEConfig()))):
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / f"{name}.safetensors"))
+    ours = (UNetModel(UNetConfig()) if part == "unet" else AutoencoderKL(VAEConfig())).to(dtype)
+    state = ours.state_dict()
+    with torch.device("meta"):
+        theirs = diffusers.UNet2DConditionModel(**SD15_UNET) if part == "unet" else diffusers.AutoencoderKL(**SD15_VAE)
+    shapes = {k: v.shape for k, v in theirs.state_dict().items()}
+    key_map = unet_key_map(shapes) if part == "unet" else vae_key_map(shapes)
+    theirs.load_state_dict({t: state[o].view(shapes[t]) for o, t in key_map.items()}, strict=True, assign=True)
+    leftovers = [n for n, t in [*theirs.named_parameters(), *theirs.named_buffers()] if t.is_meta]
+    assert not leftovers, leftovers
+    return ours.eval().requires_grad_(False), theirs.eval().requires_grad_(False)
 
 
-def build(impl: str, part: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / f"{part}.safetensors"))
-    if impl == "ours":
-        from webui.models.unet import UNetConfig, UNetModel
-        from webui.models.vae import AutoencoderKL, VAEConfig
-
-        with torch.device("meta"):
-            module = UNetModel(UNetConfig()) if part == "unet" else AutoencoderKL(VAEConfig())
-        module.load_state_dict(state, strict=True, assign=True)
-    else:
-        import diffusers
-
-        from webui.models.diffusers_folder import unet_key_map, vae_key_map
-
-        module = diffusers.UNet2DConditionModel(**SD15_UNET) if part == "unet" else diffusers.AutoencoderKL(**SD15_VAE)
-        theirs = module.state_dict()
-        key_map = unet_key_map(theirs) if part == "unet" else vae_key_map(theirs)
-        module.load_state_dict({t: state[o].reshape(theirs[t].shape) for o, t in key_map.items()}, strict=True)
-    del state
-    return module.to(dtype).eval().requires_grad_(False)
-
-
-def child(impl: str, part: str, size: int, folder: Path, dtype: torch.dtype, repeats: int, out: Path) -> None:
-    module = build(impl, part, folder, dtype)
-    g = torch.Generator().manual_seed(1)
-    if part == "unet":
-        x = torch.randn(2, 4, size, size, generator=g).to(dtype)
-        ctx = torch.randn(2, 77, 768, generator=g).to(dtype)
-        t = torch.tensor([801, 801])
-        if impl == "ours":
-            def run():
-                return module(x, t, ctx)
-        else:
-            def run():
-                return module(x, t, encoder_hidden_states=ctx).sample
-    else:
-        z = torch.randn(1, 4, size, size, generator=g).to(dtype)
-        if impl == "ours":
-            def run():
-                return module.decode(z)
-        else:
-            def run():
-                return module.decode(z).sample
-    times = []
+def compare(label: str, calls: dict[str, Callable[[], torch.Tensor]], repeats: int) -> None:
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    extra: dict[str, float] = dict.fromkeys(calls, 0.0)
+    outputs: dict[str, torch.Tensor] = {}
+    names = list(calls)
     with torch.inference_mode():
-        run()  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = run()
-            times.append(time.perf_counter() - start)
-    torch.save(result.float(), out.with_suffix(".pt"))
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    out.write_text(json.dumps({"times": times, "peak_gib": peak_gib}))
+        for name in names:  # warm-up
+            outputs[name] = calls[name]().float()
+        for r in range(repeats):
+            for name in names if r % 2 == 0 else names[::-1]:
+                with PeakRss() as peak:
+                    start = time.perf_counter()
+                    calls[name]()
+                    times[name].append(time.perf_counter() - start)
+                extra[name] = max(extra[name], peak.extra_gib)
+    a, b = outputs["ours"], outputs["diffusers"]
+    rel = ((a - b).norm() / b.norm()).item()
+    best = {n: min(t) for n, t in times.items()}
+    median = {n: statistics.median(t) for n, t in times.items()}
+    print(f"{label:30s} ours {best['ours']:7.2f} s (median {median['ours']:6.2f}, +{extra['ours']:.2f} GiB)   "
+          f"diffusers {best['diffusers']:7.2f} s (median {median['diffusers']:6.2f}, +{extra['diffusers']:.2f} GiB)"
+          f"   ours/diffusers {best['ours'] / best['diffusers']:.3f}   output rel. diff {rel:.1e}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="UNet latent sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="UNet latent sizes (0 to skip)")
     parser.add_argument("--vae-size", type=int, default=64, help="VAE decode latent size (0 to skip)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--child", nargs=4, metavar=("IMPL", "PART", "SIZE", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per implementation")
     args = parser.parse_args()
     dtype = DTYPES[args.precision]
-    if args.child:
-        impl, part, size, out = args.child
-        child(impl, part, int(size), args.weights, dtype, args.repeats, Path(out))
-        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, 1 warm-up + "
+          f"{args.repeats} interleaved calls each; best time (median, peak extra RSS during a call)", flush=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, "
-          f"{args.repeats} timed runs after 1 warm-up; each row: median seconds (peak RSS of its own process)")
-    cases = [("unet", s) for s in args.sizes] + ([("vae", args.vae_size)] if args.vae_size else [])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        write_weights(folder)
-        for part, size in cases:
-            results = {}
-            for impl in ("ours", "diffusers"):
-                out = folder / f"{impl}-{part}-{size}.json"
-                subprocess.run([sys.executable, __file__, "--precision", args.precision, "--repeats",
-                                str(args.repeats), "--weights", str(folder), "--child", impl, part, str(size),
-                                str(out)], check=True)
-                results[impl] = json.loads(out.read_text())
-            a, b = (torch.load(folder / f"{i}-{part}-{size}.pt") for i in ("ours", "diffusers"))
-            rel = ((a - b).norm() / b.norm()).item()
-            ours, theirs = (sorted(results[i]["times"])[len(results[i]["times"]) // 2] for i in ("ours", "diffusers"))
-            what = f"UNet batch 2, {size}x{size} latent" if part == "unet" else f"VAE decode {size * 8} px"
-            print(f"{what:32s} ours {ours:7.2f} s ({results['ours']['peak_gib']:.2f} GiB)   "
-                  f"diffusers {theirs:7.2f} s ({results['diffusers']['peak_gib']:.2f} GiB)   "
-                  f"ours/diffusers {ours / theirs:.3f}   output rel. diff {rel:.1e}", flush=True)
+    sizes = [s for s in args.sizes if s]
+    if sizes:
+        ours, theirs = build_pair("unet", dtype)
+        g = torch.Generator().manual_seed(1)
+        ctx = torch.randn(2, 77, 768, generator=g).to(dtype)
+        t = torch.tensor([801, 801])
+        for size in sizes:
+            x = torch.randn(2, 4, size, size, generator=g).to(dtype)
+            compare(f"UNet batch 2, {size}x{size} latent",
+                    {"ours": lambda x=x: ours(x, t, ctx),
+                     "diffusers": lambda x=x: theirs(x, t, encoder_hidden_states=ctx).sample}, args.repeats)
+        del ours, theirs
+    if args.vae_size:
+        ours, theirs = build_pair("vae", dtype)
+        z = torch.randn(1, 4, args.vae_size, args.vae_size, generator=torch.Generator().manual_seed(2)).to(dtype)
+        compare(f"VAE decode {args.vae_size * 8} px",
+                {"ours": lambda: ours.decode(z), "diffusers": lambda: theirs.decode(z).sample}, args.repeats)
+    print(f"process peak RSS {rss_peak_gib():.2f} GiB (both implementations share the weights)")
+
+
+def rss_peak_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 if __name__ == "__main__":
