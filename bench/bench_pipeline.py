@@ -53,7 +53,7 @@ class FreeUNet(torch.nn.Module):
 def time_per_step(steps: int, preview: LatentPreview) -> float:
     """Seconds per step of everything but the UNet."""
     context = torch.randn(1, 77, 768)
-    eps_fn = cfg_eps_fn(FreeUNet(), Conditioning(context, context.clone(), 1, 0), 7.0)
+    eps_fn = cfg_eps_fn(FreeUNet(), Conditioning.constant(context, context.clone()), 7.0)
     alphas_cumprod = scaled_linear_alphas_cumprod()
     sampler = create_sampler_registry().get("Euler a")
     previews: list[Image.Image] = []

@@ -307,3 +307,14 @@ def test_result_info_is_a1111_shaped(tiny_model, samplers):
     assert info["all_prompts"] == ["the cat", "the cat"] and info["infotexts"] == result.infotexts
     assert info["width"] == 64 and info["sd_model_hash"] == tiny_model.short_hash
     assert info["denoising_strength"] is None and not info["interrupted"]
+
+
+def test_prompt_editing_changes_the_unet_context_mid_generation(tiny_model, samplers):
+    contexts = []
+    handle = tiny_model.unet.register_forward_pre_hook(lambda _m, args: contexts.append(args[2][1].clone()))
+    try:
+        generate(tiny_model, samplers, req(prompt="[the cat:dog:2]", sampler_name="Euler", steps=4))
+    finally:
+        handle.remove()
+    assert len(contexts) == 4  # [uncond; cond] per step: args[2][1] is the cond context
+    assert torch.equal(contexts[0], contexts[2]) and not torch.equal(contexts[2], contexts[3])

@@ -136,3 +136,38 @@ def test_weighting_multiplies_token_embeddings_then_restores_the_mean(encoder):
     # the weighted token moved (relative to the others) by the factor 1.5
     ratio = (zw[cat] / z[cat]) / (zw[0] / z[0])
     torch.testing.assert_close(ratio, torch.full_like(ratio, 1.5), rtol=1e-4, atol=1e-4)
+
+
+# Examples from the docstring of AUTOMATIC1111's get_learned_conditioning_prompt_schedules (10 steps).
+SCHEDULE_EXAMPLES = [
+    ("test", [(10, "test")]),
+    ("a [b:3]", [(3, "a "), (10, "a b")]),
+    ("a [b: 3]", [(3, "a "), (10, "a b")]),
+    ("a [[[b]]:2]", [(2, "a "), (10, "a [[b]]")]),
+    ("[(a:2):3]", [(3, ""), (10, "(a:2)")]),
+    ("a[b:[c:d:2]:1]e", [(1, "abe"), (2, "ace"), (10, "ade")]),
+    ("a [unbalanced", [(10, "a [unbalanced")]),
+    ("a [b:.5] c", [(5, "a  c"), (10, "a b c")]),
+    ("((a][:b:c [d:3]", [(3, "((a][:b:c "), (10, "((a][:b:c d")]),
+    ("[a|(b:1.1)]", [(i, "a" if i % 2 else "(b:1.1)") for i in range(1, 11)]),
+    ("[fe|]male", [(i, "female" if i % 2 else "male") for i in range(1, 11)]),
+    ("a [fantasy:cyberpunk:16] landscape", [(10, "a fantasy landscape")]),  # 16 > 10 steps: never switches
+    ("[word] (x:1.2) [y:z]", [(10, "[word] (x:1.2) [y:z]")]),  # attention brackets are not prompt editing
+]
+
+
+@pytest.mark.parametrize(("prompt", "expected"), SCHEDULE_EXAMPLES)
+def test_prompt_editing_schedules_match_a1111(prompt, expected):
+    from webui.pipeline.prompt_schedule import prompt_schedule
+
+    assert prompt_schedule(prompt, 10) == expected
+
+
+def test_prompt_editing_switches_the_context_after_the_given_step(encoder):
+    c = encode_conditioning(encoder, "[the cat:dog:2]", "", steps=4)
+    assert [end for end, _ in c.conds] == [2, 4]
+    cat, dog = encoder.encode_text("the cat"), encoder.encode_text("dog")
+    for step in (0, 1, 2):  # A1111: the first text while the 0-based step <= 2
+        torch.testing.assert_close(c.at(step)[0], cat, rtol=0, atol=1e-6)
+    torch.testing.assert_close(c.at(3)[0], dog, rtol=0, atol=1e-6)
+    torch.testing.assert_close(c.at(3)[1], encoder.encode_text(""), rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import torch
 
+from webui.pipeline.prompt_schedule import prompt_schedule
 from webui.pipeline.prompts import PromptChunk, TokenIds, chunk_prompt, pad_chunks
 
 
@@ -37,12 +38,50 @@ class PromptEncoder(Protocol):
 
 @dataclass
 class Conditioning:
-    """Context tensors for classifier-free guidance, each (1, 77 * chunks, D), same chunk count."""
+    """Contexts for classifier-free guidance, each (1, 77 * chunks, D), all with the same chunk count.
 
-    cond: torch.Tensor
-    uncond: torch.Tensor
+    ``conds`` / ``unconds`` are ``(end_step, context)`` schedules (prompt editing, see
+    :mod:`webui.pipeline.prompt_schedule`): a context is used while the 0-based sampling step
+    is ``<= end_step``. Without prompt editing each holds one entry.
+    """
+
+    conds: list[tuple[int, torch.Tensor]]
+    unconds: list[tuple[int, torch.Tensor]]
     chunks: int
     token_count: int
+
+    @classmethod
+    def constant(cls, cond: torch.Tensor, uncond: torch.Tensor) -> Conditioning:
+        """One context pair for every step."""
+        return cls([(MAX_STEP, cond)], [(MAX_STEP, uncond)], cond.shape[1] // 77, 0)
+
+    @property
+    def cond(self) -> torch.Tensor:
+        return self.conds[0][1]
+
+    @property
+    def uncond(self) -> torch.Tensor:
+        return self.unconds[0][1]
+
+    def at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` in force at 0-based sampling step ``step``."""
+        return _at(self.conds, step), _at(self.unconds, step)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
+        def move(schedule: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
+            return [(end, context.to(device, dtype)) for end, context in schedule]
+
+        return Conditioning(move(self.conds), move(self.unconds), self.chunks, self.token_count)
+
+
+MAX_STEP = 2**31 - 1
+
+
+def _at(schedule: list[tuple[int, torch.Tensor]], step: int) -> torch.Tensor:
+    for end, context in schedule:
+        if step <= end:
+            return context
+    return schedule[-1][1]
 
 
 def token_ids(encoder: PromptEncoder) -> TokenIds:
@@ -76,16 +115,29 @@ def encode_prompt(encoder: PromptEncoder, prompt: str, clip_skip: int = 1) -> to
 
 
 def encode_conditioning(
-    encoder: PromptEncoder, prompt: str, negative_prompt: str, clip_skip: int = 1
+    encoder: PromptEncoder, prompt: str, negative_prompt: str, clip_skip: int = 1, steps: int = 1
 ) -> Conditioning:
-    """Prompt and negative prompt, the shorter padded with empty-prompt chunks to the same length."""
+    """Prompt and negative prompt (with prompt editing over ``steps``), padded to one chunk count.
+
+    Each distinct text is encoded once; shorter ones get empty-prompt chunks at the end.
+    """
     ids = token_ids(encoder)
-    cond_chunks, token_count = chunk_prompt(prompt, encoder.tokenize, ids, chunk_length=encoder.chunk_length)
-    uncond_chunks, _ = chunk_prompt(negative_prompt, encoder.tokenize, ids, chunk_length=encoder.chunk_length)
-    count = max(len(cond_chunks), len(uncond_chunks))
+    cond_schedule, uncond_schedule = prompt_schedule(prompt, steps), prompt_schedule(negative_prompt, steps)
+    chunked: dict[str, list[PromptChunk]] = {}
+    token_count = 0
+    for i, (_, text) in enumerate(cond_schedule + uncond_schedule):
+        if text not in chunked:
+            chunks, count = chunk_prompt(text, encoder.tokenize, ids, chunk_length=encoder.chunk_length)
+            chunked[text] = chunks
+            if i < len(cond_schedule):
+                token_count = max(token_count, count)
+    count = max(len(chunks) for chunks in chunked.values())
+    encoded = {
+        text: encode_chunks(encoder, pad_chunks(chunks, count, ids), clip_skip) for text, chunks in chunked.items()
+    }
     return Conditioning(
-        cond=encode_chunks(encoder, pad_chunks(cond_chunks, count, ids), clip_skip),
-        uncond=encode_chunks(encoder, pad_chunks(uncond_chunks, count, ids), clip_skip),
+        conds=[(end, encoded[text]) for end, text in cond_schedule],
+        unconds=[(end, encoded[text]) for end, text in uncond_schedule],
         chunks=count,
         token_count=token_count,
     )

@@ -139,18 +139,20 @@ class InpaintDenoiser:
 
 
 def cfg_eps_fn(
-    unet: torch.nn.Module, conditioning: Conditioning, cfg_scale: float
+    unet: torch.nn.Module, conditioning: Conditioning, cfg_scale: float, step: Callable[[], int] = lambda: 0
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The guided eps-model ``eps_fn(x_in, timestep)``: one UNet call on [uncond; cond].
 
-    With ``cfg_scale == 1`` the unconditional half cannot change the result and is skipped.
+    ``step()`` gives the current 0-based sampling step, which picks the contexts when the
+    prompt uses prompt editing. With ``cfg_scale == 1`` the unconditional half cannot change
+    the result and is skipped.
     """
     dtype = next(unet.parameters()).dtype
-    cond = conditioning.cond.to(dtype)
-    uncond = conditioning.uncond.to(dtype)
+    conditioning = conditioning.to(conditioning.cond.device, dtype)
 
     def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         b = x_in.shape[0]
+        cond, uncond = conditioning.at(step())
         timestep = torch.as_tensor(timestep, device=x_in.device).reshape(-1).expand(b)
         if cfg_scale == 1.0:
             return unet(x_in.to(dtype), timestep, cond.expand(b, -1, -1)).to(x_in.dtype)
@@ -324,11 +326,11 @@ class _Run:
         self.model, self.sampler, self.request, self.device = model, sampler, request, device
         self.progress, self.previewer = progress, previewer
         self.prepared = _prepare_img2img(request) if isinstance(request, Img2ImgRequest) else None
-        c = encode_conditioning(model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip)
-        self.eps_fn = cfg_eps_fn(
-            model.unet, Conditioning(c.cond.to(device), c.uncond.to(device), c.chunks, c.token_count),
-            request.cfg_scale,
+        conditioning = encode_conditioning(
+            model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip, request.steps
         )
+        self.sampling_step = 0  # 0-based step being sampled in the current batch (picks edited prompts)
+        self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale, lambda: self.sampling_step)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.options = _sampler_options(sampler, request)
         down = model.vae.config.downscale
@@ -417,9 +419,11 @@ class _Run:
 
     def _step_callback(self, first: int) -> Callable[[dict[str, Any]], None]:
         steps_before, batch_started = self.done_steps, time.monotonic()
+        self.sampling_step = 0
 
         def on_step(info: dict[str, Any]) -> None:
             step_in_batch = int(info["i"]) + 1
+            self.sampling_step = step_in_batch
             self.done_steps = steps_before + step_in_batch
             if self.progress is None:
                 return
