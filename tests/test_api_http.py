@@ -22,12 +22,21 @@ from PIL import Image
 from test_api_support import b64_png, from_b64, serve
 
 from webui.api import ApiLimits, mount_api
+from webui.models.errors import CorruptCheckpointError
 from webui.models.registry import ModelEntry, Registry
+from webui.pipeline.errors import OutOfMemory
+from webui.pipeline.generate import check_request
 from webui.pipeline.requests import GenerationResult
 from webui.sampling.registry import create_sampler_registry
 from webui.service import ProgressSnapshot
 
 USER, PASSWORD = "alice", "s3cret:with:colons"
+# Prompts that make the stub's job fail the way a real job can.
+FAILURES = {
+    "pipeline bug": RuntimeError("tensor shapes do not match"),
+    "broken model": CorruptCheckpointError("tiny.safetensors is truncated"),
+    "out of memory": OutOfMemory("batch_size", "the device ran out of memory; lower batch_size"),
+}
 
 
 @dataclass
@@ -39,6 +48,8 @@ class StubJob:
     progress: Any = None
 
     def result(self) -> GenerationResult:
+        if self.request.prompt in FAILURES:
+            raise FAILURES[self.request.prompt]
         request = self.request.with_size((64, 64)).with_seed()
         seeds = request.seeds()
         images = [Image.new("RGB", (request.width, request.height), (s % 256, 0, 0)) for s in seeds]
@@ -68,6 +79,7 @@ class StubService:
         self.calls: list[str] = []
 
     def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> StubJob:
+        check_request(request, self.samplers)  # what the real service does before queueing
         self.submitted.append((request, model_name))
         job = StubJob(id=f"job{len(self.jobs)}", request=request)
         self.jobs[job.id] = job
@@ -160,7 +172,7 @@ def _body(body: dict | None) -> dict | None:
     return json.loads(text)
 
 
-def test_every_route_is_mounted_and_covered_by_the_auth_test(secured_url: str) -> None:
+def test_every_route_is_mounted_and_covered_by_the_auth_test() -> None:
     app = FastAPI()
     mount_api(app, StubService())
     mounted = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ()) if m != "HEAD"}
@@ -336,6 +348,7 @@ def test_img2img_decodes_data_urls_and_masks(client: httpx.Client, stub: StubSer
 def test_body_over_the_limit_gets_413_by_content_length(client: httpx.Client, stub: StubService) -> None:
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x" * 300_000})
     assert r.status_code == 413, r.text
+    assert _error_field(r) == ["body"] and "200000 bytes" in r.json()["detail"][0]["msg"]
     assert stub.submitted == []
 
 
@@ -352,9 +365,40 @@ def test_streamed_body_over_the_limit_gets_413_without_content_length(open_url: 
             sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may answer and close before everything is sent
-        reply = sock.recv(4096)
+        reply = b""
+        while b'"too_large"' not in reply and (chunk := sock.recv(4096)):
+            reply += chunk
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"application/json" in reply and b'"loc":["body"]' in reply
     assert stub.submitted == []
+
+
+def test_failed_jobs_get_a_json_answer_naming_the_cause(client: httpx.Client) -> None:
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "out of memory", "steps": 2})
+    assert r.status_code == 422 and _error_field(r) == ["body", "batch_size"]
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "broken model", "steps": 2})
+    assert r.status_code == 422 and _error_field(r) == ["body", "override_settings", "sd_model_checkpoint"]
+    assert "truncated" in r.json()["detail"][0]["msg"]
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "pipeline bug", "steps": 2})
+    assert r.status_code == 500  # the server's fault, not the request's: said plainly, as JSON
+    assert r.json() == {"detail": "generation failed: RuntimeError: tensor shapes do not match"}
+
+
+def _raw_reply(base: str, head: bytes) -> bytes:
+    """Send only the request head (no body) and return the start of the reply."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        return sock.recv(4096)
+
+
+def test_credentials_and_size_are_checked_before_the_body_is_read(secured_url: str) -> None:
+    """A declared 60 MB upload is answered at once, without waiting for (or reading) a byte of it."""
+    head = b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+           b"Content-Length: 60000000\r\n"
+    assert _raw_reply(secured_url, head + b"\r\n").startswith(b"HTTP/1.1 401")
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+    assert _raw_reply(secured_url, head + b"Authorization: Basic " + token + b"\r\n\r\n").startswith(b"HTTP/1.1 413")
 
 
 def test_png_info_reads_back_the_parameters_chunk(client: httpx.Client) -> None:

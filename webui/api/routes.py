@@ -64,6 +64,8 @@ class SdApi:
         self.service = service
         self.limits = limits
         self._forced_ids: OrderedDict[str, str] = OrderedDict()  # client's force_task_id -> service job id
+        # Threads that wait for a job's result: their own pool, so that many waiting clients never hold the
+        # threads that Gradio and the short API calls (image decoding, png-info, model switching) run in.
         self._waits = anyio.CapacityLimiter(MAX_CONCURRENT_WAITS)
 
     # ---------------------------------------------------------------- generation
@@ -73,7 +75,7 @@ class SdApi:
         return await self._run(req, request, self._parameters(req))
 
     async def img2img(self, req: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:
-        request = await anyio.to_thread.run_sync(self._img2img_request, req, limiter=self._waits)
+        request = await anyio.to_thread.run_sync(self._img2img_request, req)
         parameters = self._parameters(req)
         if not req.include_init_images:
             parameters["init_images"] = None
@@ -96,7 +98,8 @@ class SdApi:
         )
 
     def _generation_request(self, req: _GenerationFields, kind: type[GenerationRequest], **extra: Any) -> Any:
-        """The pipeline request for ``req``; raises a 422 naming the first field that cannot be served."""
+        """The pipeline request for ``req`` (``service.submit`` validates it); 422 for what the API itself checks:
+        its limits, the sampler, schedule and model names."""
         self._check_limits(req)
         settings = req.override_settings or {}
         clip_skip = settings.get("CLIP_stop_at_last_layers", 1)
@@ -108,7 +111,7 @@ class SdApi:
         given = {k: getattr(req, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta")}
         options = {k: v for k, v in given.items() if v is not None and k in sampler.options and v != sampler.options[k]}
         eta = options.pop("eta", None)
-        request = kind(
+        return kind(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt or "",
             sampler_name=sampler.name,
@@ -125,11 +128,6 @@ class SdApi:
             sampler_options=options,
             **extra,
         )
-        try:
-            request.validate()
-        except InvalidRequest as exc:
-            raise field_error(exc.field, exc.message) from exc
-        return request
 
     def _check_limits(self, req: _GenerationFields) -> None:
         limits = self.limits
@@ -196,12 +194,7 @@ class SdApi:
         except Exception as exc:  # a failure of the server, not of the request: say what it was
             raise HTTPException(500, detail=f"generation failed: {type(exc).__name__}: {exc}") from exc
         images = [encode_png(image, text) for image, text in zip(result.images, result.infotexts, strict=False)]
-        info = dict(result.info)
-        prompt, negative = info.get("prompt", ""), info.get("negative_prompt", "")
-        info.setdefault("all_prompts", [prompt] * len(result.images))
-        info.setdefault("all_negative_prompts", [negative] * len(result.images))
-        info.setdefault("index_of_first_image", 0)
-        info["id_task"] = task_id
+        info = {**result.info, "id_task": task_id}
         return {"images": images if send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
     def _request_model(self, req: _GenerationFields) -> str | None:
@@ -302,13 +295,13 @@ class SdApi:
         if "sd_model_checkpoint" in options:
             name = self._model_name(options["sd_model_checkpoint"], "sd_model_checkpoint")
             try:
-                await anyio.to_thread.run_sync(self.service.select_model, name, limiter=self._waits)
+                await anyio.to_thread.run_sync(self.service.select_model, name)
             except (CheckpointError, LookupError) as exc:
                 raise field_error("sd_model_checkpoint", f"cannot load {name!r}: {exc}") from exc
         return None
 
     async def refresh_checkpoints(self) -> None:
-        await anyio.to_thread.run_sync(self.service.reload_registry, limiter=self._waits)
+        await anyio.to_thread.run_sync(self.service.reload_registry)
         return None
 
     async def scripts(self) -> dict[str, list[str]]:
@@ -317,7 +310,7 @@ class SdApi:
     # ---------------------------------------------------------------- png-info
 
     async def png_info(self, req: PNGInfoRequest) -> dict[str, Any]:
-        return await anyio.to_thread.run_sync(self._png_info, req.image, limiter=self._waits)
+        return await anyio.to_thread.run_sync(self._png_info, req.image)
 
     def _png_info(self, data: str) -> dict[str, Any]:
         image = decode_image(data, "image", max_pixels=self.limits.max_image_pixels)
@@ -394,7 +387,7 @@ def mount_api(
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in HOST_DOCS_PATHS]
     app.openapi_schema = None
     api = SdApi(service, limits)
-    route_class = guarded_route_class(api_auth)
+    route_class = guarded_route_class(api_auth, limits.max_body_bytes)
     post, get = ["POST"], ["GET"]
     table: list[tuple[str, Callable[..., Any], list[str], Any]] = [
         ("/txt2img", api.txt2img, post, TextToImageResponse),
@@ -413,7 +406,7 @@ def mount_api(
     ]
     for path, endpoint, methods, response_model in table:
         app.router.add_api_route(API_PREFIX + path, endpoint, methods=methods, response_model=response_model,
-                                 route_class_override=route_class, max_body_size=limits.max_body_bytes)
+                                 route_class_override=route_class)
     api_routes = [r for r in app.routes if getattr(r, "path", "").startswith(API_PREFIX)]
     schema: dict[str, Any] = {}
 
@@ -427,7 +420,7 @@ def mount_api(
 
     for path, endpoint in (("/openapi.json", openapi), ("/docs", docs)):
         app.router.add_api_route(path, endpoint, methods=get, include_in_schema=False,
-                                 route_class_override=route_class, max_body_size=limits.max_body_bytes)
+                                 route_class_override=route_class)
     return api
 
 

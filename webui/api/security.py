@@ -1,9 +1,10 @@
-"""HTTP Basic authentication of the API routes (``--api-auth user:pass``), checked before the body is read.
+"""What every API route checks before its body is read: HTTP Basic credentials (``--api-auth user:pass``,
+compared in constant time) and the body size (``ApiLimits.max_body_bytes``).
 
-The check lives in the route class rather than in a FastAPI dependency because FastAPI reads and parses the
+The checks live in the route class rather than in a FastAPI dependency because FastAPI reads and parses the
 request body before it solves dependencies: a dependency would let anyone without a password make the server
-read and parse a body of up to ``ApiLimits.max_body_bytes``. It is not an ASGI middleware either because the API
-is mounted on Gradio's app after that app has started, when middleware can no longer be added.
+read and parse a body of any size. They are not an ASGI middleware either because the API is mounted on
+Gradio's app after that app has started, when middleware can no longer be added.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from secrets import compare_digest
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.types import Message
 
 Credentials = Sequence[tuple[str, str]]
 
@@ -60,23 +62,51 @@ def unauthorized() -> JSONResponse:
     )
 
 
-def guarded_route_class(credentials: Credentials | None) -> type[APIRoute]:
-    """An ``APIRoute`` class whose routes answer 401 unless the request carries one of ``credentials``.
+def too_large(max_body_bytes: int) -> HTTPException:
+    message = f"the request body is larger than this server's limit of {max_body_bytes} bytes"
+    return HTTPException(413, detail=[{"loc": ["body"], "msg": message, "type": "too_large"}])
 
-    With ``credentials`` None or empty the routes are open (plain ``APIRoute``).
-    """
-    if not credentials:
-        return APIRoute
-    allowed = tuple((str(u), str(p)) for u, p in credentials)
+
+def limit_body(request: Request, max_body_bytes: int) -> Request:
+    """``request`` with a body that may not exceed ``max_body_bytes``: refused at once from ``Content-Length``,
+    else counted while it streams in (chunked uploads), raising a 413 as soon as the count passes the limit."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        raise too_large(max_body_bytes)
+    received = 0
+    receive = request.receive
+
+    async def counting_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_body_bytes:
+                raise too_large(max_body_bytes)
+        return message
+
+    return Request(request.scope, counting_receive)
+
+
+def guarded_route_class(credentials: Credentials | None, max_body_bytes: int) -> type[APIRoute]:
+    """An ``APIRoute`` class whose routes check, before FastAPI reads the body: the HTTP Basic credentials
+    (401 unless one of ``credentials``; no check when None or empty), then the body size (413)."""
+    allowed = tuple((str(u), str(p)) for u, p in credentials or ())
 
     class GuardedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
-                if not credentials_match(parse_basic_authorization(request.headers.get("authorization")), allowed):
+                given = parse_basic_authorization(request.headers.get("authorization"))
+                if allowed and not credentials_match(given, allowed):
                     return unauthorized()
-                return await handler(request)
+                try:
+                    return await handler(limit_body(request, max_body_bytes))
+                except HTTPException as exc:
+                    if exc.status_code != 413:
+                        raise
+                    return JSONResponse({"detail": exc.detail}, status_code=413, headers={"Connection": "close"})
 
             return guarded
 
