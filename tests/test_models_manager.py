@@ -119,3 +119,23 @@ def test_set_registry_keeps_resident_models_and_drops_removed_ones(manager, tmp_
     manager.set_registry(load_registry(other))
     assert manager.loaded() == {} and manager.current_name is None
     assert manager.get().name == "renamed"
+
+
+def test_status_answers_while_a_model_is_loading(tmp_path, tiny_checkpoint):
+    started, release = threading.Event(), threading.Event()
+
+    def slow_loader(path, **kwargs):
+        started.set()
+        release.wait(10)
+        return load_model(path, **kwargs)
+
+    manager = ModelManager(load_registry(write_registry(tmp_path, tiny_checkpoint)), loader=slow_loader)
+    loader_thread = threading.Thread(target=manager.get)
+    loader_thread.start()
+    assert started.wait(10)
+    rows = {s.name: s for s in manager.status()}  # must not block behind the load
+    assert rows["tiny"].loading and not rows["tiny"].loaded
+    release.set()
+    loader_thread.join()
+    rows = {s.name: s for s in manager.status()}
+    assert rows["tiny"].loaded and not rows["tiny"].loading

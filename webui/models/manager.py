@@ -24,10 +24,15 @@ class ModelStatus:
     default: bool
     error: str | None  # the last load error, if any
     short_hash: str | None
+    loading: bool = False  # being loaded (or downloaded) right now
 
 
 class ModelManager:
-    """Loads registry entries on demand; thread-safe (one lock around every state change).
+    """Loads registry entries on demand; thread-safe.
+
+    Two locks: ``_load_lock`` serialises loading (two threads asking for a model that is not resident
+    cause one load), ``_state_lock`` guards the bookkeeping only, so :meth:`status` answers at once even
+    while a multi-GB model is being downloaded or loaded.
 
     Args:
         registry: the validated ``models.yaml``.
@@ -46,10 +51,12 @@ class ModelManager:
         self.max_loaded = max(1, max_loaded)
         self.cache_dir = cache_dir
         self._loader = loader
-        self._lock = threading.RLock()
-        self._loaded: dict[str, StableDiffusionModel] = {}  # in load order, the last is current
+        self._load_lock = threading.RLock()
+        self._state_lock = threading.Lock()
+        self._loaded: dict[str, StableDiffusionModel] = {}  # in load order
         self._errors: dict[str, str] = {}
         self._current: str | None = None
+        self._loading: str | None = None
 
     @property
     def current_name(self) -> str | None:
@@ -69,60 +76,71 @@ class ModelManager:
 
     def get(self, name: str | None = None) -> StableDiffusionModel:
         """The model called ``name`` (None: the current one, else the default), loading it if needed."""
-        with self._lock:
+        with self._load_lock:
             entry = self.entry(name)
-            model = self._loaded.get(entry.name)
-            if model is None:
-                return self.load(entry.name)
-            self._current = entry.name
-            return model
+            with self._state_lock:
+                model = self._loaded.get(entry.name)
+                if model is not None:
+                    self._current = entry.name
+                    return model
+            return self.load(entry.name)
 
     def load(self, name: str) -> StableDiffusionModel:
         """Load ``name`` (again, if it was loaded) and make it current; raises the loader's error."""
-        with self._lock:
+        with self._load_lock:
             entry = self.registry.get(name)
-            self._evict(keep=self.max_loaded - 1)
-            self._loaded.pop(entry.name, None)
+            with self._state_lock:
+                self._loaded.pop(entry.name, None)
+                self._evict(keep=self.max_loaded - 1)
+                self._loading = entry.name
+            self._free()
             try:
                 model = self._load_entry(entry)
             except Exception as exc:
-                self._errors[entry.name] = str(exc)
+                with self._state_lock:
+                    self._errors[entry.name] = str(exc)
+                    self._loading = None
                 raise
-            self._errors.pop(entry.name, None)
-            self._loaded[entry.name] = model
-            self._current = entry.name
+            with self._state_lock:
+                self._errors.pop(entry.name, None)
+                self._loaded[entry.name] = model
+                self._current = entry.name
+                self._loading = None
             return model
 
     def unload(self, name: str | None = None) -> None:
         """Free ``name`` (None: every model)."""
-        with self._lock:
+        with self._load_lock:
             names = list(self._loaded) if name is None else [self.registry.get(name).name]
-            for n in names:
-                self._loaded.pop(n, None)
-                if self._current == n:
-                    self._current = None
+            with self._state_lock:
+                for n in names:
+                    self._loaded.pop(n, None)
+                    if self._current == n:
+                        self._current = None
             self._free()
 
     def loaded(self) -> dict[str, StableDiffusionModel]:
         """The resident models by name (a copy)."""
-        with self._lock:
+        with self._state_lock:
             return dict(self._loaded)
 
     def set_registry(self, registry: Registry) -> None:
         """Use a re-read ``models.yaml``; resident models stay loaded, entries that disappeared are unloaded."""
-        with self._lock:
-            self.registry = registry
-            gone = [n for n in self._loaded if n not in registry.names]
-            for name in gone:
-                del self._loaded[name]
-                if self._current == name:
-                    self._current = None
-            self._errors = {n: e for n, e in self._errors.items() if n in registry.names}
+        with self._load_lock:
+            with self._state_lock:
+                self.registry = registry
+                gone = [n for n in self._loaded if n not in registry.names]
+                for name in gone:
+                    del self._loaded[name]
+                    if self._current == name:
+                        self._current = None
+                self._errors = {n: e for n, e in self._errors.items() if n in registry.names}
             if gone:
                 self._free()
 
     def status(self) -> list[ModelStatus]:
-        with self._lock:
+        """One row per registry entry; never waits for a load in progress."""
+        with self._state_lock:
             default = self.registry.default
             return [
                 ModelStatus(
@@ -132,6 +150,7 @@ class ModelManager:
                     default=default is not None and e.name == default.name,
                     error=self._errors.get(e.name),
                     short_hash=self._loaded[e.name].short_hash if e.name in self._loaded else None,
+                    loading=e.name == self._loading,
                 )
                 for e in self.registry.entries
             ]
@@ -149,12 +168,12 @@ class ModelManager:
                             native_size=entry.native_size)
 
     def _evict(self, keep: int) -> None:
+        """Drop the oldest resident models until ``keep`` remain (caller holds ``_state_lock``)."""
         while len(self._loaded) > keep:
             oldest = next(iter(self._loaded))
             del self._loaded[oldest]
             if self._current == oldest:
                 self._current = None
-        self._free()
 
     def _free(self) -> None:
         from webui.devices import empty_cache
