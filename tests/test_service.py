@@ -219,3 +219,18 @@ def test_model_switch_waits_for_the_running_generation(service):
     job.interrupt()
     thread.join(TIMEOUT)
     assert switched.is_set() and job.state == INTERRUPTED
+
+
+def test_even_a_system_exit_inside_a_job_does_not_stop_the_queue():
+    def run(job: Job) -> GenerationResult:
+        if job.request.prompt == "exit":
+            raise SystemExit(3)
+        return GenerationResult(seeds=[2], request=job.request)
+
+    queue = JobQueue(run)
+    try:
+        fatal, after = queue.submit(Job(GenerationRequest(prompt="exit"))), queue.submit(Job(GenerationRequest()))
+        assert after.result(TIMEOUT).seeds == [2]
+        assert fatal.state == ERROR and isinstance(fatal.error, SystemExit)
+    finally:
+        queue.close()

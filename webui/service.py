@@ -133,7 +133,8 @@ class JobQueue:
             self._waiting.append(job)
             self._jobs[job.id] = job
             self._forget_old()
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                # (Re)start the worker: lazily, and again should a fatal error ever have ended it.
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
@@ -212,8 +213,6 @@ class JobQueue:
                 result = self._run(job)
             except BaseException as err:  # noqa: BLE001 - stored on the job; the queue must go on
                 job._finish(ERROR, None, err)
-                if not isinstance(err, Exception):
-                    raise
             else:
                 job._finish(INTERRUPTED if result.interrupted else DONE, result, None)
             finally:
