@@ -1,10 +1,10 @@
 """The AUTOMATIC1111-compatible REST API (``/sdapi/v1/*``), mounted on the server that serves the Gradio UI.
 
 Every route calls only :class:`webui.service.WebUIService`, so API jobs wait in the same FIFO queue as the UI's.
-A generation request is checked (pydantic types, :class:`ApiLimits`, the pipeline's own ``validate()``, sampler,
-schedule and model names) before it is queued, so that bad input is answered with a 422 naming the field and
-never leaves a job behind. Waiting for a job happens in a worker thread, so the event loop keeps answering
-``/progress``, ``/interrupt`` and the UI meanwhile.
+A generation request is checked (pydantic types, :class:`ApiLimits`, sampler, schedule and model names, then the
+pipeline's own validation inside ``service.submit``) before it is queued, so that bad input is answered with a 422
+naming the field and never leaves a job behind. Waiting for a job happens in a worker thread, so the event loop
+keeps answering ``/progress``, ``/interrupt`` and the UI meanwhile.
 
 Usage (``webui/server.py`` does this when ``--api`` is given)::
 
@@ -49,13 +49,14 @@ from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
 from webui.pipeline.outputs import INFOTEXT_KEY
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
-from webui.sampling.schedules import SCHEDULES, normalize_schedule
+from webui.sampling.schedules import KARRAS_RHO, SCHEDULES, normalize_schedule
 
 API_PREFIX = "/sdapi/v1"
 DOCS_PATHS = ("/docs", "/openapi.json")
 HOST_DOCS_PATHS = (*DOCS_PATHS, "/docs/oauth2-redirect", "/redoc")  # FastAPI's defaults, replaced by ours
 MAX_REMEMBERED_TASKS = 1000
 MAX_CONCURRENT_WAITS = 64
+
 
 class SdApi:
     """The route handlers; one instance per mounted app, holding the job ids it handed out."""
@@ -243,19 +244,20 @@ class SdApi:
 
     async def samplers(self) -> list[dict[str, Any]]:
         return [
-            {"name": s.name, "aliases": list(s.aliases), "options": {k: v for k, v in s.options.items()}}
+            {"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)}
             for s in self.service.samplers.samplers
         ]
 
     async def schedulers(self) -> list[dict[str, Any]]:
         return [
             {"name": name.lower(), "label": name, "aliases": None,
-             "default_rho": 7.0 if name == "Karras" else None, "need_inner_model": False}
+             "default_rho": KARRAS_RHO if name == "Karras" else None, "need_inner_model": False}
             for name in SCHEDULES
         ]
 
     async def sd_models(self) -> list[dict[str, Any]]:
-        return [self._model_item(entry) for entry in self.service.registry.entries]
+        # In a thread: the service may read a small model file once to hash it.
+        return await anyio.to_thread.run_sync(lambda: [self._model_item(e) for e in self.service.registry.entries])
 
     def _model_item(self, entry: Any) -> dict[str, Any]:
         sha256 = self._sha256(entry.name)
@@ -283,11 +285,8 @@ class SdApi:
     async def get_options(self) -> dict[str, Any]:
         default = self.service.registry.default
         name = self.service.models.current_name or (default.name if default is not None else None)
-        return {
-            "sd_model_checkpoint": name,
-            "sd_checkpoint_hash": self._sha256(name) if name else None,
-            "samples_format": "png",
-        }
+        sha256 = await anyio.to_thread.run_sync(self._sha256, name) if name else None
+        return {"sd_model_checkpoint": name, "sd_checkpoint_hash": sha256, "samples_format": "png"}
 
     async def set_options(self, options: dict[str, Any]) -> None:
         """Apply ``sd_model_checkpoint`` (loads the model now); other A1111 options are ignored, as A1111 does
