@@ -171,3 +171,11 @@ def test_prompt_editing_switches_the_context_after_the_given_step(encoder):
         torch.testing.assert_close(c.at(step)[0], cat, rtol=0, atol=1e-6)
     torch.testing.assert_close(c.at(3)[0], dog, rtol=0, atol=1e-6)
     torch.testing.assert_close(c.at(3)[1], encoder.encode_text(""), rtol=0, atol=1e-6)
+
+
+def test_token_counter_reports_tokens_and_chunk_capacity(encoder):
+    from webui.pipeline.conditioning import count_tokens
+
+    assert count_tokens(encoder, "the cat") == (2, 75)
+    assert count_tokens(encoder, " ".join(["cat"] * 80)) == (80, 150)
+    assert count_tokens(encoder, "a BREAK b") == (2, 150)

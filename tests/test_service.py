@@ -202,6 +202,7 @@ def test_service_built_from_models_yaml_uses_the_entry_native_size_and_reports_h
         assert f"Model hash: {sha[:10]}" in result.infotexts[0] and "Model: tiny" in result.infotexts[0]
         assert svc.model_sha256("tiny") == sha and svc.model_sha256("nope") is None
         assert svc.reload_registry().names == ["tiny"]
+        assert svc.token_count("the cat") == (2, 75)  # the model is loaded now
         defaults = svc.default_request()
         assert (defaults.width, defaults.height, defaults.steps, defaults.cfg_scale) == (64, 64, 20, 7.0)
         assert result.paths[0].parent.parent.name == "txt2img"

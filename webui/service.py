@@ -449,6 +449,16 @@ class WebUIService:
                 defaults[request_field] = value
         return GenerationRequest(**defaults)
 
+    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
+        """``(tokens, capacity)`` of ``prompt`` for the prompt box counter ("12/75"), or None when the
+        model is not loaded (counting never loads a model)."""
+        model = self._loaded_model(model_name or getattr(self.models, "current_name", None) or "")
+        if model is None:
+            return None
+        from webui.pipeline.conditioning import count_tokens
+
+        return count_tokens(model.text_encoder, prompt, steps)
+
     def native_size(self, model_name: str | None = None) -> tuple[int, int]:
         """The (width, height) a request with width/height None gets for that model."""
         return native_size(self.models.get(model_name))

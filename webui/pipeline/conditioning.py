@@ -92,6 +92,16 @@ def token_ids(encoder: PromptEncoder) -> TokenIds:
     )
 
 
+def count_tokens(encoder: PromptEncoder, prompt: str, steps: int = 1) -> tuple[int, int]:
+    """A1111's token counter: ``(tokens, capacity)``, capacity = 75 per chunk of the longest edited text."""
+    ids = token_ids(encoder)
+    most_tokens, most_chunks = 0, 1
+    for _, text in prompt_schedule(prompt, steps):
+        chunks, count = chunk_prompt(text, encoder.tokenize, ids, chunk_length=encoder.chunk_length)
+        most_tokens, most_chunks = max(most_tokens, count), max(most_chunks, len(chunks))
+    return most_tokens, most_chunks * encoder.chunk_length
+
+
 def encode_chunks(encoder: PromptEncoder, chunks: list[PromptChunk], clip_skip: int = 1) -> torch.Tensor:
     """Encode and weight every chunk; returns (1, 77 * len(chunks), D)."""
     ids = torch.tensor([chunk.tokens for chunk in chunks], dtype=torch.long)
