@@ -1,0 +1,91 @@
+"""Command line: ``python -m webui.train demo [--resume] [--vae-steps N] [--diffusion-steps N] ...``.
+
+``demo`` trains the bundled demo model from scratch and ships it to ``models/demo/``; ``ship``
+re-exports a finished run. Run ``python -m webui.train demo --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from webui.train.demo import DemoArchitecture, DemoOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m webui.train", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train the demo model (tokenizer, VAE, text encoder + UNet) and ship it")
+    demo.add_argument("--run-dir", type=Path, default=Path("train-runs/demo"), help="checkpoints, logs, samples")
+    demo.add_argument("--ship-dir", type=Path, default=Path("models/demo"), help="where the final model goes")
+    demo.add_argument("--no-ship", action="store_true", help="train only; do not write the ship folder")
+    demo.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    demo.add_argument("--fresh", action="store_true", help="delete an existing run folder and start over")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--vae-steps", type=int, default=600)
+    demo.add_argument("--vae-batch-size", type=int, default=8)
+    demo.add_argument("--vae-crop", type=int, default=64, help="VAE training crop size in pixels")
+    demo.add_argument("--vae-lr", type=float, default=1e-3)
+    demo.add_argument("--diffusion-steps", type=int, default=3000)
+    demo.add_argument("--batch-size", type=int, default=32, help="diffusion phase batch size")
+    demo.add_argument("--lr", type=float, default=5e-4, help="diffusion phase peak learning rate")
+    demo.add_argument("--pool-size", type=int, default=6144, help="scenes encoded once for the diffusion phase")
+    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--bf16", choices=("vae", "all", "none"), default="vae",
+                      help="bfloat16 autocast for the VAE phase, both phases or none")
+    demo.add_argument("--checkpoint-every", type=int, default=250)
+    demo.add_argument("--sample-every", type=int, default=500)
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    demo.add_argument("--threads", type=int, default=2,
+                      help="torch CPU threads; on a shared machine also set OMP_WAIT_POLICY=PASSIVE")
+    demo.add_argument("--ship-dtype", choices=("auto", "fp32", "fp16"), default="auto")
+    ship = commands.add_parser("ship", help="write a finished run's weights to the ship folder")
+    ship.add_argument("--run-dir", type=Path, default=Path("train-runs/demo"))
+    ship.add_argument("--ship-dir", type=Path, default=Path("models/demo"))
+    ship.add_argument("--ship-dtype", choices=("auto", "fp32", "fp16"), default="auto")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    options = DemoOptions()
+    architecture = replace(DemoArchitecture(), image_size=args.image_size)
+    return replace(
+        options,
+        run_dir=args.run_dir,
+        ship_dir=None if args.no_ship else args.ship_dir,
+        vae=replace(options.vae, steps=args.vae_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
+                    lr=args.vae_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"), seed=args.seed),
+        diffusion=replace(options.diffusion, steps=args.diffusion_steps, batch_size=args.batch_size, lr=args.lr,
+                          pool_size=args.pool_size, image_size=args.image_size, bf16=args.bf16 == "all",
+                          seed=args.seed),
+        architecture=architecture,
+        checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every,
+        resume=args.resume,
+        fresh=args.fresh,
+        device=args.device,
+        threads=args.threads,
+        ship_dtype=args.ship_dtype,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "ship":
+        from webui.train.demo import ship
+
+        ship(args.run_dir, args.ship_dir, dtype=args.ship_dtype)
+        return 0
+    from webui.train.demo import run_demo
+
+    try:
+        run_demo(options_from_args(args))
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is saved; continue with --resume", flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

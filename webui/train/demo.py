@@ -1,0 +1,330 @@
+"""Train the bundled demo model end to end, and ship it as an SD 1.x single file.
+
+``python -m webui.train demo`` runs, in a run folder (``train-runs/demo`` by default):
+
+1. the tokenizer: a CLIP BPE vocabulary learnt from the captions (:mod:`webui.train.tokenizer`);
+2. the VAE phase (:mod:`webui.train.vae_training`), then the latent rescaling to 0.18215;
+3. the latent pool: scenes rendered and encoded once by the frozen VAE;
+4. the diffusion phase: CLIP text encoder + UNet (:mod:`webui.train.diffusion_training`),
+   with sample grids in ``samples/``;
+5. shipping: the EMA weights written with :func:`webui.models.checkpoint.save_single_file` plus the
+   tokenizer folder, into ``models/demo/``.
+
+Every phase checkpoints to the run folder; ``--resume`` continues from the last checkpoint and,
+because each step's data and noise depend only on (seed, step), it reaches the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from webui.models.unet import UNetConfig, UNetModel
+from webui.models.vae import AutoencoderKL, VAEConfig
+from webui.train import data
+from webui.train.checkpointing import load_state, save_state
+from webui.train.diffusion_training import (
+    DiffusionTrainConfig,
+    LatentPool,
+    build_pool,
+    make_ema,
+    pool_scenes,
+    train_diffusion_steps,
+)
+from webui.train.tokenizer import load_tokenizer, write_tokenizer
+from webui.train.vae_training import (
+    VAETrainConfig,
+    encode_images,
+    normalize_latents,
+    reconstruction_psnr,
+    start_nearly_deterministic,
+    train_vae_steps,
+)
+
+SHIP_BUDGET_BYTES = 30 * 1024 * 1024
+CHECKPOINT_NAME = "demo.safetensors"
+
+
+@dataclass(frozen=True)
+class DemoArchitecture:
+    """Network sizes of the demo model: SD 1.x's classes, scaled down.
+
+    UNet heads are 8 and CLIP heads are ``width // 64``: the rules by which the app's loader
+    rebuilds a model from tensor shapes (see :mod:`webui.models.checkpoint`).
+    """
+
+    image_size: int = 128
+    vae: VAEConfig = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+    unet_channels: int = 32
+    unet_mult: tuple[int, ...] = (1, 2, 4)
+    unet_res_blocks: int = 1
+    unet_attention: tuple[int, ...] = (2, 4)
+    text_width: int = 128
+    text_layers: int = 3
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(
+            model_channels=self.unet_channels, channel_mult=self.unet_mult, num_res_blocks=self.unet_res_blocks,
+            attention_resolutions=self.unet_attention, num_heads=8, context_dim=self.text_width,
+        )
+
+    def text_config(self, tokenizer):
+        from transformers import CLIPTextConfig
+
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=self.text_width, intermediate_size=4 * self.text_width,
+            num_hidden_layers=self.text_layers, num_attention_heads=max(1, self.text_width // 64),
+            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+
+
+@dataclass
+class DemoOptions:
+    run_dir: Path = Path("train-runs/demo")
+    ship_dir: Path | None = Path("models/demo")
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    architecture: DemoArchitecture = field(default_factory=DemoArchitecture)
+    checkpoint_every: int = 250
+    sample_every: int = 500
+    resume: bool = False
+    fresh: bool = False
+    device: str = "auto"
+    threads: int | None = 2
+    ship_dtype: str = "auto"
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Phase:
+    """Progress bar, loss log and periodic checkpoints of one training phase."""
+
+    def __init__(self, name: str, run_dir: Path, total: int, start: int, elapsed: float, every: int, save):
+        self.name, self.run_dir, self.every, self.save = name, run_dir, every, save
+        self.done = start
+        self.elapsed0 = elapsed
+        self.t0 = time.perf_counter()
+        self.smooth: float | None = None
+        self.bar = tqdm(total=total, initial=start, desc=name, mininterval=10.0, smoothing=0.05)
+        self.log = (run_dir / "log.jsonl").open("a", encoding="utf-8")
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+    def __call__(self, step: int, losses: dict[str, float]) -> None:
+        self.done = step + 1
+        loss = losses["loss"]
+        self.smooth = loss if self.smooth is None else 0.98 * self.smooth + 0.02 * loss
+        self.bar.set_postfix(loss=f"{self.smooth:.4f}", refresh=False)
+        self.bar.update(1)
+        if step % 10 == 0:
+            record = {"phase": self.name, "step": step, "elapsed": round(self.elapsed, 1), **losses}
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+        if self.done % self.every == 0:
+            self.save(self.done, self.elapsed, self.smooth)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+
+
+def _check_run_dir(options: DemoOptions) -> None:
+    run_dir = options.run_dir
+    existing = [p for p in ("vae.pt", "diffusion.pt") if (run_dir / p).exists()]
+    if existing and not options.resume:
+        if not options.fresh:
+            raise SystemExit(
+                f"{run_dir} already holds {', '.join(existing)}: pass --resume to continue it or --fresh to start over"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def build_text_model(architecture: DemoArchitecture, tokenizer):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(architecture.text_config(tokenizer))
+
+
+def run_vae_phase(options: DemoOptions, device: torch.device) -> AutoencoderKL:
+    config, run_dir = options.vae, options.run_dir
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL(options.architecture.vae)
+    start_nearly_deterministic(vae)
+    vae = vae.to(device)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
+    state = load_state(run_dir / "vae.pt")
+    start, elapsed = 0, 0.0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        if state["done"]:
+            print(f"vae: done earlier ({state['step']} steps, PSNR {state['psnr']:.2f} dB)", flush=True)
+            return vae.eval()
+        optimizer.load_state_dict(state["optimizer"])
+        start, elapsed = state["step"], state["elapsed"]
+
+    def save(step: int, seconds: float, loss: float | None, done: bool = False, psnr: float = 0.0) -> None:
+        save_state(run_dir / "vae.pt", {
+            "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": seconds,
+            "loss": loss, "done": done, "psnr": psnr, "config": asdict(config),
+        })
+
+    phase = Phase("vae", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
+    try:
+        train_vae_steps(vae, optimizer, config, start, device, phase)
+    except KeyboardInterrupt:
+        save(phase.done, phase.elapsed, phase.smooth)
+        raise
+    finally:
+        phase.close()
+    images, _ = data.sample_batch(np.random.default_rng([config.seed, 7]), 256, config.image_size)
+    means, _ = encode_images(vae, images, device)
+    normalize_latents(vae, means)
+    value = reconstruction_psnr(vae, config.seed, 64, device, config.image_size)
+    print(f"vae: {config.steps} steps in {phase.elapsed:.0f} s, loss {phase.smooth:.4f}, PSNR {value:.2f} dB",
+          flush=True)
+    save(config.steps, phase.elapsed, phase.smooth, done=True, psnr=value)
+    return vae
+
+
+def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> LatentPool:
+    config, path = options.diffusion, options.run_dir / "pool.pt"
+    state = load_state(path)
+    if state is not None and state["count"] == config.pool_size:
+        return LatentPool(pool_scenes(config.seed, config.pool_size), state["means"], state["stds"])
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.pool_size, desc="encode pool", mininterval=10.0)
+    pool = build_pool(vae, config.seed, config.pool_size, config.image_size, device,
+                      progress=lambda n: bar.update(n - bar.n))
+    bar.close()
+    latents = pool.means.float() * vae.config.scale_factor
+    print(f"pool: {config.pool_size} latents in {time.perf_counter() - t0:.0f} s; scaled mean "
+          f"{latents.mean():.3f} std {latents.std():.3f}", flush=True)
+    save_state(path, {"count": config.pool_size, "means": pool.means, "stds": pool.stds})
+    return pool
+
+
+def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, tokenizer, device: torch.device):
+    from webui.train.preview import PREVIEW_PROMPTS, ddim_sample, grid
+
+    config, run_dir, arch = options.diffusion, options.run_dir, options.architecture
+    pool = get_pool(options, vae, device)
+    torch.manual_seed(config.seed)
+    unet = UNetModel(arch.unet_config()).to(device)
+    text_model = build_text_model(arch, tokenizer).to(device)
+    ema_unet, ema_text = make_ema(unet), make_ema(text_model)
+    optimizer = torch.optim.AdamW([*unet.parameters(), *text_model.parameters()], lr=config.lr, weight_decay=0.01)
+    state = load_state(run_dir / "diffusion.pt")
+    start, elapsed = 0, 0.0
+    if state is not None:
+        for module, key in ((unet, "unet"), (text_model, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        if state["done"]:
+            print(f"diffusion: done earlier ({state['step']} steps)", flush=True)
+            return ema_unet, ema_text
+        optimizer.load_state_dict(state["optimizer"])
+        start, elapsed = state["step"], state["elapsed"]
+
+    samples = run_dir / "samples"
+    samples.mkdir(exist_ok=True)
+
+    def save(step: int, seconds: float, loss: float | None, done: bool = False) -> None:
+        save_state(run_dir / "diffusion.pt", {
+            "unet": unet.state_dict(), "text": text_model.state_dict(), "ema_unet": ema_unet.state_dict(),
+            "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "elapsed": seconds, "loss": loss, "done": done, "config": asdict(config),
+        })
+        if done or step % options.sample_every == 0:
+            images = ddim_sample(ema_unet, ema_text, tokenizer, vae, PREVIEW_PROMPTS, steps=20,
+                                 seed=config.seed, size=arch.image_size, device=device)
+            grid(images).save(samples / f"step-{step:06d}.png")
+            unet.train()
+            text_model.train()
+
+    phase = Phase("diffusion", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
+    try:
+        train_diffusion_steps(unet, text_model, ema_unet, ema_text, tokenizer, optimizer, pool, config, start,
+                              device, vae.config.scale_factor, phase)
+    except KeyboardInterrupt:
+        save(phase.done, phase.elapsed, phase.smooth)
+        raise
+    finally:
+        phase.close()
+    print(f"diffusion: {config.steps} steps in {phase.elapsed:.0f} s, loss {phase.smooth:.4f}", flush=True)
+    save(config.steps, phase.elapsed, phase.smooth, done=True)
+    return ema_unet, ema_text
+
+
+def run_demo(options: DemoOptions) -> Path | None:
+    """All phases; returns the shipped checkpoint path (None when ``ship_dir`` is None)."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = pick_device(options.device)
+    _check_run_dir(options)
+    (options.run_dir / "options.json").write_text(json.dumps(asdict(options), default=str, indent=2))
+    tokenizer_dir = options.run_dir / "tokenizer"
+    if not (tokenizer_dir / "tokenizer_config.json").is_file():
+        write_tokenizer(tokenizer_dir, data.caption_corpus(options.diffusion.seed))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    print(f"device {device}, threads {torch.get_num_threads()}, vocabulary {len(tokenizer)}", flush=True)
+    vae = run_vae_phase(options, device)
+    run_diffusion_phase(options, vae, tokenizer, device)
+    if options.ship_dir is None:
+        return None
+    return ship(options.run_dir, options.ship_dir, options.architecture, dtype=options.ship_dtype)
+
+
+def load_run(run_dir: Path, architecture: DemoArchitecture) -> tuple[UNetModel, AutoencoderKL, Any, Any]:
+    """The trained (EMA) UNet, VAE, CLIP text model and tokenizer of a finished run."""
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    vae_state, diffusion_state = load_state(run_dir / "vae.pt"), load_state(run_dir / "diffusion.pt")
+    if vae_state is None or diffusion_state is None or not vae_state["done"]:
+        raise SystemExit(f"{run_dir} has no finished run to ship")
+    vae = AutoencoderKL(architecture.vae)
+    vae.load_state_dict(vae_state["model"])
+    unet = UNetModel(architecture.unet_config())
+    unet.load_state_dict(diffusion_state["ema_unet"])
+    text_model = build_text_model(architecture, tokenizer)
+    text_model.load_state_dict(diffusion_state["ema_text"])
+    return unet.eval(), vae.eval(), text_model.eval(), tokenizer
+
+
+def ship(run_dir: Path, ship_dir: Path, architecture: DemoArchitecture | None = None, dtype: str = "auto") -> Path:
+    """Write ``ship_dir/demo.safetensors`` (SD 1.x single file) and ``ship_dir/tokenizer/``."""
+    from webui.models.checkpoint import save_single_file
+
+    architecture = architecture or DemoArchitecture()
+    unet, vae, text_model, tokenizer = load_run(run_dir, architecture)
+    params = sum(p.numel() for m in (unet, vae, text_model) for p in m.parameters())
+    if dtype == "auto":
+        dtype = "fp32" if params * 4 < SHIP_BUDGET_BYTES else "fp16"
+    if dtype == "fp16":
+        unet, vae, text_model = unet.half(), vae.half(), text_model.half()
+    ship_dir.mkdir(parents=True, exist_ok=True)
+    path = save_single_file(ship_dir / CHECKPOINT_NAME, unet, vae, text_model)
+    if (ship_dir / "tokenizer").exists():
+        shutil.rmtree(ship_dir / "tokenizer")
+    shutil.copytree(run_dir / "tokenizer", ship_dir / "tokenizer")
+    print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MiB, {params / 1e6:.2f}M parameters, {dtype})",
+          flush=True)
+    return path
