@@ -7,6 +7,7 @@ Images are 64x64 (8x8 latents) with 2-3 steps, so one generation takes a fractio
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -213,7 +214,9 @@ def test_sixteen_concurrent_requests_all_come_back_and_progress_stays_responsive
     assert sorted(info["prompt"] for info in infos) == sorted(f"client {i}" for i in range(8) for _ in range(2))
     for body, info in zip(bodies, infos, strict=True):
         assert f"Seed: {info['seed']}" in from_b64(body["images"][0]).info["parameters"]
-    assert len(latencies) >= 5 and max(latencies) < 2.0, latencies
+    # The event loop never waits for a generation: polls answer in milliseconds (a busy 2-core machine can
+    # still stall one now and then, hence the loose maximum).
+    assert len(latencies) >= 5 and statistics.median(latencies) < 0.3 and max(latencies) < 3.0, latencies
 
 
 def test_webuiapi_with_api_auth(service: WebUIService) -> None:
