@@ -140,3 +140,18 @@ def test_inpainting_with_an_ordinary_model_equals_the_inpaint_pipeline(diffusers
     assert int(np.abs(ours_px[:, :32] - expected_px[:, :32]).max()) <= 1  # the repainted half
     assert np.array_equal(ours_px[:, 32:], np.asarray(init, dtype=np.int16)[:, 32:])  # original pixels pasted back
     assert int(np.abs(ours_px[:, :32] - np.asarray(init, dtype=np.int16)[:, :32]).max()) > 10
+
+
+def test_sizes_that_are_multiples_of_8_but_not_64_equal_diffusers(diffusers_parts, tiny_model, samplers):
+    """72x88 px: 9x11 latents, odd on the way down; the UNet upsamples to the skip sizes like diffusers."""
+    pipe = pipeline(diffusers.StableDiffusionPipeline, diffusers_parts, "Euler")
+    with torch.no_grad():
+        expected = pipe(
+            PROMPT, negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=7.0, height=88, width=72,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+        ).images[0]
+    ours = generate(tiny_model, samplers, GenerationRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=4, seed=SEED, width=72, height=88,
+    ))
+    assert ours.images[0].size == expected.size == (72, 88)
+    assert max_pixel_difference(ours.images[0], expected) <= 1
