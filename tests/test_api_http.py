@@ -292,6 +292,24 @@ def test_bad_txt2img_field_gets_422_naming_it_and_queues_nothing(
     assert stub.submitted == []
 
 
+@pytest.mark.parametrize("body", [
+    b'{"prompt": "a \\ud800 cat", "steps": 2}',  # an unpaired surrogate: not valid Unicode
+    b'{"steps": "\\udfff"}',
+    b'{"override_settings": {"sd_model_checkpoint": "\\ud83d"}, "steps": 2}',
+    b'{"cfg_scale": NaN, "steps": 2}',
+    b'{"seed": 1e400, "steps": 2}',
+    b'{"steps": ' + b"9" * 5000 + b"}",
+    b'{"override_settings": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b"\xff\xfe",
+    b"null",
+])
+def test_hostile_json_gets_a_4xx_json_answer(client: httpx.Client, stub: StubService, body: bytes) -> None:
+    r = client.post("/sdapi/v1/txt2img", content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["detail"]
+    assert stub.submitted == []
+
+
 def test_malformed_json_and_wrong_body_type_get_422(client: httpx.Client, stub: StubService) -> None:
     r = client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and _error_field(r)[0] == "body"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from webui.pipeline.requests import (
     INPAINTING_FILLS,
@@ -36,10 +36,34 @@ def _choices(names: tuple[str, ...]) -> str:
     return ", ".join(f"{i} {name}" for i, name in enumerate(names))
 
 
-class _Body(BaseModel):
-    """A request body: unknown fields are ignored (A1111 clients send many), ``model_*`` names allowed."""
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether ``value`` holds text that is not valid Unicode (JSON's ``"\\ud800"`` escapes decode to such text,
+    which cannot be tokenized, written into a PNG or encoded as UTF-8)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+class _Body(BaseModel):
+    """A request body: unknown fields are ignored (A1111 clients send many), ``model_*`` names allowed,
+    numbers must be finite and text valid Unicode."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        if _has_lone_surrogate(value):
+            raise ValueError("text contains an unpaired UTF-16 surrogate: not valid Unicode")
+        return value
 
 
 class _GenerationFields(_Body):
@@ -59,7 +83,7 @@ class _GenerationFields(_Body):
     batch_size: int = Field(default=1, ge=1, le=MAX_BATCH_SIZE, description="Images generated together.")
     n_iter: int = Field(default=1, ge=1, le=MAX_N_ITER, description="Number of batches (A1111 'Batch count').")
     steps: int = Field(default=50, ge=1, le=MAX_STEPS, description="Sampling steps.")
-    cfg_scale: float = Field(default=7.0, ge=0, le=MAX_CFG_SCALE, allow_inf_nan=False, description="Guidance scale.")
+    cfg_scale: float = Field(default=7.0, ge=0, le=MAX_CFG_SCALE, description="Guidance scale.")
     width: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
                               description="Image width in pixels; null = the model's native size.")
     height: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
@@ -69,12 +93,12 @@ class _GenerationFields(_Body):
     do_not_save_samples: bool = Field(default=False)
     do_not_save_grid: bool = Field(default=False)
     eta: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False, description="DDIM / ancestral noise multiplier; null = default."
+        default=None, ge=0, description="DDIM / ancestral noise multiplier; null = default."
     )
-    s_churn: float | None = Field(default=None, allow_inf_nan=False)
-    s_tmax: float | None = Field(default=None, allow_inf_nan=False)
-    s_tmin: float | None = Field(default=None, allow_inf_nan=False)
-    s_noise: float | None = Field(default=None, allow_inf_nan=False)
+    s_churn: float | None = Field(default=None)
+    s_tmax: float | None = Field(default=None)
+    s_tmin: float | None = Field(default=None)
+    s_noise: float | None = Field(default=None)
     override_settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Per-request options: sd_model_checkpoint (model title or name), CLIP_stop_at_last_layers.",
@@ -111,7 +135,7 @@ class StableDiffusionImg2ImgProcessingAPI(_GenerationFields):
 
     init_images: list[str] = Field(min_length=1, description="Base64 images (PNG, JPEG, WebP; data: URLs too).")
     resize_mode: int = Field(default=0, ge=0, le=len(RESIZE_MODES) - 1, description=_choices(RESIZE_MODES))
-    denoising_strength: float = Field(default=0.75, ge=0, le=1, allow_inf_nan=False)
+    denoising_strength: float = Field(default=0.75, ge=0, le=1)
     image_cfg_scale: float | None = Field(default=None, description="instruct-pix2pix only (ignored).")
     mask: str | None = Field(default=None, description="Base64 mask image for inpainting.")
     mask_blur_x: int = Field(default=4, ge=0)
@@ -122,7 +146,7 @@ class StableDiffusionImg2ImgProcessingAPI(_GenerationFields):
     inpaint_full_res: bool = Field(default=True, description="A1111 'Only masked' inpainting area.")
     inpaint_full_res_padding: int = Field(default=0, ge=0)
     inpainting_mask_invert: int = Field(default=0, ge=0, le=1, description="1 repaints the black part of the mask.")
-    initial_noise_multiplier: float | None = Field(default=None, allow_inf_nan=False)
+    initial_noise_multiplier: float | None = Field(default=None)
     include_init_images: bool = Field(default=False, description="Echo init_images and mask in 'parameters'.")
 
 

@@ -43,7 +43,7 @@ from webui.api.models import (
     TextToImageResponse,
     _GenerationFields,
 )
-from webui.api.security import SECURITY_SCHEME, guarded_route_class
+from webui.api.security import SECURITY_SCHEME, AsciiJSONResponse, guarded_route_class
 from webui.models.errors import CheckpointError
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
@@ -405,7 +405,7 @@ def mount_api(
     ]
     for path, endpoint, methods, response_model in table:
         app.router.add_api_route(API_PREFIX + path, endpoint, methods=methods, response_model=response_model,
-                                 route_class_override=route_class)
+                                 response_class=AsciiJSONResponse, route_class_override=route_class)
     api_routes = [r for r in app.routes if getattr(r, "path", "").startswith(API_PREFIX)]
     schema: dict[str, Any] = {}
 

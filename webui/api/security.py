@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable, Coroutine, Sequence
 from secrets import compare_digest
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import Message
@@ -56,6 +58,19 @@ def credentials_match(given: tuple[str, str] | None, allowed: Credentials) -> bo
     return found
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: always encodable, even when an error message quotes input
+    that is not valid Unicode (Starlette's ``JSONResponse`` would fail to encode it and answer 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 entries without the ``input`` they echo (which may be a 50 MB image, or a NaN)."""
+    return [{key: error[key] for key in ("type", "loc", "msg") if key in error} for error in exc.errors()]
+
+
 def unauthorized() -> JSONResponse:
     return JSONResponse(
         {"detail": "Incorrect username or password"}, status_code=401, headers={"WWW-Authenticate": "Basic"}
@@ -90,7 +105,10 @@ def limit_body(request: Request, max_body_bytes: int) -> Request:
 
 def guarded_route_class(credentials: Credentials | None, max_body_bytes: int) -> type[APIRoute]:
     """An ``APIRoute`` class whose routes check, before FastAPI reads the body: the HTTP Basic credentials
-    (401 unless one of ``credentials``; no check when None or empty), then the body size (413)."""
+    (401 unless one of ``credentials``; no check when None or empty), then the body size (413).
+
+    Its routes also answer their errors (``HTTPException``, validation errors) themselves, as ASCII JSON, so that
+    the API's error format does not depend on the exception handlers of the app it is mounted on (Gradio's)."""
     allowed = tuple((str(u), str(p)) for u, p in credentials or ())
 
     class GuardedRoute(APIRoute):
@@ -104,9 +122,10 @@ def guarded_route_class(credentials: Credentials | None, max_body_bytes: int) ->
                 try:
                     return await handler(limit_body(request, max_body_bytes))
                 except HTTPException as exc:
-                    if exc.status_code != 413:
-                        raise
-                    return JSONResponse({"detail": exc.detail}, status_code=413, headers={"Connection": "close"})
+                    headers = {**(exc.headers or {}), **({"Connection": "close"} if exc.status_code == 413 else {})}
+                    return AsciiJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+                except RequestValidationError as exc:
+                    return AsciiJSONResponse({"detail": validation_errors(exc)}, status_code=422)
 
             return guarded
 
