@@ -134,7 +134,9 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.norm = group_norm(channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, heads, channels // heads, context_dim)])
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(channels, heads, channels // heads, context_dim)]
+        )
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -208,7 +210,9 @@ class UNetModel(nn.Module):
                 skip_channels.append(ch)
                 ds *= 2
 
-        self.middle_block = TimestepEmbedSequential(ResBlock(ch, ted, ch), SpatialTransformer(ch, heads, ctx), ResBlock(ch, ted, ch))
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, ted, ch), SpatialTransformer(ch, heads, ctx), ResBlock(ch, ted, ch)
+        )
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mult))):
