@@ -265,9 +265,12 @@ def _fuzz_schema(spec: dict, service: WebUIService) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("path", ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"])
-def test_schemathesis_generated_requests_never_get_a_500(service: WebUIService, path: str) -> None:
+def test_schemathesis_generated_requests_never_get_a_500(service: WebUIService, path: str, mode: str) -> None:
+    """Positive cases follow the schema (most of them generate images), negative ones break it on purpose."""
     import schemathesis
+    from schemathesis.generation import GenerationMode
 
     app = FastAPI()
     mount_api(app, service, limits=FUZZ_LIMITS)
@@ -278,7 +281,7 @@ def test_schemathesis_generated_requests_never_get_a_500(service: WebUIService, 
 
         @settings(max_examples=30, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-        @given(case=operation.as_strategy())
+        @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
         def check(case) -> None:
             response = case.call(base_url=base, timeout=60)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
@@ -286,10 +289,12 @@ def test_schemathesis_generated_requests_never_get_a_500(service: WebUIService, 
             if response.status_code == 200:
                 body = response.json()
                 seeds = json.loads(body["info"])["all_seeds"]
-                assert len(seeds) >= 1 and len(body["images"]) == (len(seeds) if case.body.get("send_images", 1) else 0)
+                sent = case.body.get("send_images", True) if isinstance(case.body, dict) else True
+                assert len(seeds) >= 1 and len(body["images"]) == (len(seeds) if sent else 0)
             else:
-                assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "body"
+                assert 400 <= response.status_code < 500 and response.json()["detail"]
 
         check()
-    assert statuses.get(200, 0) >= 3, statuses  # the run really generated images, not only refusals
+    if mode == "positive":
+        assert statuses.get(200, 0) >= 3, statuses  # the run really generated images, not only refusals
     assert service.progress().state == "idle"  # nothing left stuck in the queue
