@@ -231,6 +231,33 @@ def test_webuiapi_with_api_auth(service: WebUIService) -> None:
             anonymous.txt2img(prompt="x", width=SIZE, height=SIZE)
 
 
+def test_refresh_checkpoints_rereads_models_yaml_and_broken_models_get_422(tiny_checkpoint, tmp_path: Path) -> None:
+    models_yaml = tmp_path / "models.yaml"
+    tiny = f"  - name: tiny\n    path: {tiny_checkpoint.path}\n    width: {SIZE}\n    height: {SIZE}\n"
+    models_yaml.write_text("models:\n" + tiny)
+    service = WebUIService(models_yaml)
+    app = FastAPI()
+    mount_api(app, service)
+    try:
+        with serve(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+            assert [m["title"] for m in client.get("/sdapi/v1/sd-models").json()] == ["tiny"]
+            (tmp_path / "broken.safetensors").write_bytes(b"this is not a checkpoint")
+            models_yaml.write_text(models_yaml.read_text() + "  - name: broken\n    path: broken.safetensors\n")
+            assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+            listed = client.get("/sdapi/v1/sd-models").json()
+            assert [m["title"] for m in listed] == ["tiny", "broken"]
+            assert listed[1]["filename"] == str(tmp_path / "broken.safetensors")
+            r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "broken"})
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sd_model_checkpoint"]
+            broken = {"sd_model_checkpoint": "broken"}
+            r = client.post("/sdapi/v1/txt2img", json={"steps": 2, "override_settings": broken})
+            assert r.status_code == 422
+            assert r.json()["detail"][0]["loc"] == ["body", "override_settings", "sd_model_checkpoint"]
+            assert client.post("/sdapi/v1/txt2img", json={"steps": 2}).status_code == 200  # the queue goes on
+    finally:
+        service.close()
+
+
 # ------------------------------------------------------------------ property-based: no input gives a 500
 
 FUZZ_LIMITS = ApiLimits(max_steps=2, max_batch_size=2, max_n_iter=2, max_width=SIZE, max_height=SIZE)
