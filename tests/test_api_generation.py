@@ -161,6 +161,20 @@ def test_interrupt_stops_the_running_job_and_the_queue_goes_on(url: str, api: we
     assert len(api.txt2img(prompt="after", seed=5, width=SIZE, height=SIZE).images) == 1
 
 
+def test_skip_abandons_the_current_batch_and_goes_on_with_the_next(url: str) -> None:
+    body = {"prompt": "skip", "steps": 60, "n_iter": 2, "seed": 100, "force_task_id": "task(skip)"}
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(_post, url, body)
+        try:
+            _wait_for(lambda: _task_progress(url, "task(skip)").get("state", {}).get("sampling_step", 0) > 0)
+            assert httpx.post(f"{url}/sdapi/v1/skip").json() == {}
+            response = call.result(timeout=60)
+        finally:
+            httpx.post(f"{url}/sdapi/v1/interrupt")
+    info = json.loads(response.json()["info"])
+    assert info["all_seeds"] == [101] and len(response.json()["images"]) == 1  # only the second batch's image
+
+
 def test_api_jobs_wait_in_the_same_fifo_queue_as_ui_jobs(url: str, service: WebUIService) -> None:
     ui_job = service.submit(GenerationRequest(**LONG_JOB))  # what the Gradio UI does
     with ThreadPoolExecutor(1) as pool:
