@@ -50,7 +50,7 @@ def decode_image(data: str, field: str, *, max_pixels: int) -> Image.Image:
 def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     """Base64 PNG of ``image`` with ``infotext`` as its ``parameters`` chunk."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=png_bytes_info(infotext) if infotext else None)
+    image.save(buffer, format="PNG", pnginfo=png_bytes_info(infotext))
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
