@@ -283,6 +283,27 @@ def test_progress_line_shows_queue_position_then_step_total_eta():
 # --- through a running Gradio server ------------------------------------------------------------
 
 
+def _components(url: str) -> list[dict]:
+    return [c.get("props", {}) | {"type": c.get("type")} for c in httpx.get(url + "config").json()["components"]]
+
+
+def test_controls_carry_the_labels_users_know_and_list_every_sampler(ui_url):
+    components = _components(ui_url)
+    labels = {c.get("label") for c in components}
+    for label in ("Prompt", "Negative prompt", "Sampler", "Schedule type", "Steps", "CFG scale", "Width", "Height",
+                  "Seed", "Batch count", "Batch size", "Denoising strength", "Stable Diffusion checkpoint"):
+        assert label in labels, label
+    buttons = {c.get("value") for c in components if c["type"] == "button"}
+    assert {"Generate", "Interrupt", "Skip", "🎲", "♻️", "Send to img2img", "Load", "Unload"} <= buttons
+    by_id = {c.get("elem_id"): c for c in components}
+    for tab in ("txt2img", "img2img"):
+        assert [v for v, _ in by_id[f"{tab}_sampler"]["choices"]] == ["Euler a", "Euler", "DDIM"]
+        assert [v for v, _ in by_id[f"{tab}_scheduler"]["choices"]] == ["Automatic", "Karras", "Exponential"]
+    assert [v for v, _ in by_id["model_checkpoint"]["choices"]] == ["tiny", "big", "broken"]
+    tabs = [c.get("label") for c in components if c["type"] == "tabitem"]
+    assert {"txt2img", "img2img", "Inpaint", "PNG Info", "Models"} <= set(tabs)
+
+
 def test_txt2img_endpoint_returns_images_with_parameters(ui_url, fake_service):
     client = gradio_client.Client(ui_url, verbose=False)
     gallery, info, status, _preview = client.predict(**TXT2IMG, api_name="/txt2img")

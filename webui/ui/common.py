@@ -87,7 +87,7 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
             prompt = gr.Textbox(
-                label="Prompt", lines=3, placeholder="Prompt",
+                value="", label="Prompt", lines=3, placeholder="Prompt",
                 elem_id=f"{tab}_prompt",
             )
             negative = gr.Textbox(
