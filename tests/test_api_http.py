@@ -89,10 +89,9 @@ class StubService:
         return self.jobs[job_id]
 
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
-        if job_id is None:
-            return ProgressSnapshot(None, "idle", None, 0, 0.0, None)
-        job = self.jobs[job_id]
-        return ProgressSnapshot(job.id, job.state, None, 0, 1.0, None)
+        job = self.jobs[job_id] if job_id is not None else None
+        return ProgressSnapshot(job_id=job_id, state=job.state if job else "idle", queue_position=None, queue_size=0,
+                                progress=1.0 if job else 0.0, eta_seconds=None)
 
     def interrupt(self) -> bool:
         self.calls.append("interrupt")
