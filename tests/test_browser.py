@@ -310,6 +310,25 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
 
 @pytest.mark.browser
 @pytest.mark.slow
+def test_browser_skip_abandons_the_current_batch_and_goes_on(server, page):
+    page.goto(server.url)
+    page.locator("#txt2img_prompt textarea").fill("skip the first")
+    set_number(page, "txt2img_steps", 100)
+    set_number(page, "txt2img_batch_count", 2)
+    set_number(page, "txt2img_seed", 500)
+    page.locator("#txt2img_generate").click()
+    progress = page.locator("#txt2img_progress")
+    page.wait_for_function("el => el.innerText.includes('image 1/2') && el.innerText.includes('/200')",
+                           arg=progress.element_handle(), timeout=120_000)
+    page.locator("#txt2img_skip").click()
+    page.wait_for_function("el => el.innerText.includes('Done')", arg=progress.element_handle(), timeout=120_000)
+    assert "Done: 1 image" in progress.inner_text()
+    info = page.locator("#txt2img_info textarea").input_value()
+    assert "Seed: 501" in info  # the second batch's image
+
+
+@pytest.mark.browser
+@pytest.mark.slow
 def test_closing_a_tab_mid_run_does_not_break_the_queue(server, browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1100})
     try:
