@@ -200,6 +200,11 @@ def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(serv
     page.screenshot(path=str(SCREENSHOTS / "txt2img.png"), full_page=True)
     saved = list((server.outputs / "txt2img").rglob("*.png"))
     assert saved, "the image was not saved under --outputs"
+    # With the model loaded, the prompt box counts tokens while typing (A1111's "n/75").
+    page.locator("#txt2img_prompt textarea").fill("a red cat on a mat")
+    counter = page.locator("#txt2img_token_counter")
+    page.wait_for_function("el => /Prompt: \\d+\\/75/.test(el.innerText)", arg=counter.element_handle(),
+                           timeout=10_000)
 
 
 @pytest.mark.browser

@@ -138,6 +138,11 @@ class FakeService:
     def select_model(self, name: str) -> None:
         self.models.load(name)
 
+    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
+        if self.models.current_name is None:
+            return None
+        return len(prompt.split()), 75
+
     def submit(self, request: GenerationRequest, model_name: str | None = None) -> FakeJob:
         request.validate()
         if request.sampler_name not in [s.name for s in self.samplers.samplers]:
@@ -278,6 +283,14 @@ def test_progress_line_shows_queue_position_then_step_total_eta():
     text = describe(job).html
     assert "Step 4/20" in text and "image 2/2" in text and "ETA 1:15" in text and 'value="20"' in text
     assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
+
+
+def test_token_counter_appears_once_the_model_is_loaded(fake_service):
+    from webui.ui.backend import token_counter_text
+
+    assert token_counter_text(fake_service, "tiny", "a red cat", "", 20) == ""
+    fake_service.select_model("tiny")
+    assert token_counter_text(fake_service, "tiny", "a red cat", "ugly", 20) == "Prompt: 3/75 · Negative: 1/75 tokens"
 
 
 # --- through a running Gradio server ------------------------------------------------------------

@@ -112,3 +112,20 @@ def load_model(service: Any, name: str) -> None:
 
 def unload_model(service: Any, name: str) -> None:
     service.models.unload(name)
+
+
+def token_counter_text(service: Any, model_name: str | None, prompt: str, negative: str, steps: int) -> str:
+    """``"Prompt: 12/75 · Negative: 0/75 tokens"``, or ``""`` when the model is not loaded yet."""
+    count = getattr(service, "token_count", None)
+    if count is None:
+        return ""
+    parts = []
+    for label, text in (("Prompt", prompt), ("Negative", negative)):
+        try:
+            counted = count(text or "", steps, model_name or None)
+        except Exception:  # noqa: BLE001 - a counter must never get in the way of typing
+            return ""
+        if counted is None:
+            return ""
+        parts.append(f"{label}: {counted[0]}/{counted[1]}")
+    return " · ".join(parts) + " tokens"

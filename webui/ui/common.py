@@ -68,6 +68,7 @@ class GenerationTab:
     send_to_img2img: gr.Button
     results: gr.State
     selected: gr.State
+    tokens: gr.HTML | None = None
     denoising_strength: gr.Slider | None = None
 
     def parameter_components(self) -> list[gr.components.Component]:
@@ -82,8 +83,8 @@ class GenerationTab:
         return [self.gallery, self.info, self.progress, self.preview, self.results, self.selected]
 
 
-def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button]:
-    """Prompt and negative prompt on the left, Generate (and Interrupt / Skip) on the right."""
+def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button, gr.HTML]:
+    """Prompt and negative prompt on the left; Generate, Interrupt / Skip and the token counter on the right."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
             prompt = gr.Textbox(
@@ -99,7 +100,8 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
             with gr.Row():
                 interrupt = gr.Button("Interrupt", variant="stop", size="sm", elem_id=f"{tab}_interrupt")
                 skip = gr.Button("Skip", size="sm", elem_id=f"{tab}_skip")
-    return prompt, negative, generate, interrupt, skip
+            tokens = gr.HTML("", elem_id=f"{tab}_token_counter")
+    return prompt, negative, generate, interrupt, skip, tokens
 
 
 def build_settings(
@@ -234,3 +236,15 @@ def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:
         return evt.index, shown.infotext(evt.index)
 
     tab.gallery.select(select, tab.results, [tab.selected, tab.info], **quiet)
+
+
+def wire_token_counter(tab: GenerationTab, service: Any, model: gr.Dropdown) -> None:
+    """Show "Prompt: 12/75 tokens" (A1111's counter) while typing; blank until the model is loaded."""
+
+    def count(model_name: str | None, prompt: str, negative: str, steps: float) -> str:
+        return backend.token_counter_text(service, model_name, prompt, negative, int(steps or 1))
+
+    inputs = [model, tab.prompt, tab.negative_prompt, tab.steps]
+    for source in (tab.prompt, tab.negative_prompt):
+        source.change(count, inputs, tab.tokens, queue=False, show_progress="hidden", trigger_mode="always_last",
+                      api_visibility="undocumented")

@@ -13,7 +13,15 @@ from PIL import Image, ImageChops
 
 from webui.pipeline.requests import INPAINTING_FILLS, MASK_MODES, RESIZE_MODES, Img2ImgRequest
 from webui.ui import backend
-from webui.ui.common import GenerationTab, build_outputs, build_prompts, build_settings, run_generation, wire_common
+from webui.ui.common import (
+    GenerationTab,
+    build_outputs,
+    build_prompts,
+    build_settings,
+    run_generation,
+    wire_common,
+    wire_token_counter,
+)
 from webui.ui.jobs import JobTracker
 
 MODES = ("img2img", "inpaint")
@@ -82,7 +90,7 @@ def img2img_request(
 def build_img2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> tuple[GenerationTab, gr.Image]:
     """Lay out the tab (inside the caller's ``gr.Tab``); returns it and its init image (a Send-to target)."""
     name = "img2img"
-    prompt, negative, generate, interrupt, skip = build_prompts(name)
+    prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
     mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", visible=False, elem_id="img2img_mode")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
@@ -112,7 +120,7 @@ def build_img2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> 
         with gr.Column(scale=1):
             outputs = build_outputs(name)
     tab = GenerationTab(name=name, prompt=prompt, negative_prompt=negative, generate=generate,
-                        interrupt=interrupt, skip=skip, denoising_strength=denoising_strength,
+                        interrupt=interrupt, skip=skip, tokens=tokens, denoising_strength=denoising_strength,
                         **settings, **outputs)
 
     def img2img(
@@ -144,4 +152,5 @@ def build_img2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> 
     generate.click(img2img, inputs, tab.outputs(), api_name="img2img", show_progress="minimal",
                    concurrency_id="generate", concurrency_limit=8)
     wire_common(tab, tracker)
+    wire_token_counter(tab, service, model)
     return tab, init_image

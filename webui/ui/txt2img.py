@@ -9,7 +9,15 @@ import gradio as gr
 
 from webui.pipeline.requests import GenerationRequest
 from webui.ui import backend
-from webui.ui.common import GenerationTab, build_outputs, build_prompts, build_settings, run_generation, wire_common
+from webui.ui.common import (
+    GenerationTab,
+    build_outputs,
+    build_prompts,
+    build_settings,
+    run_generation,
+    wire_common,
+    wire_token_counter,
+)
 from webui.ui.jobs import JobTracker
 
 
@@ -36,14 +44,14 @@ def txt2img_request(
 def build_txt2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
     """Lay out the tab (inside the caller's ``gr.Tab``) and wire Generate to the service."""
     name = "txt2img"
-    prompt, negative, generate, interrupt, skip = build_prompts(name)
+    prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             settings = build_settings(name, service, backend.find_model(service, model.value))
         with gr.Column(scale=1):
             outputs = build_outputs(name)
     tab = GenerationTab(name=name, prompt=prompt, negative_prompt=negative, generate=generate,
-                        interrupt=interrupt, skip=skip, **settings, **outputs)
+                        interrupt=interrupt, skip=skip, tokens=tokens, **settings, **outputs)
 
     def txt2img(
         model_name: str, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float,
@@ -65,4 +73,5 @@ def build_txt2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> 
     generate.click(api_name="txt2img", **event)
     prompt.submit(api_visibility="undocumented", **event)
     wire_common(tab, tracker)
+    wire_token_counter(tab, service, model)
     return tab
