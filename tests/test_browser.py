@@ -238,6 +238,8 @@ def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
         "el => /Step ([2-9]|\\d\\d+)\\//.test(el.innerText)", arg=progress.element_handle(), timeout=120_000
     )
     page.locator("#txt2img_preview img").wait_for(timeout=10_000)  # the live preview is shown
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "progress.png"))
     clicked_at = time.monotonic()
     step_at_click = int(re.search(r"Step (\d+)/", progress.inner_text()).group(1))
     page.locator("#txt2img_interrupt").click()
