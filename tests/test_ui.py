@@ -400,6 +400,26 @@ def test_progress_is_streamed_while_the_job_runs(fake_service):
     assert "ETA" in running[-1] and 'data-state="done"' in statuses[-1]
 
 
+def test_interrupt_stops_only_the_callers_own_job(fake_service):
+    fake_service.step_seconds = 0.03
+    demo, url = _serve(fake_service)
+    try:
+        owner, stranger = gradio_client.Client(url, verbose=False), gradio_client.Client(url, verbose=False)
+        job = owner.submit(**(TXT2IMG | {"steps": 40, "batch_size": 1}), api_name="/txt2img")
+        while fake_service.submitted == [] or fake_service.submitted[-1].progress is None:
+            time.sleep(0.01)
+        stranger.predict(api_name="/txt2img_interrupt")  # another browser's Interrupt: not this job
+        time.sleep(0.1)
+        assert not fake_service.submitted[-1].interrupted.is_set()
+        owner.predict(api_name="/txt2img_interrupt")
+        gallery, _, status, _ = job.result(timeout=30)
+    finally:
+        demo.close(verbose=False)
+    stopped = fake_service.submitted[-1].progress.step
+    assert 'data-state="interrupted"' in status and f"at step {stopped}/40" in status and stopped < 40
+    assert gallery == []
+
+
 def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
     from PIL.PngImagePlugin import PngInfo
 

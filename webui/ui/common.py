@@ -227,8 +227,9 @@ def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:
         tracker.skip(request.session_hash if request else None)
 
     quiet = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
-    tab.interrupt.click(interrupt, None, None, **quiet)
-    tab.skip.click(skip, None, None, **quiet)
+    # Named so that a gradio_client script can stop its own job (same client = same session).
+    tab.interrupt.click(interrupt, None, None, api_name=f"{tab.name}_interrupt", **quiet)
+    tab.skip.click(skip, None, None, api_name=f"{tab.name}_skip", **quiet)
     tab.random_seed.click(lambda: RANDOM_SEED, None, tab.seed, **quiet)
     tab.reuse_seed.click(lambda shown, index: shown.seed(index), [tab.results, tab.selected], tab.seed, **quiet)
 
