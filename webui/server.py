@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,18 @@ Credentials = tuple[tuple[str, str], ...]
 
 LOCALHOST = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
+
+
+def lan_address() -> str:
+    """This machine's address on its local network (what other machines type), best effort."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # UDP connect sends nothing; it only picks a route
+            return probe.getsockname()[0]
+        except OSError:
+            return "<this machine's address>"
 
 
 class LaunchError(RuntimeError):
@@ -83,7 +95,6 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
-    extra_allowed_paths: tuple[Path, ...] = field(default=())
 
     @property
     def server_name(self) -> str:
@@ -185,15 +196,12 @@ def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = N
     The share tunnel is best effort: when it cannot be created (no internet) one line says so and the app
     keeps serving locally.
     """
-    import gradio as gr  # noqa: F401  (the UI package needs it; fail here with a clear ImportError)
-
     from webui.ui import CSS, build_ui
 
     out = out or sys.stdout
     warnings = check_exposure(options)
     demo = build_ui(service)
     captured = io.StringIO()
-    allowed = [str(options.outputs), *(str(p) for p in options.extra_allowed_paths)]
     with contextlib.redirect_stdout(captured):
         app, local_url, share_url = demo.launch(
             server_name=options.server_name,
@@ -207,7 +215,6 @@ def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = N
             quiet=True,
             ssr_mode=False,
             css=CSS,
-            allowed_paths=allowed,
         )
     try:
         if options.api:
@@ -217,10 +224,9 @@ def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = N
         raise
     for line in warnings:
         print(line, file=out)
-    shown_url = local_url
+    print(f"* Running on local URL: {local_url} (bound to {options.server_name}:{options.port})", file=out)
     if options.listen:
-        shown_url = local_url.replace(ALL_INTERFACES, "<this machine's address>")
-    print(f"* Running on local URL: {shown_url} (bound to {options.server_name}:{options.port})", file=out)
+        print(f"* On your network: http://{lan_address()}:{options.port}/", file=out)
     if options.share:
         if share_url:
             print(f"* Running on public URL: {share_url}", file=out)
