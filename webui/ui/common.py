@@ -8,7 +8,7 @@ widget values and `webui.pipeline` requests/results; the work happens in the ser
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -209,12 +209,6 @@ def request_widget_values(request: Any, samplers: list[str]) -> list[Any]:
         request.prompt, request.negative_prompt, sampler, request.scheduler, request.steps,
         request.cfg_scale, request.width or gr.skip(), request.height or gr.skip(), request.seed,
     ]
-
-
-def request_kwargs(request_type: type, **values: Any) -> dict[str, Any]:
-    """Keep only the fields ``request_type`` has (so a widget the request lacks is simply ignored)."""
-    names = {f.name for f in fields(request_type)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:

@@ -1,0 +1,89 @@
+"""UI behaviours in a real Chromium, on the stand-in service of test_ui.py (no model: seconds per test):
+the checkpoint dropdown loads a model and applies its native size or shows its load error, and the seed
+buttons (🎲 random, ♻️ reuse the selected image's seed) work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from webui.ui import CSS, build_ui
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+@pytest.fixture
+def stand_in():
+    from test_ui import FakeService
+
+    service = FakeService(step_seconds=0.01)
+    demo = build_ui(service, poll_interval=0.02)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS)
+    try:
+        yield service, url
+    finally:
+        demo.close(verbose=False)
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+def _choose_model(page, name: str) -> None:
+    page.locator("#model_checkpoint input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def _wait_text(page, selector: str, text: str) -> None:
+    page.wait_for_function("([el, t]) => el.innerText.includes(t)", arg=[page.locator(selector).element_handle(), text],
+                           timeout=15_000)
+
+
+@pytest.mark.browser
+def test_checkpoint_dropdown_loads_the_model_and_applies_its_size_or_shows_the_error(stand_in, page):
+    service, url = stand_in
+    page.goto(url)
+    _choose_model(page, "big")
+    _wait_text(page, "#model_status", "Loaded big")
+    assert service.models.current_name == "big"
+    assert page.locator("#txt2img_width input[type=number]").input_value() == "128"
+    assert page.locator("#txt2img_height input[type=number]").input_value() == "96"
+    _choose_model(page, "broken")
+    _wait_text(page, "#model_status", "not a Stable Diffusion 1.x checkpoint")
+    assert service.models.current_name == "big"  # the previous model stays usable
+
+
+@pytest.mark.browser
+def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, page):
+    service, url = stand_in
+    page.goto(url)
+    page.locator("#txt2img_prompt textarea").fill("seeds")
+    seed = page.locator("#txt2img_seed input")
+    seed.fill("77")
+    page.locator("#txt2img_batch_size input[type=number]").fill("2")
+    page.locator("#txt2img_batch_size input[type=number]").press("Tab")
+    page.locator("#txt2img_generate").click()
+    _wait_text(page, "#txt2img_progress", "Done")
+    assert [job.request.seed for job in service.submitted] == [77]
+    page.locator("#txt2img_random_seed").click()
+    page.wait_for_function("el => el.value === '-1'", arg=seed.element_handle(), timeout=10_000)
+    # Select the second image: its parameters show and ♻️ takes its seed.
+    page.locator("#txt2img_gallery img:visible").nth(1).click()
+    info = page.locator("#txt2img_info textarea")
+    page.wait_for_function("el => el.value.includes('Seed: 78')", arg=info.element_handle(), timeout=10_000)
+    page.keyboard.press("Escape")
+    page.locator("#txt2img_reuse_seed").click()
+    page.wait_for_function("el => el.value === '78'", arg=seed.element_handle(), timeout=10_000)
