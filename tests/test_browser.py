@@ -11,6 +11,7 @@ Run: ``OMP_NUM_THREADS=1 pytest tests/test_browser.py -m "browser or slow" -x -q
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import socket
@@ -93,12 +94,40 @@ def stop_server(server: Server) -> None:
             server.process.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def models_yaml(request) -> Path:
-    """The bundled demo model's models.yaml if the demo weights are there, else the tiny fixture model."""
+def demo_models_yaml(folder: Path) -> Path | None:
+    """A models.yaml with only the bundled demo model (from the repository's models.yaml), or None.
+
+    Only that entry is kept so that no test ever falls back to a hub download.
+    """
     bundled = ROOT / "models.yaml"
-    if bundled.is_file() and (ROOT / "models" / "demo").is_dir() and any((ROOT / "models" / "demo").iterdir()):
-        return bundled
+    demo_dir = (ROOT / "models" / "demo").resolve()
+    if not bundled.is_file() or not demo_dir.is_dir():
+        return None
+    from webui.models.registry import load_registry
+
+    for entry in load_registry(bundled).entries:
+        if entry.path is None or not entry.path.exists() or demo_dir not in (entry.path, *entry.path.parents):
+            continue
+        lines = ["models:", f"  - name: {json.dumps(entry.name)}", f"    path: {json.dumps(str(entry.path))}",
+                 "    default: true"]
+        if entry.tokenizer:
+            lines.append(f"    tokenizer: {json.dumps(entry.tokenizer)}")
+        for key in ("width", "height"):
+            if getattr(entry, key):
+                lines.append(f"    {key}: {getattr(entry, key)}")
+        path = folder / "models.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def models_yaml(request, tmp_path_factory) -> Path:
+    """The bundled demo model when it is there (set SD_WEBUI_TEST_TINY=1 to skip it), else the tiny fixture."""
+    if not os.environ.get("SD_WEBUI_TEST_TINY"):
+        demo = demo_models_yaml(tmp_path_factory.mktemp("demo_registry"))
+        if demo is not None:
+            return demo
     return request.getfixturevalue("tiny_checkpoint").models_yaml
 
 
