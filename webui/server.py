@@ -215,6 +215,8 @@ def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = N
             quiet=True,
             ssr_mode=False,
             css=CSS,
+            run_history=False,  # images and their parameters are in --outputs; no browser-side copies
+            footer_links=["api", "settings"],
         )
     try:
         if options.api:
