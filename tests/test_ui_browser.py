@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from webui.ui import CSS, build_ui
+from webui.ui import CSS, JS, build_ui
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -22,7 +22,8 @@ def stand_in():
 
     service = FakeService(step_seconds=0.01)
     demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS)
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS,
+                            js=JS)
     try:
         yield service, url
     finally:
@@ -78,6 +79,14 @@ def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, pag
     page.locator("#txt2img_generate").click()
     _wait_text(page, "#txt2img_progress", "Done")
     assert [job.request.seed for job in service.submitted] == [77]
+    # Ctrl+Enter in the prompt generates too.
+    page.locator("#txt2img_prompt textarea").press("Control+Enter")
+    for _ in range(100):
+        if len(service.submitted) == 2:
+            break
+        page.wait_for_timeout(50)
+    assert len(service.submitted) == 2 and service.submitted[1].request.prompt == "seeds"
+    _wait_text(page, "#txt2img_progress", "Done")
     page.locator("#txt2img_random_seed").click()
     page.wait_for_function("el => el.value === '-1'", arg=seed.element_handle(), timeout=10_000)
     # Select the second image: its parameters show and ♻️ takes its seed.

@@ -196,7 +196,7 @@ def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = N
     The share tunnel is best effort: when it cannot be created (no internet) one line says so and the app
     keeps serving locally.
     """
-    from webui.ui import CSS, build_ui
+    from webui.ui import CSS, JS, build_ui
 
     out = out or sys.stdout
     warnings = check_exposure(options)
@@ -215,6 +215,7 @@ def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = N
             quiet=True,
             ssr_mode=False,
             css=CSS,
+            js=JS,
             run_history=False,  # images and their parameters are in --outputs; no browser-side copies
             footer_links=["api", "settings"],
         )

@@ -68,10 +68,8 @@ def build_txt2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> 
 
     inputs = [model, prompt, negative, tab.sampler, tab.scheduler, tab.steps, tab.cfg_scale, tab.width,
               tab.height, tab.seed, tab.batch_count, tab.batch_size]
-    event = dict(fn=txt2img, inputs=inputs, outputs=tab.outputs(), show_progress="minimal",
-                 concurrency_id="generate", concurrency_limit=8)
-    generate.click(api_name="txt2img", **event)
-    prompt.submit(api_visibility="undocumented", **event)
+    generate.click(txt2img, inputs, tab.outputs(), api_name="txt2img", show_progress="minimal",
+                   concurrency_id="generate", concurrency_limit=8)
     wire_common(tab, tracker)
     wire_token_counter(tab, service, model)
     return tab
