@@ -7,6 +7,7 @@ re-exports a finished run. Run ``python -m webui.train demo --help`` for every o
 from __future__ import annotations
 
 import argparse
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,15 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     demo.add_argument("--fresh", action="store_true", help="delete an existing run folder and start over")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--vae-steps", type=int, default=600)
+    demo.add_argument("--vae-steps", type=int, default=1000)
     demo.add_argument("--vae-batch-size", type=int, default=8)
     demo.add_argument("--vae-crop", type=int, default=64, help="VAE training crop size in pixels")
     demo.add_argument("--vae-lr", type=float, default=1e-3)
+    demo.add_argument("--decoder-steps", type=int, default=600,
+                      help="decoder fine-tuning steps after the UNet phase (encoder and latents stay fixed)")
+    demo.add_argument("--decoder-lr", type=float, default=5e-4)
+    demo.add_argument("--only-decoder", action="store_true",
+                      help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)")
     demo.add_argument("--diffusion-steps", type=int, default=3000)
     demo.add_argument("--batch-size", type=int, default=32, help="diffusion phase batch size")
-    demo.add_argument("--lr", type=float, default=5e-4, help="diffusion phase peak learning rate")
+    demo.add_argument("--lr", type=float, default=8e-4, help="diffusion phase peak learning rate")
     demo.add_argument("--pool-size", type=int, default=6144, help="scenes encoded once for the diffusion phase")
-    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--image-size", type=int, default=64)
     demo.add_argument("--bf16", choices=("vae", "all", "none"), default="vae",
                       help="bfloat16 autocast for the VAE phase, both phases or none")
     demo.add_argument("--checkpoint-every", type=int, default=250)
@@ -54,6 +60,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         options,
         run_dir=args.run_dir,
         ship_dir=None if args.no_ship else args.ship_dir,
+        decoder=replace(options.decoder, steps=args.decoder_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
+                        lr=args.decoder_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"),
+                        seed=args.seed),
         vae=replace(options.vae, steps=args.vae_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
                     lr=args.vae_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"), seed=args.seed),
         diffusion=replace(options.diffusion, steps=args.diffusion_steps, batch_size=args.batch_size, lr=args.lr,
@@ -70,17 +79,30 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill` (SIGTERM) stops a background run like Ctrl-C: the current step is checkpointed first.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.command == "ship":
         from webui.train.demo import ship
 
         ship(args.run_dir, args.ship_dir, dtype=args.ship_dtype)
         return 0
-    from webui.train.demo import run_demo
+    from webui.train.demo import pick_device, run_decoder_phase, run_demo
 
+    options = options_from_args(args)
     try:
-        run_demo(options_from_args(args))
+        if args.only_decoder:
+            import torch
+
+            torch.set_num_threads(options.threads or torch.get_num_threads())
+            run_decoder_phase(options, pick_device(options.device))
+        else:
+            run_demo(options)
     except KeyboardInterrupt:
         print("interrupted: the last checkpoint is saved; continue with --resume", flush=True)
         return 130

@@ -39,10 +39,12 @@ from webui.train.diffusion_training import (
     make_ema,
     pool_scenes,
     train_diffusion_steps,
+    zero_init_unet,
 )
 from webui.train.tokenizer import load_tokenizer, write_tokenizer
 from webui.train.vae_training import (
     VAETrainConfig,
+    decoder_parameters,
     encode_images,
     normalize_latents,
     reconstruction_psnr,
@@ -62,10 +64,12 @@ class DemoArchitecture:
     rebuilds a model from tensor shapes (see :mod:`webui.models.checkpoint`).
     """
 
-    image_size: int = 128
-    vae: VAEConfig = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
-    unet_channels: int = 32
-    unet_mult: tuple[int, ...] = (1, 2, 4)
+    image_size: int = 64
+    # 64 channels at full resolution: with GroupNorm's 32 groups, 32 channels would be one channel
+    # per group, and the last norm (norm_out) would erase every flat colour.
+    vae: VAEConfig = VAEConfig(ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
+    unet_channels: int = 64
+    unet_mult: tuple[int, ...] = (1, 2, 2)
     unet_res_blocks: int = 1
     unet_attention: tuple[int, ...] = (2, 4)
     text_width: int = 128
@@ -93,6 +97,8 @@ class DemoOptions:
     run_dir: Path = Path("train-runs/demo")
     ship_dir: Path | None = Path("models/demo")
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    # Decoder fine-tuning after the UNet phase (steps 0 = none); the latent space stays as it was.
+    decoder: VAETrainConfig = field(default_factory=lambda: VAETrainConfig(steps=0, lr=5e-4))
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     architecture: DemoArchitecture = field(default_factory=DemoArchitecture)
     checkpoint_every: int = 250
@@ -150,7 +156,7 @@ class Phase:
 
 def _check_run_dir(options: DemoOptions) -> None:
     run_dir = options.run_dir
-    existing = [p for p in ("vae.pt", "diffusion.pt") if (run_dir / p).exists()]
+    existing = [p for p in ("vae.pt", "diffusion.pt", "decoder.pt") if (run_dir / p).exists()]
     if existing and not options.resume:
         if not options.fresh:
             raise SystemExit(
@@ -207,6 +213,46 @@ def run_vae_phase(options: DemoOptions, device: torch.device) -> AutoencoderKL:
     return vae
 
 
+def run_decoder_phase(options: DemoOptions, device: torch.device) -> AutoencoderKL:
+    """Fine-tune the finished VAE's decoder on its frozen encoder's latents; saved to ``decoder.pt``."""
+    config, run_dir = options.decoder, options.run_dir
+    vae_state = load_state(run_dir / "vae.pt")
+    if vae_state is None or not vae_state["done"]:
+        raise SystemExit(f"{run_dir}: the VAE phase has not finished; nothing to fine-tune")
+    vae = AutoencoderKL(options.architecture.vae).to(device)
+    vae.load_state_dict(vae_state["model"])
+    optimizer = torch.optim.AdamW(decoder_parameters(vae), lr=config.lr, weight_decay=0.0)
+    state = load_state(run_dir / "decoder.pt")
+    start, elapsed = 0, 0.0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        if state["done"] and state["step"] >= config.steps:
+            return vae.eval()
+        if state["step"] < config.steps:
+            optimizer.load_state_dict(state["optimizer"])
+            start, elapsed = state["step"], state["elapsed"]
+
+    def save(step: int, seconds: float, loss: float | None, done: bool = False, psnr: float = 0.0) -> None:
+        save_state(run_dir / "decoder.pt", {
+            "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": seconds,
+            "loss": loss, "done": done, "psnr": psnr, "config": asdict(config),
+        })
+
+    phase = Phase("decoder", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
+    try:
+        train_vae_steps(vae, optimizer, config, start, device, phase, decoder_only=True)
+    except KeyboardInterrupt:
+        save(phase.done, phase.elapsed, phase.smooth)
+        raise
+    finally:
+        phase.close()
+    value = reconstruction_psnr(vae, config.seed, 64, device, config.image_size)
+    print(f"decoder: {config.steps} steps in {phase.elapsed:.0f} s, PSNR {value:.2f} dB "
+          f"(before: {vae_state['psnr']:.2f} dB)", flush=True)
+    save(config.steps, phase.elapsed, phase.smooth, done=True, psnr=value)
+    return vae
+
+
 def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> LatentPool:
     config, path = options.diffusion, options.run_dir / "pool.pt"
     state = load_state(path)
@@ -230,7 +276,9 @@ def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, tokenizer, dev
     config, run_dir, arch = options.diffusion, options.run_dir, options.architecture
     pool = get_pool(options, vae, device)
     torch.manual_seed(config.seed)
-    unet = UNetModel(arch.unet_config()).to(device)
+    unet = UNetModel(arch.unet_config())
+    zero_init_unet(unet)
+    unet = unet.to(device)
     text_model = build_text_model(arch, tokenizer).to(device)
     ema_unet, ema_text = make_ema(unet), make_ema(text_model)
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_model.parameters()], lr=config.lr, weight_decay=0.01)
@@ -289,17 +337,22 @@ def run_demo(options: DemoOptions) -> Path | None:
     print(f"device {device}, threads {torch.get_num_threads()}, vocabulary {len(tokenizer)}", flush=True)
     vae = run_vae_phase(options, device)
     run_diffusion_phase(options, vae, tokenizer, device)
+    if options.decoder.steps > 0:
+        run_decoder_phase(options, device)
     if options.ship_dir is None:
         return None
     return ship(options.run_dir, options.ship_dir, options.architecture, dtype=options.ship_dtype)
 
 
 def load_run(run_dir: Path, architecture: DemoArchitecture) -> tuple[UNetModel, AutoencoderKL, Any, Any]:
-    """The trained (EMA) UNet, VAE, CLIP text model and tokenizer of a finished run."""
+    """The trained (EMA) UNet, VAE (with the fine-tuned decoder if any), CLIP text model and tokenizer of a run."""
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     vae_state, diffusion_state = load_state(run_dir / "vae.pt"), load_state(run_dir / "diffusion.pt")
     if vae_state is None or diffusion_state is None or not vae_state["done"]:
         raise SystemExit(f"{run_dir} has no finished run to ship")
+    decoder_state = load_state(run_dir / "decoder.pt")
+    if decoder_state is not None and decoder_state["done"]:
+        vae_state = decoder_state
     vae = AutoencoderKL(architecture.vae)
     vae.load_state_dict(vae_state["model"])
     unet = UNetModel(architecture.unet_config())

@@ -37,10 +37,10 @@ CONTEXT_LENGTH = 77
 class DiffusionTrainConfig:
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 5e-4
+    lr: float = 8e-4
     warmup: int = 200
     pool_size: int = 6144
-    image_size: int = 128
+    image_size: int = 64
     uncond_probability: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
@@ -116,6 +116,28 @@ def diffusion_loss(
     weight = torch.clamp(snr, max=min_snr_gamma) / snr
     per_example = (pred - eps.to(device)).pow(2).mean(dim=(1, 2, 3))
     return (weight * per_example).mean()
+
+
+@torch.no_grad()
+def zero_init_unet(unet: UNetModel) -> None:
+    """Zero the last layer of every residual branch and the output conv, as CompVis' ``zero_module`` does.
+
+    Each resblock and transformer then starts as the identity and the UNet predicts eps = 0, which
+    makes training from scratch converge faster (Rombach et al. 2022; Dhariwal & Nichol 2021).
+    """
+    from webui.models.unet import ResBlock, SpatialTransformer
+
+    for module in unet.modules():
+        if isinstance(module, ResBlock):
+            layer = module.out_layers[-1]
+        elif isinstance(module, SpatialTransformer):
+            layer = module.proj_out
+        else:
+            continue
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    nn.init.zeros_(unet.out[-1].weight)
+    nn.init.zeros_(unet.out[-1].bias)
 
 
 def make_ema(module: nn.Module) -> nn.Module:

@@ -27,10 +27,10 @@ from webui.train.checkpointing import step_generator
 
 @dataclass(frozen=True)
 class VAETrainConfig:
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 8
     crop: int = 64
-    image_size: int = 128
+    image_size: int = 64
     lr: float = 1e-3
     warmup: int = 20
     kl_weight: float = 1e-5
@@ -53,10 +53,14 @@ def start_nearly_deterministic(vae: AutoencoderKL, logvar: float = -10.0) -> Non
 
 
 def vae_loss(
-    vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator
+    vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator, decoder_only: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Reconstruction (L1 + L2, per pixel) and KL(q(z|x) || N(0, I)) per latent element."""
-    mean, logvar = vae.encode(x)
+    """Reconstruction (L1 + L2, per pixel) and KL(q(z|x) || N(0, I)) per latent element.
+
+    With ``decoder_only`` the encoder runs without gradients: the latent space stays fixed.
+    """
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
+        mean, logvar = vae.encode(x)
     noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
     z = mean + torch.exp(0.5 * logvar) * noise
     recon = vae.decode(z).float()
@@ -103,23 +107,35 @@ def train_vae_steps(
     start: int,
     device: torch.device,
     on_step: Callable[[int, dict[str, float]], None],
+    *,
+    decoder_only: bool = False,
 ) -> None:
-    """Run steps ``start .. config.steps - 1``; ``on_step(step, losses)`` after each (checkpoints, progress)."""
+    """Run steps ``start .. config.steps - 1``; ``on_step(step, losses)`` after each (checkpoints, progress).
+
+    ``decoder_only`` fine-tunes ``post_quant_conv`` and the decoder on the frozen encoder's latents
+    (as Stability AI's ft-MSE decoder for SD 1.x was made), so latents already used to train the
+    UNet keep their meaning; the optimizer should then hold the decoder's parameters only.
+    """
+    phase = 4 if decoder_only else 1
     vae.train()
     for step in range(start, config.steps):
-        rng = np.random.default_rng([config.seed, 1, step])
+        rng = np.random.default_rng([config.seed, phase, step])
         images, scenes = data.sample_batch(rng, config.batch_size, config.image_size)
         x = torch.from_numpy(random_crops(images, scenes, config.crop, rng)).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            losses = vae_loss(vae, x, config.kl_weight, step_generator(config.seed, 1, step))
+            losses = vae_loss(vae, x, config.kl_weight, step_generator(config.seed, phase, step), decoder_only)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
         optimizer.step()
         on_step(step, {k: float(v.detach()) for k, v in losses.items()})
     vae.eval()
+
+
+def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+    return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
 
 
 @torch.no_grad()
