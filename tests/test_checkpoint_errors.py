@@ -176,7 +176,12 @@ def test_tokenizer_of_another_vocabulary_is_refused(tmp_path, tiny_state, tiny_t
 
 
 def test_folder_that_is_not_a_diffusers_model(tmp_path):
-    expect_error(tmp_path, CheckpointError, "model_index.json")
+    expect_error(tmp_path, CheckpointError, "model_index.json", "no .safetensors/.ckpt file")
+
+
+def test_folder_with_one_single_file_loads_it(tiny_checkpoint):
+    model = load_model(tiny_checkpoint.path.parent, compute_hash=False)
+    assert model.name == "tiny" and model.path == tiny_checkpoint.path
 
 
 def test_original_style_ckpt_with_lightning_callback_and_numpy_step_loads(tmp_path, tiny_state, tiny_tokenizer_dir,

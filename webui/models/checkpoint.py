@@ -252,6 +252,18 @@ def _alphas_cumprod(source, shapes) -> torch.Tensor:
     return reference if torch.allclose(stored, reference, rtol=0, atol=1e-3) else stored
 
 
+def _single_weights_file_in(folder: Path) -> Path:
+    """A model folder such as ``models/demo/`` holding one single file (and its ``tokenizer/``)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".safetensors", ".ckpt") and p.is_file())
+    if len(files) != 1:
+        found = f"{len(files)} weights files" if files else "no .safetensors/.ckpt file"
+        raise CheckpointError(
+            f"{folder} is not a diffusers model folder (no model_index.json) and holds {found}; "
+            "point at one checkpoint file or at a diffusers folder"
+        )
+    return files[0]
+
+
 def _tokenizer_candidates(path: Path) -> list[Path]:
     return [path / "tokenizer"] if path.is_dir() else [path.parent / "tokenizer"]
 
@@ -295,12 +307,9 @@ def load_model(
     device = torch.device(device)
     if not path.exists():
         raise CheckpointNotFoundError(f"model not found: {path}")
-    if path.is_dir():
-        if not is_diffusers_folder(path):
-            raise CheckpointError(f"{path} is a folder without model_index.json: not a diffusers model folder")
-        source = DiffusersFolderSource(path)
-    else:
-        source = open_single_file(path)
+    if path.is_dir() and not is_diffusers_folder(path):
+        path = _single_weights_file_in(path)
+    source = DiffusersFolderSource(path) if path.is_dir() else open_single_file(path)
     try:
         shapes = source.shapes()
         check_sd1(shapes, source=path.name)
