@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -330,16 +331,26 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
     # The editor shows its zoom level once the image is on the canvas and the brush is active.
     page.wait_for_function("el => /\\d+%/.test(el.innerText)", arg=editor.element_handle(), timeout=30_000)
     page.wait_for_timeout(1000)
-    box = editor.locator("canvas").first.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x - 30, y)
-    page.mouse.down()
-    page.mouse.move(x + 30, y + 10, steps=12)
-    page.mouse.up()
-    page.wait_for_timeout(500)
-    page.locator("#img2img_generate").click()
-    page.wait_for_function("el => el.innerText.includes('Mask blur') || el.value.includes('Mask blur')",
-                           arg=img2img_info.element_handle(), timeout=120_000)
+    for attempt in range(3):  # a stroke painted while the editor is still settling can be lost: paint again
+        canvas = editor.locator("canvas").first
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x - 30, y)
+        page.mouse.down()
+        page.mouse.move(x + 30, y + 10, steps=12)
+        page.mouse.up()
+        page.wait_for_timeout(500)
+        page.locator("#img2img_generate").click()
+        page.wait_for_function(
+            "([info, toast]) => info.value.includes('Mask blur') || document.body.innerText.includes(toast)",
+            arg=[img2img_info.element_handle(), "Paint the area to repaint"], timeout=120_000,
+        )
+        if "Mask blur" in img2img_info.input_value():
+            break
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / f"inpaint-attempt-{attempt}.png"))
+        page.get_by_text("Paint the area to repaint").first.wait_for(state="detached", timeout=30_000)
+    assert "Mask blur" in img2img_info.input_value(), "the painted mask never reached the server"
     assert "Done" in page.locator("#img2img_progress").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "inpaint.png"), full_page=True)
 
