@@ -68,8 +68,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         hn = self.norm(x)
-        # (B, C, H, W) -> (B, 1, H*W, C)
-        q, k, v = (t(hn).reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q, self.k, self.v))
+        # (B, C, H, W) -> (B, 1, H*W, C); contiguous so that SDPA may pick a memory-efficient kernel
+        # instead of materialising the (H*W)^2 attention matrix (1 GiB at a 1024 px decode).
+        q, k, v = (t(hn).reshape(b, 1, c, h * w).transpose(2, 3).contiguous() for t in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
         return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
 
