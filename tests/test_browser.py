@@ -410,6 +410,9 @@ def test_browser_models_tab_lists_status_and_loads_unloads(server, page):
     page.wait_for_function("(el) => el.innerText.includes('Loaded')", arg=message.element_handle(), timeout=120_000)
     page.wait_for_function("(el) => el.innerText.includes('loaded (current)')", arg=table.element_handle(),
                            timeout=10_000)
+    page.locator("#models_refresh").click()
+    page.wait_for_function("(el) => el.innerText.includes('Re-read models.yaml: 1 model')",
+                           arg=message.element_handle(), timeout=30_000)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "models.png"))
 

@@ -131,12 +131,19 @@ class FakeService:
     def __init__(self, step_seconds: float = 0.01):
         self.models = FakeModels(FakeRegistry([FakeEntry("tiny"), FakeEntry("big", 128, 96), FakeEntry("broken")]))
         self.samplers = FakeSamplers()
+        self.added_entries: list[FakeEntry] = []
         self.step_seconds = step_seconds
         self.submitted: list[FakeJob] = []
         self._lock = threading.Lock()
 
     def select_model(self, name: str) -> None:
         self.models.load(name)
+
+    def reload_registry(self) -> FakeRegistry:
+        """Stands for re-reading models.yaml: picks up entries queued in ``added_entries``."""
+        self.models.registry.entries.extend(self.added_entries)
+        self.added_entries = []
+        return self.models.registry
 
     def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
         if self.models.current_name is None:

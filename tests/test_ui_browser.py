@@ -96,3 +96,19 @@ def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, pag
     page.keyboard.press("Escape")
     page.locator("#txt2img_reuse_seed").click()
     page.wait_for_function("el => el.value === '78'", arg=seed.element_handle(), timeout=10_000)
+
+
+@pytest.mark.browser
+def test_models_tab_refresh_rereads_models_yaml_and_updates_the_dropdowns(stand_in, page):
+    from test_ui import FakeEntry
+
+    service, url = stand_in
+    page.goto(url)
+    page.get_by_role("tab", name="Models").click()
+    assert "fresh" not in page.locator("#models_table").inner_text()
+    service.added_entries.append(FakeEntry("fresh", 256, 256))
+    page.locator("#models_refresh").click()
+    _wait_text(page, "#models_message", "Re-read models.yaml: 4 models")
+    _wait_text(page, "#models_table", "fresh")
+    _choose_model(page, "fresh")  # the checkpoint dropdown on top offers it too
+    _wait_text(page, "#model_status", "Loaded fresh")

@@ -20,7 +20,7 @@ def build_models_tab(service: Any, model: gr.Dropdown) -> None:
         chosen = gr.Dropdown(names, value=model.value, label="Model", elem_id="models_choice", scale=3)
         load = gr.Button("Load", variant="primary", elem_id="models_load", scale=1)
         unload = gr.Button("Unload", elem_id="models_unload", scale=1)
-        refresh = gr.Button("Refresh", elem_id="models_refresh", scale=1)
+        refresh = gr.Button("Refresh", elem_id="models_refresh", scale=1)  # re-reads models.yaml
     message = gr.Markdown(elem_id="models_message")
 
     def do_load(name: str | None) -> tuple[list, str, Any]:
@@ -44,4 +44,17 @@ def build_models_tab(service: Any, model: gr.Dropdown) -> None:
     hidden = {"api_visibility": "undocumented"}
     load.click(do_load, chosen, [table, message, model], concurrency_id="models", concurrency_limit=1, **hidden)
     unload.click(do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1, **hidden)
-    refresh.click(lambda: backend.model_status_rows(service), None, table, queue=False, **hidden)
+    def do_refresh(current: str | None, picked: str | None) -> tuple[list, str, Any, Any]:
+        reload = getattr(service, "reload_registry", None)
+        if callable(reload):
+            reload()
+        names = [m.name for m in backend.model_choices(service)]
+        count = f"{len(names)} model{'s' if len(names) != 1 else ''} in models.yaml"
+        return (
+            backend.model_status_rows(service), f"Re-read models.yaml: {count}.",
+            gr.Dropdown(choices=names, value=current if current in names else backend.default_model(service)),
+            gr.Dropdown(choices=names, value=picked if picked in names else None),
+        )
+
+    refresh.click(do_refresh, [model, chosen], [table, message, model, chosen], concurrency_id="models",
+                  concurrency_limit=1, **hidden)
