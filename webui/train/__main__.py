@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--vae-batch-size", type=int, default=8)
     demo.add_argument("--vae-crop", type=int, default=64, help="VAE training crop size in pixels")
     demo.add_argument("--vae-lr", type=float, default=1e-3)
-    demo.add_argument("--decoder-steps", type=int, default=600,
+    demo.add_argument("--decoder-steps", type=int, default=1500,
                       help="decoder fine-tuning steps after the UNet phase (encoder and latents stay fixed)")
     demo.add_argument("--decoder-lr", type=float, default=5e-4)
     demo.add_argument("--only-decoder", action="store_true",
@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--diffusion-steps", type=int, default=3000)
     demo.add_argument("--batch-size", type=int, default=32, help="diffusion phase batch size")
     demo.add_argument("--lr", type=float, default=8e-4, help="diffusion phase peak learning rate")
+    demo.add_argument("--offset-noise", type=float, default=0.5,
+                      help="per-channel constant noise std (makes the caption, not the noise, set the colours)")
+    demo.add_argument("--high-noise-weight", type=float, default=30.0,
+                      help="largest loss weight of high-noise steps (x0-error weighting below SNR 1)")
     demo.add_argument("--pool-size", type=int, default=6144, help="scenes encoded once for the diffusion phase")
     demo.add_argument("--image-size", type=int, default=64)
     demo.add_argument("--bf16", choices=("vae", "all", "none"), default="vae",
@@ -66,7 +70,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         vae=replace(options.vae, steps=args.vae_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
                     lr=args.vae_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"), seed=args.seed),
         diffusion=replace(options.diffusion, steps=args.diffusion_steps, batch_size=args.batch_size, lr=args.lr,
-                          pool_size=args.pool_size, image_size=args.image_size, bf16=args.bf16 == "all",
+                          pool_size=args.pool_size, offset_noise=args.offset_noise, image_size=args.image_size,
+                          high_noise_weight=args.high_noise_weight,
+                          bf16=args.bf16 == "all",
                           seed=args.seed),
         architecture=architecture,
         checkpoint_every=args.checkpoint_every,

@@ -98,7 +98,7 @@ class DemoOptions:
     ship_dir: Path | None = Path("models/demo")
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
     # Decoder fine-tuning after the UNet phase (steps 0 = none); the latent space stays as it was.
-    decoder: VAETrainConfig = field(default_factory=lambda: VAETrainConfig(steps=0, lr=5e-4))
+    decoder: VAETrainConfig = field(default_factory=lambda: VAETrainConfig(steps=0, lr=5e-4, shape_weight=4.0))
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     architecture: DemoArchitecture = field(default_factory=DemoArchitecture)
     checkpoint_every: int = 250

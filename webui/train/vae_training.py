@@ -34,6 +34,8 @@ class VAETrainConfig:
     lr: float = 1e-3
     warmup: int = 20
     kl_weight: float = 1e-5
+    # Extra reconstruction weight on pixels that differ from the background (the shapes).
+    shape_weight: float = 0.0
     bf16: bool = True
     seed: int = 0
 
@@ -53,21 +55,39 @@ def start_nearly_deterministic(vae: AutoencoderKL, logvar: float = -10.0) -> Non
 
 
 def vae_loss(
-    vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator, decoder_only: bool = False
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    kl_weight: float,
+    generator: torch.Generator,
+    decoder_only: bool = False,
+    weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Reconstruction (L1 + L2, per pixel) and KL(q(z|x) || N(0, I)) per latent element.
 
     With ``decoder_only`` the encoder runs without gradients: the latent space stays fixed.
+    ``weight`` (B, 1, H, W) weights the pixels of the reconstruction loss (reported l1/l2 are unweighted).
     """
     with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
         mean, logvar = vae.encode(x)
     noise = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
     z = mean + torch.exp(0.5 * logvar) * noise
     recon = vae.decode(z).float()
-    l1 = (recon - x).abs().mean()
-    l2 = (recon - x).pow(2).mean()
+    error = recon - x
+    l1 = error.abs().mean()
+    l2 = error.pow(2).mean()
     kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
-    return {"loss": l1 + l2 + kl_weight * kl, "l1": l1, "l2": l2, "kl": kl}
+    if weight is None:
+        reconstruction = l1 + l2
+    else:
+        reconstruction = ((error.abs() + error.pow(2)) * weight).mean() / weight.mean()
+    return {"loss": reconstruction + kl_weight * kl, "l1": l1, "l2": l2, "kl": kl}
+
+
+def shape_pixel_weights(images: np.ndarray, scenes: list[data.Scene], extra: float) -> np.ndarray:
+    """(B, 1, H, W): 1 on the background, ``1 + extra`` where a pixel differs from the background colour."""
+    backgrounds = np.array([data.COLOURS[s.background] for s in scenes], dtype=np.float32) / 127.5 - 1.0
+    distance = np.abs(images - backgrounds[:, :, None, None]).max(axis=1, keepdims=True)
+    return 1.0 + extra * (distance > 0.1).astype(np.float32)
 
 
 def random_crops(images: np.ndarray, scenes: list[data.Scene], crop: int, rng: np.random.Generator) -> np.ndarray:
@@ -121,11 +141,15 @@ def train_vae_steps(
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, phase, step])
         images, scenes = data.sample_batch(rng, config.batch_size, config.image_size)
-        x = torch.from_numpy(random_crops(images, scenes, config.crop, rng)).to(device)
+        crops = random_crops(images, scenes, config.crop, rng)
+        x = torch.from_numpy(crops).to(device)
+        weight = None
+        if config.shape_weight:
+            weight = torch.from_numpy(shape_pixel_weights(crops, scenes, config.shape_weight)).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            losses = vae_loss(vae, x, config.kl_weight, step_generator(config.seed, phase, step), decoder_only)
+            losses = vae_loss(vae, x, config.kl_weight, step_generator(config.seed, phase, step), decoder_only, weight)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
