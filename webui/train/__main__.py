@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     demo.add_argument("--fresh", action="store_true", help="delete an existing run folder and start over")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--vae-steps", type=int, default=1000)
+    demo.add_argument("--vae-steps", type=int, default=800)
     demo.add_argument("--vae-batch-size", type=int, default=8)
     demo.add_argument("--vae-crop", type=int, default=64, help="VAE training crop size in pixels")
     demo.add_argument("--vae-lr", type=float, default=1e-3)
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--decoder-lr", type=float, default=5e-4)
     demo.add_argument("--only-decoder", action="store_true",
                       help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)")
-    demo.add_argument("--diffusion-steps", type=int, default=3000)
+    demo.add_argument("--diffusion-steps", type=int, default=5400)
     demo.add_argument("--batch-size", type=int, default=32, help="diffusion phase batch size")
     demo.add_argument("--lr", type=float, default=8e-4, help="diffusion phase peak learning rate")
     demo.add_argument("--offset-noise", type=float, default=0.5,

@@ -197,7 +197,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def simple_caption(kind: str, colour: str, background: str) -> str:
     """The plainest prompt for a one-shape scene: ``"a red circle on a blue background"``."""
-    return f"a {colour} {kind} on a {background} background"
+    return re.sub(r"\ba (?=[aeiou])", "an ", f"a {colour} {kind} on a {background} background")
 
 
 def shape_polygon(kind: str, cx: float, cy: float, half: float, steps: int = 96) -> list[tuple[float, float]]:

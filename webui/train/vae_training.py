@@ -27,7 +27,7 @@ from webui.train.checkpointing import step_generator
 
 @dataclass(frozen=True)
 class VAETrainConfig:
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 8
     crop: int = 64
     image_size: int = 64
