@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--decoder-lr", type=float, default=5e-4)
     demo.add_argument("--only-decoder", action="store_true",
                       help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)")
-    demo.add_argument("--diffusion-steps", type=int, default=5400)
+    demo.add_argument("--diffusion-steps", type=int, default=6400)
     demo.add_argument("--batch-size", type=int, default=32, help="diffusion phase batch size")
     demo.add_argument("--lr", type=float, default=8e-4, help="diffusion phase peak learning rate")
     demo.add_argument("--offset-noise", type=float, default=0.5,

@@ -287,7 +287,7 @@ def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, tokenizer, dev
     if state is not None:
         for module, key in ((unet, "unet"), (text_model, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
             module.load_state_dict(state[key])
-        if state["done"]:
+        if state["done"] and state["step"] >= config.steps:
             print(f"diffusion: done earlier ({state['step']} steps)", flush=True)
             return ema_unet, ema_text
         optimizer.load_state_dict(state["optimizer"])

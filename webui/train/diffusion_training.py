@@ -35,7 +35,7 @@ CONTEXT_LENGTH = 77
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    steps: int = 5400
+    steps: int = 6400
     batch_size: int = 32
     lr: float = 8e-4
     warmup: int = 200
