@@ -96,7 +96,7 @@ def test_latents_times_the_sd_scale_factor_have_about_unit_variance(model):
     assert 0.7 < float(scaled.std()) < 1.4 and abs(float(scaled.mean())) < 0.3
 
 
-@pytest.mark.xfail(strict=False, reason=PSNR_SHORTFALL)
+@pytest.mark.xfail(strict=True, reason=PSNR_SHORTFALL)
 def test_vae_reconstruction_psnr_on_fresh_images_is_at_least_28_db(model):
     from webui.train.vae_training import psnr
 
@@ -106,7 +106,7 @@ def test_vae_reconstruction_psnr_on_fresh_images_is_at_least_28_db(model):
     assert value >= 28.0
 
 
-@pytest.mark.xfail(strict=False, reason=ADHERENCE_SHORTFALL)
+@pytest.mark.xfail(strict=True, reason=ADHERENCE_SHORTFALL)
 def test_prompt_adherence_on_generated_images(model, entry):
     from webui.pipeline.generate import generate
     from webui.pipeline.requests import GenerationRequest

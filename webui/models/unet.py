@@ -226,7 +226,8 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
+        # CompVis writes model_channels here, which equals ch whenever channel_mult[0] == 1 (all SD configs).
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, H, W) latent, ``timesteps`` (B,) or scalar, ``context`` (B, T, context_dim)."""
