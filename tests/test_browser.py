@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -327,11 +328,15 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
     page.get_by_role("tab", name="img2img").first.click()
     page.get_by_role("tab", name="Inpaint").click()
     editor = page.locator("#img2img_inpaint")
-    editor.locator("input[type=file]").set_input_files(str(saved))
-    # The editor shows its zoom level once the image is on the canvas and the brush is active.
-    page.wait_for_function("el => /\\d+%/.test(el.innerText)", arg=editor.element_handle(), timeout=30_000)
-    page.wait_for_timeout(1000)
-    for attempt in range(3):  # a stroke painted while the editor is still settling can be lost: paint again
+    for attempt in range(3):  # an upload or stroke made while the editor is still settling can be lost: redo it
+        if editor.get_by_text("Upload an image").count():
+            # The empty editor invites an upload; it shows the image (and the brush) once the upload landed.
+            editor.locator("input[type=file]").set_input_files(str(saved))
+            try:
+                editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=30_000)
+            except PlaywrightTimeoutError:
+                continue
+            page.wait_for_timeout(1000)
         canvas = editor.locator("canvas").first
         canvas.scroll_into_view_if_needed()
         box = canvas.bounding_box()
