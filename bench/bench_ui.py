@@ -27,18 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_models_yaml(folder: Path) -> Path:
-    """The test suite's tiny seeded model (64x64 images) written to ``folder``."""
+    """The test suite's tiny seeded model (64x64 images) written to ``folder``; returns its models.yaml."""
     sys.path.insert(0, str(ROOT / "tests"))
     import conftest
 
-    from webui.models.checkpoint import save_single_file
-
     components = conftest.build_tiny_components(conftest.write_tiny_tokenizer(folder / "tokenizer"))
-    save_single_file(folder / "tiny" / "tiny.safetensors", components.unet, components.vae, components.text_model)
-    conftest.write_tiny_tokenizer(folder / "tiny" / "tokenizer")
-    models = folder / "models.yaml"
-    models.write_text("models:\n  - name: tiny\n    path: tiny/tiny.safetensors\n    width: 64\n    height: 64\n")
-    return models
+    return conftest.write_tiny_checkpoint(folder, components).models_yaml
 
 
 def main() -> None:

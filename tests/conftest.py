@@ -118,21 +118,26 @@ def tiny_components(tiny_tokenizer_dir: Path) -> TinyComponents:
     return build_tiny_components(tiny_tokenizer_dir)
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_components: TinyComponents) -> TinyCheckpoint:
+def write_tiny_checkpoint(root: Path, components: TinyComponents) -> TinyCheckpoint:
+    """Write ``components`` under ``root`` as a user would have them: ``tiny/tiny.safetensors`` in the SD 1.x
+    layout, its ``tokenizer/`` folder, and a ``models.yaml`` whose only (default) entry is ``tiny``."""
     from webui.models.checkpoint import save_single_file
 
-    folder = tmp_path_factory.mktemp("tiny_model") / "tiny"
-    path = save_single_file(folder / "tiny.safetensors", tiny_components.unet, tiny_components.vae,
-                            tiny_components.text_model)
+    folder = root / "tiny"
+    path = save_single_file(folder / "tiny.safetensors", components.unet, components.vae, components.text_model)
     tokenizer_dir = write_tiny_tokenizer(folder / "tokenizer")
-    models_yaml = folder.parent / "models.yaml"
+    models_yaml = root / "models.yaml"
     models_yaml.write_text(
         "models:\n"
         "  - name: tiny\n"
-        f"    path: {path.relative_to(models_yaml.parent).as_posix()}\n"
+        f"    path: {path.relative_to(root).as_posix()}\n"
         "    default: true\n"
         f"    width: {TINY_IMAGE_SIZE}\n"
         f"    height: {TINY_IMAGE_SIZE}\n"
     )
-    return TinyCheckpoint(path=path, tokenizer_dir=tokenizer_dir, models_yaml=models_yaml, components=tiny_components)
+    return TinyCheckpoint(path=path, tokenizer_dir=tokenizer_dir, models_yaml=models_yaml, components=components)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_components: TinyComponents) -> TinyCheckpoint:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"), tiny_components)
