@@ -79,23 +79,21 @@ def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, pag
     page.locator("#txt2img_generate").click()
     _wait_text(page, "#txt2img_progress", "Done")
     assert [job.request.seed for job in service.submitted] == [77]
-    # Ctrl+Enter in the prompt generates too.
+    # Ctrl+Enter in the prompt generates too. A new seed makes its result tell apart from the first one's:
+    # the status line already says "Done", so waiting for that text would race the second job.
+    seed.fill("100")
     page.locator("#txt2img_prompt textarea").press("Control+Enter")
-    for _ in range(100):
-        if len(service.submitted) == 2:
-            break
-        page.wait_for_timeout(50)
-    assert len(service.submitted) == 2 and service.submitted[1].request.prompt == "seeds"
-    _wait_text(page, "#txt2img_progress", "Done")
+    info = page.locator("#txt2img_info textarea")
+    page.wait_for_function("el => el.value.includes('Seed: 100')", arg=info.element_handle(), timeout=15_000)
+    assert [(job.request.prompt, job.request.seed) for job in service.submitted] == [("seeds", 77), ("seeds", 100)]
     page.locator("#txt2img_random_seed").click()
     page.wait_for_function("el => el.value === '-1'", arg=seed.element_handle(), timeout=10_000)
     # Select the second image: its parameters show and ♻️ takes its seed.
     page.locator("#txt2img_gallery img:visible").nth(1).click()
-    info = page.locator("#txt2img_info textarea")
-    page.wait_for_function("el => el.value.includes('Seed: 78')", arg=info.element_handle(), timeout=10_000)
+    page.wait_for_function("el => el.value.includes('Seed: 101')", arg=info.element_handle(), timeout=10_000)
     page.keyboard.press("Escape")
     page.locator("#txt2img_reuse_seed").click()
-    page.wait_for_function("el => el.value === '78'", arg=seed.element_handle(), timeout=10_000)
+    page.wait_for_function("el => el.value === '101'", arg=seed.element_handle(), timeout=10_000)
 
 
 @pytest.mark.browser
