@@ -202,6 +202,19 @@ def run_generation(
         raise error from exc
 
 
+def generation_fields(
+    prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float, cfg_scale: float,
+    width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
+) -> dict[str, Any]:
+    """The request fields both tabs share, from widget values (numbers arrive from Gradio as floats)."""
+    return {
+        "prompt": prompt or "", "negative_prompt": negative_prompt or "", "sampler_name": sampler_name or "",
+        "scheduler": scheduler or "Automatic", "steps": int(steps), "cfg_scale": float(cfg_scale),
+        "width": int(width), "height": int(height), "seed": RANDOM_SEED if seed is None else int(seed),
+        "n_iter": int(n_iter), "batch_size": int(batch_size),
+    }
+
+
 def request_widget_values(request: Any, samplers: list[str]) -> list[Any]:
     """Widget values for `GenerationTab.parameter_components()` from a request (e.g. parsed from a PNG)."""
     sampler = next((s for s in samplers if s.lower() == str(request.sampler_name).lower()), gr.skip())

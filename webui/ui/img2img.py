@@ -18,6 +18,7 @@ from webui.ui.common import (
     build_outputs,
     build_prompts,
     build_settings,
+    generation_fields,
     run_generation,
     wire_common,
     wire_token_counter,
@@ -66,17 +67,8 @@ def img2img_request(
     if mode == "inpaint":
         image, mask = inpaint_inputs(inpaint_image, inpaint_mask, init_image)
     return Img2ImgRequest(
-        prompt=prompt or "",
-        negative_prompt=negative_prompt or "",
-        sampler_name=sampler_name or "",
-        scheduler=scheduler or "Automatic",
-        steps=int(steps),
-        cfg_scale=float(cfg_scale),
-        width=int(width),
-        height=int(height),
-        seed=-1 if seed is None else int(seed),
-        n_iter=int(n_iter),
-        batch_size=int(batch_size),
+        **generation_fields(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
+                            n_iter, batch_size),
         init_images=[image.convert("RGB")] if image is not None else [],
         denoising_strength=float(denoising_strength),
         resize_mode=int(resize_mode or 0),

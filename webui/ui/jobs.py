@@ -69,7 +69,7 @@ def _status_html(text: str, fraction: float | None, state: str) -> str:
 
 
 def display_preview(preview: Any | None, request: Any, longest: int = 512) -> Any | None:
-    """The latent preview (1/8 of the image size) enlarged towards the requested size for display."""
+    """The latent preview (one pixel per latent pixel) enlarged towards the requested size for display."""
     if preview is None:
         return None
     width = getattr(request, "width", None) or preview.width * 8

@@ -14,6 +14,7 @@ from webui.ui.common import (
     build_outputs,
     build_prompts,
     build_settings,
+    generation_fields,
     run_generation,
     wire_common,
     wire_token_counter,
@@ -25,20 +26,9 @@ def txt2img_request(
     prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float, cfg_scale: float,
     width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
 ) -> GenerationRequest:
-    """The request the txt2img widgets describe (numbers arrive from Gradio as floats)."""
-    return GenerationRequest(
-        prompt=prompt or "",
-        negative_prompt=negative_prompt or "",
-        sampler_name=sampler_name or "",
-        scheduler=scheduler or "Automatic",
-        steps=int(steps),
-        cfg_scale=float(cfg_scale),
-        width=int(width),
-        height=int(height),
-        seed=-1 if seed is None else int(seed),
-        n_iter=int(n_iter),
-        batch_size=int(batch_size),
-    )
+    """The request the txt2img widgets describe."""
+    return GenerationRequest(**generation_fields(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
+                                                 width, height, seed, n_iter, batch_size))
 
 
 def build_txt2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
