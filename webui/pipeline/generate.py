@@ -195,7 +195,8 @@ def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Gener
     return torch.cat([vae_encode(model, x[None], g) for x, g in zip(pixels, generators, strict=True)])
 
 
-def _prepare_img2img(request: Img2ImgRequest) -> _Prepared:
+def _prepare_img2img(request: Img2ImgRequest, downscale: int) -> _Prepared:
+    """Resized init images, their pixels and (inpainting) masks; ``downscale`` is the VAE's pixels per latent."""
     width, height = int(request.width), int(request.height)  # type: ignore[arg-type]
     originals = [resize_image(img.convert("RGB"), width, height, request.resize_mode) for img in request.init_images]
     prepared = _Prepared(images=list(originals), pixels=torch.empty(0), originals=originals)
@@ -206,7 +207,7 @@ def _prepare_img2img(request: Img2ImgRequest) -> _Prepared:
             invert=bool(request.inpainting_mask_invert),
         )
         prepared.overlay_masks = [mask] * len(originals)
-        prepared.latent_masks = [latent_mask(mask, width // 8, height // 8)] * len(originals)
+        prepared.latent_masks = [latent_mask(mask, width // downscale, height // downscale)] * len(originals)
         if request.inpainting_fill == FILL:
             prepared.images = [fill_masked(img, mask) for img in originals]
     prepared.pixels = torch.cat([image_to_tensor(img) for img in prepared.images])
@@ -325,7 +326,8 @@ class _Run:
                  progress: ProgressCallback | None, previewer: LatentPreview | None):
         self.model, self.sampler, self.request, self.device = model, sampler, request, device
         self.progress, self.previewer = progress, previewer
-        self.prepared = _prepare_img2img(request) if isinstance(request, Img2ImgRequest) else None
+        down = model.vae.config.downscale
+        self.prepared = _prepare_img2img(request, down) if isinstance(request, Img2ImgRequest) else None
         conditioning = encode_conditioning(
             model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip, request.steps
         )
@@ -333,7 +335,6 @@ class _Run:
         self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale, lambda: self.sampling_step)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.options = _sampler_options(sampler, request)
-        down = model.vae.config.downscale
         self.latent_shape = (model.vae.config.embed_dim, int(request.height) // down, int(request.width) // down)
         self.steps_per_batch = effective_steps(request)
         self.total_steps = self.steps_per_batch * request.n_iter
