@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from webui.train import data, measure
 
@@ -21,10 +22,9 @@ DEMO_FILE = DEMO_DIR / "demo.safetensors"
 
 pytestmark = pytest.mark.skipif(not DEMO_FILE.is_file(), reason="models/demo has not been trained and shipped yet")
 
-# The shipped model was trained in about 75 minutes of a heavily shared 2-core CPU and falls short
-# of these targets; the tests keep the targets and print the measured values (pytest -rxX -s).
-PSNR_SHORTFALL = "demo VAE under-trained: about 18 dB on fresh images (target 28 dB)"
-ADHERENCE_SHORTFALL = "demo UNet/text encoder under-trained: see the printed per-prompt table"
+# The shipped model falls short of the prompt-adherence targets (backgrounds follow, shape classes not
+# yet); the test keeps the targets and prints the per-prompt table (pytest -rxX -s).
+ADHERENCE_SHORTFALL = "demo UNet/text encoder under-trained for shape classes: see the printed per-prompt table"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def adherence_prompts() -> list[tuple[str, str, str]]:
 
 
 def test_models_yaml_lists_the_demo_first_as_the_default_at_its_native_size(entry):
-    """64x64: the size the demo was trained at (128 did not fit the CPU time budget)."""
+    """64x64: the size the demo was trained at (128 did not fit the 60-minute CPU budget)."""
     from webui.models.registry import load_registry
 
     registry = load_registry(ROOT / "models.yaml")
@@ -96,7 +96,6 @@ def test_latents_times_the_sd_scale_factor_have_about_unit_variance(model):
     assert 0.7 < float(scaled.std()) < 1.4 and abs(float(scaled.mean())) < 0.3
 
 
-@pytest.mark.xfail(strict=True, reason=PSNR_SHORTFALL)
 def test_vae_reconstruction_psnr_on_fresh_images_is_at_least_28_db(model):
     from webui.train.vae_training import psnr
 
@@ -137,3 +136,22 @@ def test_prompt_adherence_on_generated_images(model, entry):
     assert n >= 40
     assert colours_ok >= 0.9
     assert shapes_ok >= 0.8
+
+
+def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(model, entry):
+    """The demo's VAE has a 4x (not 8x) downscale: img2img masks must be cut at its latent size."""
+    from webui.pipeline.generate import generate
+    from webui.pipeline.requests import Img2ImgRequest
+    from webui.sampling import create_sampler_registry
+
+    assert model.vae.config.downscale == 4
+    init = data.render(data.single_shape_scene("square", "red", "blue"), 64)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # repaint the left half
+    request = Img2ImgRequest(prompt="a yellow star on a black background", init_images=[init], mask=mask,
+                             mask_blur=0, denoising_strength=1.0, steps=entry.steps, seed=5,
+                             sampler_name=entry.sampler, cfg_scale=entry.cfg_scale or 5.0)
+    out = np.asarray(generate(model, create_sampler_registry(), request).images[0], dtype=np.int16)
+    original = np.asarray(init, dtype=np.int16)
+    assert np.array_equal(out[:, 33:], original[:, 33:])
+    assert np.abs(out[:, :31] - original[:, :31]).mean() > 20  # the left half was painted anew

@@ -12,6 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from webui.train.demo import DemoArchitecture, DemoOptions
+from webui.train.diffusion_training import DiffusionTrainConfig
+from webui.train.vae_training import VAETrainConfig
+
+VAE, DIFFUSION = VAETrainConfig(), DiffusionTrainConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,23 +28,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     demo.add_argument("--fresh", action="store_true", help="delete an existing run folder and start over")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--vae-steps", type=int, default=800)
-    demo.add_argument("--vae-batch-size", type=int, default=8)
-    demo.add_argument("--vae-crop", type=int, default=64, help="VAE training crop size in pixels")
-    demo.add_argument("--vae-lr", type=float, default=1e-3)
-    demo.add_argument("--decoder-steps", type=int, default=1500,
+    demo.add_argument("--vae-steps", type=int, default=VAE.steps)
+    demo.add_argument("--vae-batch-size", type=int, default=VAE.batch_size)
+    demo.add_argument("--vae-crop", type=int, default=VAE.crop, help="VAE training crop size in pixels")
+    demo.add_argument("--vae-lr", type=float, default=VAE.lr)
+    demo.add_argument("--decoder-steps", type=int, default=0,
                       help="decoder fine-tuning steps after the UNet phase (encoder and latents stay fixed)")
     demo.add_argument("--decoder-lr", type=float, default=5e-4)
     demo.add_argument("--only-decoder", action="store_true",
                       help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)")
-    demo.add_argument("--diffusion-steps", type=int, default=6400)
-    demo.add_argument("--batch-size", type=int, default=32, help="diffusion phase batch size")
-    demo.add_argument("--lr", type=float, default=8e-4, help="diffusion phase peak learning rate")
-    demo.add_argument("--offset-noise", type=float, default=0.5,
+    demo.add_argument("--diffusion-steps", type=int, default=DIFFUSION.steps)
+    demo.add_argument("--batch-size", type=int, default=DIFFUSION.batch_size, help="diffusion phase batch size")
+    demo.add_argument("--lr", type=float, default=DIFFUSION.lr, help="diffusion phase peak learning rate")
+    demo.add_argument("--offset-noise", type=float, default=DIFFUSION.offset_noise,
                       help="per-channel constant noise std (makes the caption, not the noise, set the colours)")
-    demo.add_argument("--high-noise-weight", type=float, default=30.0,
+    demo.add_argument("--high-noise-weight", type=float, default=DIFFUSION.high_noise_weight,
                       help="largest loss weight of high-noise steps (x0-error weighting below SNR 1)")
-    demo.add_argument("--pool-size", type=int, default=6144, help="scenes encoded once for the diffusion phase")
+    demo.add_argument("--pool-size", type=int, default=DIFFUSION.pool_size,
+                      help="scenes encoded once for the diffusion phase")
     demo.add_argument("--image-size", type=int, default=64)
     demo.add_argument("--bf16", choices=("vae", "all", "none"), default="vae",
                       help="bfloat16 autocast for the VAE phase, both phases or none")

@@ -182,10 +182,14 @@ def _noun_phrase(rng: np.random.Generator, shape: Shape, with_size: bool) -> str
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
     """A plain-English caption of ``scene``; synonyms and word order drawn from ``rng``."""
-    with_position = rng.random() < 0.5 or len(scene.shapes) > 1
-    with_size = rng.random() < 0.6
+    # People say what is out of the ordinary: a size other than medium and a place other than the
+    # centre are usually named, the ordinary ones seldom. A plain prompt ("a red circle on a blue
+    # background") therefore means a medium shape in the middle, as a reader would draw it.
+    centred = len(scene.shapes) == 1 and scene.shapes[0].position == "center"
+    with_position = len(scene.shapes) > 1 or rng.random() < (0.3 if centred else 0.9)
     things = []
     for shape in scene.shapes:
+        with_size = rng.random() < (0.3 if shape.size == "medium" else 0.9)
         phrase = _noun_phrase(rng, shape, with_size)
         if with_position:
             phrase = f"{phrase} {_choice(rng, POSITION_WORDS[shape.position])}"

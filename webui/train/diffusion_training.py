@@ -35,17 +35,17 @@ CONTEXT_LENGTH = 77
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    steps: int = 6400
+    steps: int = 2900
     batch_size: int = 32
-    lr: float = 8e-4
+    lr: float = 1e-3
     warmup: int = 200
-    pool_size: int = 6144
+    pool_size: int = 8192
     image_size: int = 64
     uncond_probability: float = 0.1
     min_snr_gamma: float = 5.0
     offset_noise: float = 0.5
     high_noise_weight: float = 30.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     bf16: bool = False
     seed: int = 0
 

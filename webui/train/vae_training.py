@@ -27,13 +27,13 @@ from webui.train.checkpointing import step_generator
 
 @dataclass(frozen=True)
 class VAETrainConfig:
-    steps: int = 800
-    batch_size: int = 8
-    crop: int = 64
+    steps: int = 2400
+    batch_size: int = 16
+    crop: int = 32
     image_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 20
-    kl_weight: float = 1e-5
+    kl_weight: float = 1e-6
     # Extra reconstruction weight on pixels that differ from the background (the shapes).
     shape_weight: float = 0.0
     bf16: bool = True
