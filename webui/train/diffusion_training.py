@@ -117,9 +117,10 @@ def diffusion_loss(
 
     ``offset_noise`` adds a per-image, per-channel constant of that standard deviation to the
     noise (Guttenberg 2023, "Diffusion with offset noise"). SD 1.x's schedule keeps some signal
-    at t = 999 (Lin et al. 2023, arXiv 2305.08891), and in an 8x8 latent the mean of 64 noise
-    values hides little of it: without the offset the model reads the background colour from the
-    noisy latent instead of from the caption, and at sampling time (pure noise) picks it at random.
+    at t = 999 (Lin et al. 2023, arXiv 2305.08891), and in a small latent (16x16 for the demo) the
+    mean of a few hundred noise values hides little of it: without the offset the model reads the
+    background colour from the noisy latent instead of from the caption, and at sampling time
+    (pure noise) picks it at random.
     """
     b = x0.shape[0]
     t = torch.randint(0, len(alphas_cumprod), (b,), generator=generator)
