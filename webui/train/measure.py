@@ -16,7 +16,7 @@ The measure is deliberately simple so that a person can check it by eye:
      upward triangle is bottom-heavy (about 0.6), a heart top-heavy (about 0.45).
    Rules, in order: solidity < 0.7 -> star; fill > 0.88 -> square; fill > 0.71 -> circle;
    drop > 0.53 -> triangle; otherwise heart. On clean renders of the training data these rules
-   name every shape correctly (``tests/test_train_measure.py``).
+   name every shape correctly (``tests/test_train_data.py``).
 """
 
 from __future__ import annotations
