@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from webui.train import data, measure
+from webui.train import data
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = ROOT / "models" / "demo"
@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(not DEMO_FILE.is_file(), reason="models/demo has
 
 # The shipped model falls short of the prompt-adherence targets (backgrounds follow, shape classes not
 # yet); the test keeps the targets and prints the per-prompt table (pytest -rxX -s).
+# The issue's "any built-in deterministic sampler" (Euler a and DDPM add noise at every step).
+DETERMINISTIC_BUILTIN_SAMPLERS = ("DDIM", "Euler", "Heun", "LMS", "DPM++ 2M")
 ADHERENCE_SHORTFALL = "demo UNet/text encoder under-trained for shape classes: see the printed per-prompt table"
 
 
@@ -40,17 +42,6 @@ def model(entry):
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return load_model(entry.path, tokenizer=entry.tokenizer, native_size=entry.native_size, name=entry.name)
-
-
-def adherence_prompts() -> list[tuple[str, str, str]]:
-    """40 (shape, colour, background) triples: every shape in every colour, backgrounds rotating."""
-    names = list(data.COLOURS)
-    triples = []
-    for i, kind in enumerate(data.SHAPES):
-        for j, colour in enumerate(names):
-            background = names[(j + 1 + (i + j) % 7) % len(names)]
-            triples.append((kind, colour, background))
-    return triples
 
 
 def test_models_yaml_lists_the_demo_first_as_the_default_at_its_native_size(entry):
@@ -107,35 +98,20 @@ def test_vae_reconstruction_psnr_on_fresh_images_is_at_least_28_db(model):
 
 @pytest.mark.xfail(strict=True, reason=ADHERENCE_SHORTFALL)
 def test_prompt_adherence_on_generated_images(model, entry):
-    from webui.pipeline.generate import generate
-    from webui.pipeline.requests import GenerationRequest
+    """40 plain prompts, the model's recommended sampler, steps and CFG (``python -m webui.train adherence``)."""
     from webui.sampling import create_sampler_registry
+    from webui.train.adherence import measure_adherence, target_prompts
 
-    samplers = create_sampler_registry()
-    rows = []
-    for i, (kind, colour, background) in enumerate(adherence_prompts()):
-        prompt = data.simple_caption(kind, colour, background)
-        request = GenerationRequest(
-            prompt=prompt, sampler_name=entry.sampler, scheduler=entry.scheduler or "Automatic",
-            steps=entry.steps, cfg_scale=entry.cfg_scale or 5.0, seed=1000 + i,
-        )
-        image = generate(model, samplers, request).images[0]
-        assert image.size == entry.native_size
-        rows.append((prompt, kind, colour, background, measure.read_image(image)))
-
-    print(f"\n{entry.sampler}, {entry.steps} steps, CFG {entry.cfg_scale}")
-    print(f"{'prompt':<46} {'bg':<7} {'colour':<7} {'shape':<9} fill  solid drop")
-    for prompt, kind, colour, background, r in rows:
-        marks = "".join("." if ok else "x" for ok in (r.background == background, r.colour == colour, r.shape == kind))
-        print(f"{prompt:<46} {r.background:<7} {r.colour or '-':<7} {r.shape or '-':<9} "
-              f"{r.fill:.2f}  {r.solidity:.2f}  {r.drop:.2f} {marks}")
-    n = len(rows)
-    colours_ok = sum(r.background == bg and r.colour == c for _, _, c, bg, r in rows) / n
-    shapes_ok = sum(r.shape == k for _, k, _, _, r in rows) / n
-    print(f"background and shape colour right: {colours_ok:.0%}; shape class right: {shapes_ok:.0%} of {n}")
-    assert n >= 40
-    assert colours_ok >= 0.9
-    assert shapes_ok >= 0.8
+    prompts = target_prompts()
+    report = measure_adherence(model, create_sampler_registry(), prompts, sampler=entry.sampler,
+                               steps=entry.steps, cfg_scale=entry.cfg_scale or 5.0,
+                               scheduler=entry.scheduler or "Automatic")
+    print("\n" + report.table())
+    assert len(prompts) >= 40 and {p.kind for p in prompts} == set(data.SHAPES)
+    assert {p.colour for p in prompts} == set(data.COLOURS)
+    assert entry.steps <= 8 and entry.sampler in DETERMINISTIC_BUILTIN_SAMPLERS
+    assert report.colour_rate >= 0.9
+    assert report.shape_rate >= 0.8
 
 
 def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(model, entry):
@@ -155,3 +131,22 @@ def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(m
     original = np.asarray(init, dtype=np.int16)
     assert np.array_equal(out[:, 33:], original[:, 33:])
     assert np.abs(out[:, :31] - original[:, :31]).mean() > 20  # the left half was painted anew
+
+
+def test_adherence_prompts_cover_every_shape_and_colour_on_another_background():
+    from webui.train.adherence import target_prompts, validation_prompts
+
+    for prompts in (target_prompts(), validation_prompts()):
+        assert {(p.kind, p.colour) for p in prompts} == {(k, c) for k in data.SHAPES for c in data.COLOURS}
+        assert all(p.background != p.colour for p in prompts)
+    assert not {p.seed for p in target_prompts()} & {p.seed for p in validation_prompts()}
+
+
+def test_adherence_command_prints_the_per_prompt_table(capsys):
+    from webui.train.__main__ import main
+
+    assert main(["adherence", "--models-yaml", str(ROOT / "models.yaml"), "--limit", "2", "--steps", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "DPM++ 2M (Automatic), 4 steps, CFG 5"
+    assert lines[2].startswith("a red circle on a ") and lines[3].startswith("a green circle on a ")
+    assert lines[-1].startswith("of 2: background right ")

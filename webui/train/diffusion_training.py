@@ -44,7 +44,7 @@ class DiffusionTrainConfig:
     uncond_probability: float = 0.1
     min_snr_gamma: float = 5.0
     offset_noise: float = 0.5
-    high_noise_weight: float = 30.0
+    high_noise_weight: float = 8.0
     ema_decay: float = 0.998
     bf16: bool = False
     seed: int = 0
