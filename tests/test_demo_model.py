@@ -143,9 +143,13 @@ def test_adherence_prompts_cover_every_shape_and_colour_on_another_background():
 
 
 def test_adherence_command_prints_the_per_prompt_table(capsys):
+    import signal
+
     from webui.train.__main__ import main
 
+    handler = signal.getsignal(signal.SIGTERM)
     assert main(["adherence", "--models-yaml", str(ROOT / "models.yaml"), "--limit", "2", "--steps", "4"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # only training runs turn SIGTERM into a checkpoint
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "DPM++ 2M (Automatic), 4 steps, CFG 5"
     assert lines[2].startswith("a red circle on a ") and lines[3].startswith("a green circle on a ")

@@ -133,11 +133,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # `kill` (SIGTERM) stops a background run like Ctrl-C: the current step is checkpointed first.
-    signal.signal(signal.SIGTERM, _interrupt)
     if args.command == "adherence":
         run_adherence(args)
         return 0
+    # `kill` (SIGTERM) stops a background run like Ctrl-C: the current step is checkpointed first.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.command == "ship":
         from webui.train.demo import ship
 
