@@ -35,7 +35,7 @@ CONTEXT_LENGTH = 77
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
-    steps: int = 2900
+    steps: int = 3600
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 200
