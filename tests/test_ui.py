@@ -44,6 +44,8 @@ class FakeEntry:
     height: int = 64
     sampler: str | None = None
     steps: int | None = None
+    scheduler: str | None = None
+    cfg_scale: float | None = None
 
 
 @dataclass
@@ -129,7 +131,10 @@ class FakeService:
     """One worker thread, FIFO, random-pixel images whose seed decides the pixels."""
 
     def __init__(self, step_seconds: float = 0.01):
-        self.models = FakeModels(FakeRegistry([FakeEntry("tiny"), FakeEntry("big", 128, 96), FakeEntry("broken")]))
+        self.models = FakeModels(FakeRegistry([
+            FakeEntry("tiny", sampler="Euler", steps=6, scheduler="Karras", cfg_scale=5.5), FakeEntry("big", 128, 96),
+            FakeEntry("broken"),
+        ]))
         self.samplers = FakeSamplers()
         self.added_entries: list[FakeEntry] = []
         self.step_seconds = step_seconds
@@ -320,6 +325,10 @@ def test_controls_carry_the_labels_users_know_and_list_every_sampler(ui_url):
         assert [v for v, _ in by_id[f"{tab}_sampler"]["choices"]] == ["Euler a", "Euler", "DDIM"]
         assert [v for v, _ in by_id[f"{tab}_scheduler"]["choices"]] == ["Automatic", "Karras", "Exponential"]
     assert [v for v, _ in by_id["model_checkpoint"]["choices"]] == ["tiny", "big", "broken"]
+    # The settings start at what models.yaml recommends for the default model.
+    for tab in ("txt2img", "img2img"):
+        recommended = [by_id[f"{tab}_{key}"]["value"] for key in ("sampler", "scheduler", "steps", "cfg_scale")]
+        assert recommended == ["Euler", "Karras", 6, 5.5]
     tabs = [c.get("label") for c in components if c["type"] == "tabitem"]
     assert {"txt2img", "img2img", "Inpaint", "PNG Info", "Models"} <= set(tabs)
 

@@ -22,7 +22,9 @@ class ModelChoice:
     width: int | None = None
     height: int | None = None
     sampler: str | None = None
+    scheduler: str | None = None
     steps: int | None = None
+    cfg_scale: float | None = None
 
 
 def registry(service: Any) -> Any:
@@ -38,7 +40,9 @@ def model_choices(service: Any) -> list[ModelChoice]:
             width=getattr(entry, "width", None),
             height=getattr(entry, "height", None),
             sampler=getattr(entry, "sampler", None),
+            scheduler=getattr(entry, "scheduler", None),
             steps=getattr(entry, "steps", None),
+            cfg_scale=getattr(entry, "cfg_scale", None),
         )
         for entry in registry(service).entries
     ]

@@ -117,7 +117,8 @@ def build_settings(
     with gr.Row():
         sampler = gr.Dropdown(samplers, value=default_sampler, label="Sampler", elem_id=f"{tab}_sampler")
         schedules = backend.schedule_names()
-        scheduler = gr.Dropdown(schedules, value=schedules[0], label="Schedule type", elem_id=f"{tab}_scheduler")
+        default_schedule = model.scheduler if model and model.scheduler in schedules else schedules[0]
+        scheduler = gr.Dropdown(schedules, value=default_schedule, label="Schedule type", elem_id=f"{tab}_scheduler")
     steps = gr.Slider(1, 150, value=(model.steps if model and model.steps else 20), step=1, label="Steps",
                       elem_id=f"{tab}_steps")
     with gr.Row():
@@ -127,7 +128,8 @@ def build_settings(
     with gr.Row():
         batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
         batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
-    cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
+    cfg = model.cfg_scale if model and model.cfg_scale else 7.0
+    cfg_scale = gr.Slider(1.0, 30.0, value=cfg, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
     with gr.Row(equal_height=True):
         seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, minimum=-1, scale=4, elem_id=f"{tab}_seed")
         random_seed = gr.Button("🎲", size="sm", scale=0, min_width=40, elem_id=f"{tab}_random_seed")
