@@ -151,6 +151,6 @@ def test_adherence_command_prints_the_per_prompt_table(capsys):
     assert main(["adherence", "--models-yaml", str(ROOT / "models.yaml"), "--limit", "2", "--steps", "4"]) == 0
     assert signal.getsignal(signal.SIGTERM) is handler  # only training runs turn SIGTERM into a checkpoint
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "DPM++ 2M (Automatic), 4 steps, CFG 5"
+    assert lines[0] == "DPM++ 2M (Automatic), 4 steps, CFG 3"  # the CFG models.yaml recommends
     assert lines[2].startswith("a red circle on a ") and lines[3].startswith("a green circle on a ")
     assert lines[-1].startswith("of 2: background right ")
