@@ -154,3 +154,15 @@ def test_adherence_command_prints_the_per_prompt_table(capsys):
     assert lines[0] == "DPM++ 2M (Automatic), 4 steps, CFG 3"  # the CFG models.yaml recommends
     assert lines[2].startswith("a red circle on a ") and lines[3].startswith("a green circle on a ")
     assert lines[-1].startswith("of 2: background right ")
+
+
+def test_adherence_command_names_a_model_it_cannot_load_and_refuses_a_zero_limit(tmp_path, capsys):
+    from webui.train.__main__ import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["adherence", "--models-yaml", str(ROOT / "models.yaml"), "--model", str(tmp_path / "nope")])
+    assert "cannot load model" in str(refused.value) and "nope" in str(refused.value)
+    assert "demo" in str(refused.value)  # the names that would work
+    with pytest.raises(SystemExit):
+        main(["adherence", "--limit", "0"])
+    assert "--limit: must be 1 or more" in capsys.readouterr().err

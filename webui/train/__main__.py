@@ -70,9 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     adherence.add_argument("--sampler", help="default: the model's recommended sampler (else DPM++ 2M)")
     adherence.add_argument("--steps", type=int, help="default: the model's recommended steps (else 8)")
     adherence.add_argument("--cfg", type=float, help="default: the model's recommended CFG scale (else 5)")
-    adherence.add_argument("--limit", type=int, help="only the first N prompts")
+    adherence.add_argument("--limit", type=_positive_int, help="only the first N prompts")
     adherence.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def run_adherence(args: argparse.Namespace) -> None:
@@ -90,8 +97,12 @@ def run_adherence(args: argparse.Namespace) -> None:
     else:
         path, tokenizer, size = Path(args.model), None, (args.size, args.size)
         sampler, scheduler, steps, cfg = None, None, None, None
-    model = load_model(path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device),
-                       compute_hash=False)
+    try:
+        model = load_model(path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device),
+                           compute_hash=False)
+    except ValueError as error:  # CheckpointError and its kinds: the message names the problem
+        known = ", ".join(registry.names) if registry is not None else f"none ({args.models_yaml} not found)"
+        raise SystemExit(f"cannot load model {args.model!r}: {error}\nmodels.yaml names: {known}") from None
     prompts = target_prompts() if args.prompts == "target" else validation_prompts()
     report = measure_adherence(model, create_sampler_registry(), prompts[: args.limit],
                                sampler=args.sampler or sampler or "DPM++ 2M", steps=args.steps or steps or 8,
