@@ -1,7 +1,8 @@
 """Command line: ``python -m webui.train demo [--resume] [--vae-steps N] [--diffusion-steps N] ...``.
 
 ``demo`` trains the bundled demo model from scratch and ships it to ``models/demo/``; ``ship``
-re-exports a finished run; ``adherence`` measures how well a model follows plain prompts. Run
+re-exports a finished run; ``adherence`` measures how well a model follows plain prompts and
+``sensitivity`` which caption words it reads at all. Run
 ``python -m webui.train demo --help`` for every option.
 """
 
@@ -60,18 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--run-dir", type=Path, default=Path("train-runs/demo"))
     ship.add_argument("--ship-dir", type=Path, default=Path("models/demo"))
     ship.add_argument("--ship-dtype", choices=("auto", "fp32", "fp16"), default="auto")
-    adherence = commands.add_parser("adherence", help="generate from 40 plain prompts and read the images back")
-    adherence.add_argument("--model", default="demo",
-                           help="a models.yaml name, or a checkpoint file/folder (then --size applies)")
-    adherence.add_argument("--models-yaml", type=Path, default=Path("models.yaml"))
-    adherence.add_argument("--size", type=int, default=64, help="native size of a model given as a path")
+    # The measuring commands load a model the same way: a models.yaml name or a checkpoint path.
+    which_model = argparse.ArgumentParser(add_help=False)
+    which_model.add_argument("--model", default="demo",
+                             help="a models.yaml name, or a checkpoint file/folder (then --size applies)")
+    which_model.add_argument("--models-yaml", type=Path, default=Path("models.yaml"))
+    which_model.add_argument("--size", type=int, default=64, help="native size of a model given as a path")
+    which_model.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    adherence = commands.add_parser("adherence", parents=[which_model],
+                                    help="generate from 40 plain prompts and read the images back")
     adherence.add_argument("--prompts", choices=("target", "validation"), default="target",
                            help="the prompts the test holds to the targets, or 40 others")
     adherence.add_argument("--sampler", help="default: the model's recommended sampler (else DPM++ 2M)")
     adherence.add_argument("--steps", type=int, help="default: the model's recommended steps (else 8)")
     adherence.add_argument("--cfg", type=float, help="default: the model's recommended CFG scale (else 5)")
     adherence.add_argument("--limit", type=_positive_int, help="only the first N prompts")
-    adherence.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    sensitivity = commands.add_parser("sensitivity", parents=[which_model],
+                                      help="how much swapping a shape or colour word changes the noise prediction")
+    sensitivity.add_argument("--scenes", type=_positive_int, default=10, help="scenes to average over")
     return parser
 
 
@@ -82,32 +89,47 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def run_adherence(args: argparse.Namespace) -> None:
+def load_measured_model(args: argparse.Namespace):
+    """The model named by ``--model`` and its models.yaml entry (None for a path); exits with a one-line reason."""
     from webui.models.checkpoint import load_model
     from webui.models.registry import load_registry
-    from webui.sampling import create_sampler_registry
-    from webui.train.adherence import measure_adherence, target_prompts, validation_prompts
     from webui.train.demo import pick_device
 
     registry = load_registry(args.models_yaml) if args.models_yaml.is_file() else None
-    if registry is not None and args.model in registry.names:
-        entry = registry.get(args.model)
+    entry = registry.get(args.model) if registry is not None and args.model in registry.names else None
+    if entry is not None:
         path, tokenizer, size = entry.path, entry.tokenizer, entry.native_size
-        sampler, scheduler, steps, cfg = entry.sampler, entry.scheduler, entry.steps, entry.cfg_scale
     else:
         path, tokenizer, size = Path(args.model), None, (args.size, args.size)
-        sampler, scheduler, steps, cfg = None, None, None, None
     try:
         model = load_model(path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device),
                            compute_hash=False)
     except ValueError as error:  # CheckpointError and its kinds: the message names the problem
         known = ", ".join(registry.names) if registry is not None else f"none ({args.models_yaml} not found)"
         raise SystemExit(f"cannot load model {args.model!r}: {error}\nmodels.yaml names: {known}") from None
+    return model, entry
+
+
+def run_adherence(args: argparse.Namespace) -> None:
+    from webui.sampling import create_sampler_registry
+    from webui.train.adherence import measure_adherence, target_prompts, validation_prompts
+
+    model, entry = load_measured_model(args)
+    sampler, scheduler, steps, cfg = (
+        (entry.sampler, entry.scheduler, entry.steps, entry.cfg_scale) if entry is not None else (None,) * 4
+    )
     prompts = target_prompts() if args.prompts == "target" else validation_prompts()
     report = measure_adherence(model, create_sampler_registry(), prompts[: args.limit],
                                sampler=args.sampler or sampler or "DPM++ 2M", steps=args.steps or steps or 8,
                                cfg_scale=args.cfg or cfg or 5.0, scheduler=scheduler or "Automatic")
     print(report.table())
+
+
+def run_sensitivity(args: argparse.Namespace) -> None:
+    from webui.train.sensitivity import measure_word_sensitivity
+
+    model, _ = load_measured_model(args)
+    print(measure_word_sensitivity(model, scenes=args.scenes).table())
 
 
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
@@ -144,8 +166,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "adherence":
-        run_adherence(args)
+    if args.command in ("adherence", "sensitivity"):
+        (run_adherence if args.command == "adherence" else run_sensitivity)(args)
         return 0
     # `kill` (SIGTERM) stops a background run like Ctrl-C: the current step is checkpointed first.
     signal.signal(signal.SIGTERM, _interrupt)
