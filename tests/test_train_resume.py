@@ -97,3 +97,29 @@ def test_latent_normalisation_keeps_reconstructions_and_gives_unit_scaled_latent
     per_channel = scaled.transpose(0, 1).reshape(4, -1)
     torch.testing.assert_close(per_channel.mean(dim=1), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(per_channel.std(dim=1), torch.ones(4), atol=1e-4, rtol=0)
+
+
+def test_the_latent_pool_is_encoded_again_when_its_scenes_change(tmp_path, monkeypatch, capsys):
+    """pool.pt keeps only latents; the scenes come from the seed. Saved latents of other scenes
+    (the data code changed since) must not be paired with the new scenes' captions."""
+    from webui.train import diffusion_training
+
+    options = tiny_options(tmp_path)
+    options.run_dir.mkdir(parents=True)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(TINY.vae).eval()
+    first = demo.get_pool(options, vae, torch.device("cpu"))
+    again = demo.get_pool(options, vae, torch.device("cpu"))
+    assert torch.equal(first.means, again.means) and "encoding the pool again" not in capsys.readouterr().out
+
+    original = diffusion_training.pool_scenes
+
+    def other_scenes(seed, count):  # as if random_scene had changed
+        return original(seed + 1, count)
+
+    monkeypatch.setattr(demo, "pool_scenes", other_scenes)
+    monkeypatch.setattr(diffusion_training, "pool_scenes", other_scenes)
+    changed = demo.get_pool(options, vae, torch.device("cpu"))
+    assert "encoding the pool again" in capsys.readouterr().out
+    assert changed.scenes == other_scenes(options.diffusion.seed, options.diffusion.pool_size)
+    assert not torch.equal(changed.means, first.means)

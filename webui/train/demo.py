@@ -17,6 +17,8 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import shutil
 import time
@@ -259,8 +261,14 @@ def run_decoder_phase(options: DemoOptions, device: torch.device) -> Autoencoder
 def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> LatentPool:
     config, path = options.diffusion, options.run_dir / "pool.pt"
     state = load_state(path)
-    if state is not None and state["count"] == config.pool_size:
-        return LatentPool(pool_scenes(config.seed, config.pool_size), state["means"], state["stds"])
+    scenes = pool_scenes(config.seed, config.pool_size)
+    # The file keeps only latents; the scenes (and so the captions) are drawn again from the seed.
+    # A digest of them tells whether the latents still belong to them, e.g. after the data code changed.
+    digest = hashlib.sha256(repr(scenes).encode()).hexdigest()
+    if state is not None and state.get("scenes_sha256") == digest:
+        return LatentPool(scenes, state["means"], state["stds"])
+    if state is not None:
+        print("pool: the saved latents were made from other scenes; encoding the pool again", flush=True)
     t0 = time.perf_counter()
     bar = tqdm(total=config.pool_size, desc="encode pool", mininterval=10.0)
     pool = build_pool(vae, config.seed, config.pool_size, config.image_size, device,
@@ -269,7 +277,7 @@ def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> 
     latents = pool.means.float() * vae.config.scale_factor
     print(f"pool: {config.pool_size} latents in {time.perf_counter() - t0:.0f} s; scaled mean "
           f"{latents.mean():.3f} std {latents.std():.3f}", flush=True)
-    save_state(path, {"count": config.pool_size, "means": pool.means, "stds": pool.stds})
+    save_state(path, {"count": config.pool_size, "scenes_sha256": digest, "means": pool.means, "stds": pool.stds})
     return pool
 
 
