@@ -18,7 +18,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-
 import json
 import shutil
 import time
