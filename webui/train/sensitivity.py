@@ -91,12 +91,13 @@ def measure_word_sensitivity(
         if height != width:
             image = image.resize((width, height))
         latent = vae_encode(model, torch.from_numpy(data.image_to_array(image))[None].to(device)).float()
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed * 1000 + index))
+        # Drawn on the CPU so that the figures are the same on every device; moved once.
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed * 1000 + index)).to(device)
         context = model.text_encoder.encode_text(swap.caption).to(dtype)
         others = {word: model.text_encoder.encode_text(text).to(dtype) for word, text in swap.swapped.items()}
         for column, t in enumerate(timesteps):
             abar = float(model.alphas_cumprod[t])
-            noisy = (abar**0.5 * latent.cpu() + (1 - abar) ** 0.5 * noise).to(device, dtype)
+            noisy = (abar**0.5 * latent + (1 - abar) ** 0.5 * noise).to(dtype)
             timestep = torch.tensor([t], device=device)
             base = model.unet(noisy, timestep, context).float()
             for word, other in others.items():
