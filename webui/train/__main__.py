@@ -166,8 +166,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("adherence", "sensitivity"):
-        (run_adherence if args.command == "adherence" else run_sensitivity)(args)
+    measures = {"adherence": run_adherence, "sensitivity": run_sensitivity}
+    if args.command in measures:
+        measures[args.command](args)
         return 0
     # `kill` (SIGTERM) stops a background run like Ctrl-C: the current step is checkpointed first.
     signal.signal(signal.SIGTERM, _interrupt)
