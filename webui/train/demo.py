@@ -276,7 +276,7 @@ def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> 
     latents = pool.means.float() * vae.config.scale_factor
     print(f"pool: {config.pool_size} latents in {time.perf_counter() - t0:.0f} s; scaled mean "
           f"{latents.mean():.3f} std {latents.std():.3f}", flush=True)
-    save_state(path, {"count": config.pool_size, "scenes_sha256": digest, "means": pool.means, "stds": pool.stds})
+    save_state(path, {"scenes_sha256": digest, "means": pool.means, "stds": pool.stds})
     return pool
 
 
