@@ -118,7 +118,6 @@ def test_the_latent_pool_is_encoded_again_when_its_scenes_change(tmp_path, monke
         return original(seed + 1, count)
 
     monkeypatch.setattr(demo, "pool_scenes", other_scenes)
-    monkeypatch.setattr(diffusion_training, "pool_scenes", other_scenes)
     changed = demo.get_pool(options, vae, torch.device("cpu"))
     assert "encoding the pool again" in capsys.readouterr().out
     assert changed.scenes == other_scenes(options.diffusion.seed, options.diffusion.pool_size)

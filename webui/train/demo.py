@@ -270,7 +270,7 @@ def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> 
         print("pool: the saved latents were made from other scenes; encoding the pool again", flush=True)
     t0 = time.perf_counter()
     bar = tqdm(total=config.pool_size, desc="encode pool", mininterval=10.0)
-    pool = build_pool(vae, config.seed, config.pool_size, config.image_size, device,
+    pool = build_pool(vae, scenes, config.image_size, device,
                       progress=lambda n: bar.update(n - bar.n))
     bar.close()
     latents = pool.means.float() * vae.config.scale_factor

@@ -65,10 +65,10 @@ def pool_scenes(seed: int, count: int) -> list[data.Scene]:
 
 
 @torch.no_grad()
-def build_pool(vae: AutoencoderKL, seed: int, count: int, size: int, device: torch.device,
+def build_pool(vae: AutoencoderKL, scenes: list[data.Scene], size: int, device: torch.device,
                progress: Callable[[int], None] | None = None) -> LatentPool:
-    """Render and encode ``count`` scenes in chunks."""
-    scenes = pool_scenes(seed, count)
+    """Render and encode ``scenes`` in chunks."""
+    count = len(scenes)
     means, stds = [], []
     chunk = 256
     for i in range(0, count, chunk):
