@@ -11,6 +11,7 @@ from webui.models.vae import AutoencoderKL, VAEConfig
 from webui.train import demo
 from webui.train.checkpointing import load_state
 from webui.train.diffusion_training import DiffusionTrainConfig
+from webui.train.text_pretraining import TextPretrainConfig
 from webui.train.vae_training import VAETrainConfig, normalize_latents
 
 TINY = demo.DemoArchitecture(
@@ -23,6 +24,7 @@ def tiny_options(tmp_path, **changes) -> demo.DemoOptions:
     options = demo.DemoOptions(
         run_dir=tmp_path / "run", ship_dir=tmp_path / "ship",
         vae=VAETrainConfig(steps=4, batch_size=2, crop=32, image_size=32, bf16=False),
+        text=TextPretrainConfig(steps=4, batch_size=4),
         diffusion=DiffusionTrainConfig(steps=4, batch_size=2, pool_size=8, image_size=32),
         architecture=TINY, checkpoint_every=2, sample_every=1000, threads=None,
     )
@@ -56,7 +58,7 @@ def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
     assert generate(model, create_sampler_registry(), request).images[0].size == (64, 64)
 
 
-@pytest.mark.parametrize("phase", ["vae", "diffusion"])
+@pytest.mark.parametrize("phase", ["vae", "text", "diffusion"])
 def test_an_interrupted_run_resumes_to_the_same_weights(finished, tmp_path, monkeypatch, phase):
     options = tiny_options(tmp_path, ship_dir=None)
     original = demo.Phase.__call__

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from webui.train.demo import DemoArchitecture, DemoOptions
 from webui.train.diffusion_training import DiffusionTrainConfig
+from webui.train.text_pretraining import TextPretrainConfig
 from webui.train.vae_training import VAETrainConfig
 
-VAE, DIFFUSION = VAETrainConfig(), DiffusionTrainConfig()
+VAE, TEXT, DIFFUSION = VAETrainConfig(), TextPretrainConfig(), DiffusionTrainConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m webui.train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train the demo model (tokenizer, VAE, text encoder + UNet) and ship it")
+    demo = commands.add_parser("demo", help="train the demo model (tokenizer, VAE, text, text + UNet) and ship it")
     demo.add_argument("--run-dir", type=Path, default=Path("train-runs/demo"), help="checkpoints, logs, samples")
     demo.add_argument("--ship-dir", type=Path, default=Path("models/demo"), help="where the final model goes")
     demo.add_argument("--no-ship", action="store_true", help="train only; do not write the ship folder")
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--decoder-lr", type=float, default=5e-4)
     demo.add_argument("--only-decoder", action="store_true",
                       help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)")
+    demo.add_argument("--text-steps", type=int, default=TEXT.steps,
+                      help="contrastive pretraining steps of the text encoder before the UNet phase (0 = none)")
     demo.add_argument("--diffusion-steps", type=int, default=DIFFUSION.steps)
     demo.add_argument("--batch-size", type=int, default=DIFFUSION.batch_size, help="diffusion phase batch size")
     demo.add_argument("--lr", type=float, default=DIFFUSION.lr, help="diffusion phase peak learning rate")
@@ -144,6 +147,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
                         seed=args.seed),
         vae=replace(options.vae, steps=args.vae_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
                     lr=args.vae_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"), seed=args.seed),
+        text=replace(options.text, steps=args.text_steps, seed=args.seed),
         diffusion=replace(options.diffusion, steps=args.diffusion_steps, batch_size=args.batch_size, lr=args.lr,
                           pool_size=args.pool_size, offset_noise=args.offset_noise, image_size=args.image_size,
                           high_noise_weight=args.high_noise_weight,

@@ -5,9 +5,11 @@
 1. the tokenizer: a CLIP BPE vocabulary learnt from the captions (:mod:`webui.train.tokenizer`);
 2. the VAE phase (:mod:`webui.train.vae_training`), then the latent rescaling to 0.18215;
 3. the latent pool: scenes rendered and encoded once by the frozen VAE;
-4. the diffusion phase: CLIP text encoder + UNet (:mod:`webui.train.diffusion_training`),
+4. the text phase: CLIP-style contrastive pretraining of the text encoder against the pool's
+   latents (:mod:`webui.train.text_pretraining`), as SD 1.x starts from a pretrained CLIP;
+5. the diffusion phase: CLIP text encoder + UNet (:mod:`webui.train.diffusion_training`),
    with sample grids in ``samples/``;
-5. shipping: the EMA weights written with :func:`webui.models.checkpoint.save_single_file` plus the
+6. shipping: the EMA weights written with :func:`webui.models.checkpoint.save_single_file` plus the
    tokenizer folder, into ``models/demo/``.
 
 Every phase checkpoints to the run folder; ``--resume`` continues from the last checkpoint and,
@@ -41,6 +43,12 @@ from webui.train.diffusion_training import (
     pool_scenes,
     train_diffusion_steps,
     zero_init_unet,
+)
+from webui.train.text_pretraining import (
+    ContrastiveTowers,
+    TextPretrainConfig,
+    shape_separation,
+    train_text_steps,
 )
 from webui.train.tokenizer import load_tokenizer, write_tokenizer
 from webui.train.vae_training import (
@@ -101,6 +109,7 @@ class DemoOptions:
     run_dir: Path = Path("train-runs/demo")
     ship_dir: Path | None = Path("models/demo")
     vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    text: TextPretrainConfig = field(default_factory=TextPretrainConfig)
     # Decoder fine-tuning after the UNet phase (steps 0 = none); the latent space stays as it was.
     decoder: VAETrainConfig = field(default_factory=lambda: VAETrainConfig(steps=0, lr=5e-4, shape_weight=4.0))
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
@@ -160,7 +169,7 @@ class Phase:
 
 def _check_run_dir(options: DemoOptions) -> None:
     run_dir = options.run_dir
-    existing = [p for p in ("vae.pt", "diffusion.pt", "decoder.pt") if (run_dir / p).exists()]
+    existing = [p for p in ("vae.pt", "text.pt", "diffusion.pt", "decoder.pt") if (run_dir / p).exists()]
     if existing and not options.resume:
         if not options.fresh:
             raise SystemExit(
@@ -280,16 +289,65 @@ def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> 
     return pool
 
 
-def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, tokenizer, device: torch.device):
+def run_text_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, tokenizer,
+                   device: torch.device) -> dict[str, torch.Tensor] | None:
+    """Pretrain the text encoder contrastively; returns its state dict (None when ``text.steps`` is 0)."""
+    config, run_dir, arch = options.text, options.run_dir, options.architecture
+    if config.steps == 0:
+        return None
+    torch.manual_seed(config.seed)
+    text_model = build_text_model(arch, tokenizer).to(device)
+    latent_size = arch.image_size // 2 ** (len(arch.vae.ch_mult) - 1)
+    towers = ContrastiveTowers(arch.vae.z_channels, latent_size, arch.text_width).to(device)
+    optimizer = torch.optim.AdamW([*text_model.parameters(), *towers.parameters()], lr=config.lr, weight_decay=0.01)
+    state = load_state(run_dir / "text.pt")
+    start, elapsed = 0, 0.0
+    if state is not None:
+        text_model.load_state_dict(state["text"])
+        if state["done"] and state["step"] >= config.steps:
+            print(f"text: done earlier ({state['step']} steps, shape separation {state['separation']:.0%})",
+                  flush=True)
+            return state["text"]
+        towers.load_state_dict(state["towers"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, elapsed = state["step"], state["elapsed"]
+
+    def save(step: int, seconds: float, loss: float | None, done: bool = False, separation: float = 0.0) -> None:
+        save_state(run_dir / "text.pt", {
+            "text": text_model.state_dict(), "towers": towers.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "elapsed": seconds, "loss": loss, "done": done, "separation": separation,
+            "config": asdict(config),
+        })
+
+    phase = Phase("text", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
+    try:
+        train_text_steps(text_model, towers, tokenizer, optimizer, pool, config, start, device,
+                         vae.config.scale_factor, phase)
+    except KeyboardInterrupt:
+        save(phase.done, phase.elapsed, phase.smooth)
+        raise
+    finally:
+        phase.close()
+    separation = shape_separation(text_model, tokenizer, device)
+    print(f"text: {config.steps} steps in {phase.elapsed:.0f} s, loss {phase.smooth:.4f}, shape separation "
+          f"{separation:.0%} (chance 20%)", flush=True)
+    save(config.steps, phase.elapsed, phase.smooth, done=True, separation=separation)
+    return text_model.state_dict()
+
+
+def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, tokenizer,
+                        device: torch.device, text_init: dict[str, torch.Tensor] | None = None):
+    """Train the UNet and the text encoder (from ``text_init`` when given, else from scratch)."""
     from webui.train.preview import PREVIEW_PROMPTS, ddim_sample, grid
 
     config, run_dir, arch = options.diffusion, options.run_dir, options.architecture
-    pool = get_pool(options, vae, device)
     torch.manual_seed(config.seed)
     unet = UNetModel(arch.unet_config())
     zero_init_unet(unet)
     unet = unet.to(device)
     text_model = build_text_model(arch, tokenizer).to(device)
+    if text_init is not None:
+        text_model.load_state_dict(text_init)
     ema_unet, ema_text = make_ema(unet), make_ema(text_model)
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_model.parameters()], lr=config.lr, weight_decay=0.01)
     state = load_state(run_dir / "diffusion.pt")
@@ -347,7 +405,9 @@ def run_demo(options: DemoOptions) -> Path | None:
     tokenizer = load_tokenizer(tokenizer_dir)
     print(f"device {device}, threads {torch.get_num_threads()}, vocabulary {len(tokenizer)}", flush=True)
     vae = run_vae_phase(options, device)
-    run_diffusion_phase(options, vae, tokenizer, device)
+    pool = get_pool(options, vae, device)
+    text_init = run_text_phase(options, vae, pool, tokenizer, device)
+    run_diffusion_phase(options, vae, pool, tokenizer, device, text_init)
     if options.decoder.steps > 0:
         run_decoder_phase(options, device)
     path = None
