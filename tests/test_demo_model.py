@@ -23,11 +23,11 @@ DEMO_FILE = DEMO_DIR / "demo.safetensors"
 pytestmark = pytest.mark.skipif(not DEMO_FILE.is_file(), reason="models/demo has not been trained and shipped yet")
 
 # The shipped model falls short of the prompt-adherence targets (colours follow, shape classes not: it
-# does not read the shape word, see `python -m webui.train sensitivity`); the test keeps the targets
-# and prints the per-prompt table (pytest -rxX -s).
+# reads the shape word only weakly, see `python -m webui.train sensitivity`, and draws blobs); the test
+# keeps the targets and prints the per-prompt table (pytest -rxX -s).
 # The "any built-in deterministic sampler" (Euler a and DDPM add noise at every step).
 DETERMINISTIC_BUILTIN_SAMPLERS = ("DDIM", "Euler", "Heun", "LMS", "DPM++ 2M")
-ADHERENCE_SHORTFALL = "demo model does not read the shape word (python -m webui.train sensitivity): shapes at chance"
+ADHERENCE_SHORTFALL = "demo model draws blobs: shape classes at chance (python -m webui.train sensitivity)"
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_word_sensitivity_sees_the_words_the_model_reads_and_nothing_without_cro
 
     report = measure_word_sensitivity(model, scenes=5)
     print("\n" + report.table())
-    assert report.mean("background") > 0.05 and report.mean("colour") > 0.02  # measured 0.22, 0.07
+    assert report.mean("background") > 0.05 and report.mean("colour") > 0.02  # measured 0.23, 0.08
 
     deaf = copy.deepcopy(model)
     for block in deaf.unet.modules():
