@@ -38,9 +38,8 @@ def test_scenes_that_only_differ_by_jitter_all_count_as_matches():
     c = data.Scene("blue", (data._jittered_shape(rng, "heart", "red", "small", "top left"),))
     assert a != b and scene_description(a) == scene_description(b) != scene_description(c)
 
-    pool = type("Pool", (), {"scenes": [a, b, c]})()
-    captions, matches = contrastive_batch(pool, [scene_description(s) for s in (a, b, c)], np.array([0, 1, 2, 0]),
-                                          rng)
+    captions, matches = contrastive_batch([a, b, c], [scene_description(s) for s in (a, b, c)],
+                                          np.array([0, 1, 2, 0]), rng)
     assert len(captions) == 4 and "heart" in captions[2]
     expected = [[1, 1, 0, 1], [1, 1, 0, 1], [0, 0, 1, 0], [1, 1, 0, 1]]
     assert matches.tolist() == expected
@@ -76,8 +75,7 @@ def test_pretraining_teaches_the_text_encoder_to_find_its_scene_among_others(tin
 
     def held_out_accuracy() -> float:
         with torch.no_grad():
-            captions, matches = contrastive_batch(type(pool)(held_out, None, None), descriptions,
-                                                  np.arange(32), np.random.default_rng(9))
+            captions, matches = contrastive_batch(held_out, descriptions, np.arange(32), np.random.default_rng(9))
             ids = tokenizer(captions, padding="longest", return_tensors="pt").input_ids
             text = towers.text_projection(text_model(input_ids=ids).pooler_output)
             return float(contrastive_loss(text, towers.image(latents), matches, towers.logit_scale)[1])

@@ -94,10 +94,10 @@ def pooled_text(text_model: nn.Module, tokenizer, captions: list[str], device: t
     return text_model(input_ids=ids.to(device)).pooler_output
 
 
-def contrastive_batch(pool: LatentPool, descriptions: list[tuple], indices: np.ndarray,
+def contrastive_batch(scenes: list[data.Scene], descriptions: list[tuple], indices: np.ndarray,
                       rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
     """Fresh captions for the scenes at ``indices`` and their (B, B) matrix of matching descriptions."""
-    captions = [data.caption(pool.scenes[i], rng) for i in indices]
+    captions = [data.caption(scenes[i], rng) for i in indices]
     keys = [descriptions[i] for i in indices]
     matches = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
     return captions, matches
@@ -123,7 +123,7 @@ def train_text_steps(
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, 4, step])
         indices = rng.integers(0, len(pool.scenes), size=config.batch_size)
-        captions, matches = contrastive_batch(pool, descriptions, indices, rng)
+        captions, matches = contrastive_batch(pool.scenes, descriptions, indices, rng)
         latents = (pool.means[torch.from_numpy(indices)].float() * scale_factor).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
