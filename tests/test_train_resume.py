@@ -58,6 +58,15 @@ def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
     assert generate(model, create_sampler_registry(), request).images[0].size == (64, 64)
 
 
+def test_the_pretrained_text_encoder_stays_fixed_while_the_unet_trains(finished):
+    options, _ = finished
+    pretrained = load_state(options.run_dir / "text.pt")["text"]
+    state = load_state(options.run_dir / "diffusion.pt")
+    for name, tensor in pretrained.items():
+        assert torch.equal(state["text"][name], tensor) and torch.equal(state["ema_text"][name], tensor), name
+    assert state["optimizer"]["state"]  # the UNet did train
+
+
 @pytest.mark.parametrize("phase", ["vae", "text", "diffusion"])
 def test_an_interrupted_run_resumes_to_the_same_weights(finished, tmp_path, monkeypatch, phase):
     options = tiny_options(tmp_path, ship_dir=None)

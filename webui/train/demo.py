@@ -337,7 +337,7 @@ def run_text_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, t
 
 def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, tokenizer,
                         device: torch.device, text_init: dict[str, torch.Tensor] | None = None):
-    """Train the UNet and the text encoder (from ``text_init`` when given, else from scratch)."""
+    """Train the UNet, and the text encoder unless it was pretrained (``text_init``) and is kept frozen."""
     from webui.train.preview import PREVIEW_PROMPTS, ddim_sample, grid
 
     config, run_dir, arch = options.diffusion, options.run_dir, options.architecture
@@ -348,6 +348,8 @@ def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPo
     text_model = build_text_model(arch, tokenizer).to(device)
     if text_init is not None:
         text_model.load_state_dict(text_init)
+        if config.freeze_pretrained_text:
+            text_model.requires_grad_(False)  # AdamW skips parameters that get no gradient
     ema_unet, ema_text = make_ema(unet), make_ema(text_model)
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_model.parameters()], lr=config.lr, weight_decay=0.01)
     state = load_state(run_dir / "diffusion.pt")

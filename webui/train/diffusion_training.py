@@ -46,6 +46,9 @@ class DiffusionTrainConfig:
     offset_noise: float = 0.5
     high_noise_weight: float = 8.0
     ema_decay: float = 0.998
+    # Keep a contrastively pretrained text encoder fixed, as SD 1.x keeps CLIP. Trained on with the
+    # UNet, it lost the shape features the pretraining gave it, and the shapes stayed at chance.
+    freeze_pretrained_text: bool = True
     bf16: bool = False
     seed: int = 0
 
