@@ -24,7 +24,7 @@ VAE, TEXT, DIFFUSION = VAETrainConfig(), TextPretrainConfig(), DiffusionTrainCon
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m webui.train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train the demo model (tokenizer, VAE, text, text + UNet) and ship it")
+    demo = commands.add_parser("demo", help="train the demo model (tokenizer, VAE, text encoder, UNet) and ship it")
     demo.add_argument("--run-dir", type=Path, default=Path("train-runs/demo"), help="checkpoints, logs, samples")
     demo.add_argument("--ship-dir", type=Path, default=Path("models/demo"), help="where the final model goes")
     demo.add_argument("--no-ship", action="store_true", help="train only; do not write the ship folder")

@@ -7,7 +7,7 @@
 3. the latent pool: scenes rendered and encoded once by the frozen VAE;
 4. the text phase: CLIP-style contrastive pretraining of the text encoder against the pool's
    latents (:mod:`webui.train.text_pretraining`), as SD 1.x starts from a pretrained CLIP;
-5. the diffusion phase: CLIP text encoder + UNet (:mod:`webui.train.diffusion_training`),
+5. the diffusion phase: the UNet, with the pretrained text encoder frozen (:mod:`webui.train.diffusion_training`),
    with sample grids in ``samples/``;
 6. shipping: the EMA weights written with :func:`webui.models.checkpoint.save_single_file` plus the
    tokenizer folder, into ``models/demo/``.

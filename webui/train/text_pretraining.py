@@ -14,8 +14,8 @@ are trained with CLIP's symmetric contrastive loss to tell the scenes of a batch
 captions. Captions are drawn fresh for every step, so synonyms and templates of one scene must
 land on the same embedding. Scenes with the same description (colours, shapes, sizes and places;
 only the jitter differs) are all counted as matches. The image tower and the projection are
-dropped afterwards; the text encoder then trains on together with the UNet
-(:mod:`webui.train.diffusion_training`).
+dropped afterwards; the text encoder is then kept frozen while the UNet trains
+(:mod:`webui.train.diffusion_training`), as SD 1.x keeps CLIP.
 """
 
 from __future__ import annotations
