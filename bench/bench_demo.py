@@ -30,7 +30,7 @@ def main() -> None:
 
     from webui.models.checkpoint import load_model
     from webui.models.registry import load_registry
-    from webui.pipeline.generate import generate
+    from webui.pipeline.generation import generate
     from webui.pipeline.requests import GenerationRequest
     from webui.sampling import create_sampler_registry
 

@@ -30,7 +30,7 @@ from PIL import Image
 from webui.models.noise_schedule import scaled_linear_alphas_cumprod
 from webui.models.vae import AutoencoderKL, VAEConfig
 from webui.pipeline.conditioning import Conditioning
-from webui.pipeline.generate import cfg_eps_fn
+from webui.pipeline.generation import cfg_eps_fn
 from webui.pipeline.outputs import save_image
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.sampling import DiscreteEpsDenoiser, create_sampler_registry, sample

@@ -25,7 +25,7 @@ from webui.api import ApiLimits, mount_api
 from webui.models.errors import CorruptCheckpointError
 from webui.models.registry import ModelEntry, Registry
 from webui.pipeline.errors import OutOfMemory
-from webui.pipeline.generate import check_request
+from webui.pipeline.generation import check_request
 from webui.pipeline.requests import GenerationResult
 from webui.sampling.registry import create_sampler_registry
 from webui.service import ProgressSnapshot

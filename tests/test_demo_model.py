@@ -112,7 +112,7 @@ def test_prompt_adherence_on_generated_images(model, entry):
 
 def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(model, entry):
     """The demo's VAE has a 4x (not 8x) downscale: img2img masks must be cut at its latent size."""
-    from webui.pipeline.generate import generate
+    from webui.pipeline.generation import generate
     from webui.pipeline.requests import Img2ImgRequest
     from webui.sampling import create_sampler_registry
 

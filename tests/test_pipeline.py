@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest, OutOfMemory
-from webui.pipeline.generate import GenerationControl, InpaintDenoiser, generate
+from webui.pipeline.generation import GenerationControl, InpaintDenoiser, generate
 from webui.pipeline.images import resize_image
 from webui.pipeline.infotext import parse_infotext, request_from_infotext
 from webui.pipeline.outputs import read_infotext

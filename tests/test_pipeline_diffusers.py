@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from webui.pipeline.generate import generate
+from webui.pipeline.generation import generate
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 
 diffusers = pytest.importorskip("diffusers")

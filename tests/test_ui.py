@@ -25,7 +25,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client.exceptions import AuthenticationError  # noqa: E402
 
 from webui.pipeline.errors import InvalidRequest  # noqa: E402
-from webui.pipeline.generate import Progress  # noqa: E402
+from webui.pipeline.generation import Progress  # noqa: E402
 from webui.pipeline.infotext import parse_infotext  # noqa: E402
 from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest  # noqa: E402
 from webui.ui import build_ui  # noqa: E402

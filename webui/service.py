@@ -3,7 +3,7 @@
 :class:`WebUIService` owns the :class:`~webui.models.manager.ModelManager` and the sampler
 registry and runs generation jobs one at a time, in submission order, on one worker thread
 (one device, one generation at a time). Each :class:`Job` has an id, a state, a queue
-position, its latest :class:`~webui.pipeline.generate.Progress` (with a cheap preview) and,
+position, its latest :class:`~webui.pipeline.generation.Progress` (with a cheap preview) and,
 when finished, its result or error. A failing job stores its error and the queue goes on.
 
 Nothing starts at import: the worker thread starts with the first submitted job and stops
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from webui.pipeline.generate import GenerationControl, Progress, check_request, generate, native_size
+from webui.pipeline.generation import GenerationControl, Progress, check_request, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult
 

@@ -1,7 +1,7 @@
 """Prompt adherence of a demo-style model, measured on images it generates.
 
 Each prompt is the plainest caption of a one-shape scene ("a red circle on a blue background").
-The model generates an image through the product's own pipeline (:func:`webui.pipeline.generate.generate`)
+The model generates an image through the product's own pipeline (:func:`webui.pipeline.generate`)
 and :func:`webui.train.measure.read_image` reads back its background colour, shape colour and shape
 class. ``tests/test_demo_model.py`` holds the shipped model to the targets on :func:`target_prompts`;
 ``python -m webui.train adherence`` prints the same table for any model, sampler and CFG scale, and
@@ -121,7 +121,7 @@ def measure_adherence(
     scheduler: str = "Automatic",
 ) -> AdherenceReport:
     """Generate one image per prompt at the model's native size and read each back."""
-    from webui.pipeline.generate import generate
+    from webui.pipeline.generation import generate
     from webui.pipeline.requests import GenerationRequest
 
     rows = []
