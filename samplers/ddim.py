@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from samplers.euler import Model, sample_euler_ancestral
-from webui.sampling import Sampler, StepCallback, hookimpl
-from webui.sampling.types import Generator
+from samplers.euler import sample_euler_ancestral
+from webui.sampling import Generator, Model, Sampler, StepCallback, hookimpl
 
 
 def sample_ddim(
@@ -38,7 +37,6 @@ def register_samplers(register: Callable[[Sampler], None]) -> None:
         Sampler(
             name="DDIM",
             function=sample_ddim,
-            options={"eta": 0.0},
             automatic="leading-offset",
             variance_preserving=True,
             description="Denoising diffusion implicit models; deterministic with eta = 0.",

@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from samplers.euler import Model, sample_euler_ancestral
-from webui.sampling import Sampler, StepCallback, hookimpl
-from webui.sampling.types import Generator
+from samplers.euler import sample_euler_ancestral
+from webui.sampling import Generator, Model, Sampler, StepCallback, hookimpl
 
 
 def sample_ddpm(

@@ -7,9 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from samplers.euler import Model
-from webui.sampling import Sampler, StepCallback, hookimpl
-from webui.sampling.types import Generator
+from webui.sampling import Generator, Model, Sampler, StepCallback, hookimpl
 
 
 def sample_dpmpp_2m(

@@ -6,10 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from webui.sampling import Sampler, StepCallback, ancestral_step, hookimpl, randn_like, to_d
-from webui.sampling.types import Generator
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from webui.sampling import Generator, Model, Sampler, StepCallback, ancestral_step, hookimpl, randn_like, to_d
 
 
 def churn(
@@ -84,7 +81,6 @@ def register_samplers(register: Callable[[Sampler], None]) -> None:
             name="Euler",
             function=sample_euler,
             aliases=("k_euler",),
-            options={"s_churn": 0.0, "s_noise": 1.0},
             description="First-order ODE solver; fast and predictable.",
         )
     )
@@ -94,7 +90,6 @@ def register_samplers(register: Callable[[Sampler], None]) -> None:
             function=sample_euler_ancestral,
             aliases=("k_euler_a", "k_euler_ancestral", "Euler ancestral"),
             stochastic=True,
-            options={"eta": 1.0, "s_noise": 1.0},
             description="Euler with fresh noise at every step; does not converge as steps grow.",
         )
     )

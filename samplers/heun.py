@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from samplers.euler import Model, churn
-from webui.sampling import Sampler, StepCallback, hookimpl, to_d
-from webui.sampling.types import Generator
+from samplers.euler import churn
+from webui.sampling import Generator, Model, Sampler, StepCallback, hookimpl, to_d
 
 
 def sample_heun(
@@ -51,7 +50,6 @@ def register_samplers(register: Callable[[Sampler], None]) -> None:
             name="Heun",
             function=sample_heun,
             aliases=("k_heun",),
-            options={"s_churn": 0.0, "s_noise": 1.0},
             description="Second order, two model calls per step.",
         )
     )

@@ -6,9 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from samplers.euler import Model
-from webui.sampling import Sampler, StepCallback, hookimpl, linear_multistep_coeff, to_d
-from webui.sampling.types import Generator
+from webui.sampling import Generator, Model, Sampler, StepCallback, hookimpl, linear_multistep_coeff, to_d
 
 
 def sample_lms(
@@ -49,7 +47,6 @@ def register_samplers(register: Callable[[Sampler], None]) -> None:
             name="LMS",
             function=sample_lms,
             aliases=("k_lms",),
-            options={"order": 4},
             description="Fourth-order linear multistep; one model call per step.",
         )
     )

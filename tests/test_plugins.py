@@ -109,10 +109,41 @@ def test_local_folder_plugins_load_after_builtins(tmp_path):
     assert generate(registry.get("Copy")).shape == (1, 4, 8, 8)
 
 
+def sample_identity(model, x, sigmas, *, generator, callback=None):
+    return x
+
+
 def test_aliases_repeating_the_name_are_dropped():
-    sampler = Sampler(name=" Mine ", function=print, aliases=("mine", "MY", "my", "k_mine"))
+    sampler = Sampler(name=" Mine ", function=sample_identity, aliases=("mine", "MY", "my", "k_mine"))
     assert sampler.name == "Mine" and sampler.aliases == ("MY", "k_mine")
     assert sampler.names == ("Mine", "MY", "k_mine")
+
+
+def test_options_are_the_keyword_only_parameters_of_the_function_with_their_defaults():
+    def sample_mine(model, x, sigmas, extra=None, *, generator, callback=None, eta: float = 0.5, order: int = 2,
+                    karras: bool = False, mode: str = "fast", **more):
+        return x
+
+    assert dict(Sampler(name="Mine", function=sample_mine).options) == {
+        "eta": 0.5, "order": 2, "karras": False, "mode": "fast"
+    }
+    assert dict(Sampler(name="Plain", function=sample_identity).options) == {}
+    registry = create_sampler_registry()
+    assert {s.name: dict(s.options) for s in registry} == {
+        "DDIM": {"eta": 0.0}, "DDPM": {}, "DPM++ 2M": {}, "Euler": {"s_churn": 0.0, "s_noise": 1.0},
+        "Euler a": {"eta": 1.0, "s_noise": 1.0}, "Heun": {"s_churn": 0.0, "s_noise": 1.0}, "LMS": {"order": 4},
+    }
+    with pytest.raises(TypeError, match="options"):
+        Sampler(name="Twice", function=sample_mine, options={"eta": 0.5})  # no second place to write them
+
+
+def test_the_types_a_plugin_needs_come_from_webui_sampling():
+    import webui.sampling
+    from samplers import ddim, ddpm, dpmpp_2m, euler, heun, lms
+
+    assert {"Model", "Generator", "StepCallback", "Sampler", "hookimpl"} <= set(webui.sampling.__all__)
+    for module in (ddim, ddpm, dpmpp_2m, euler, heun, lms):
+        assert module.Model is webui.sampling.Model and module.Generator is webui.sampling.Generator
 
 
 def test_missing_samplers_dir_is_not_an_error(tmp_path):
@@ -159,11 +190,37 @@ BROKEN = {
     ),
     "bad_schedule": (
         """
+        def f(model, x, sigmas, *, generator, callback=None):
+            return x
+
         @hookimpl
         def register_samplers(register):
-            register(Sampler(name="Bad", function=print, schedules=("cosine",)))
+            register(Sampler(name="Bad", function=f, schedules=("cosine",)))
         """,
         "Unknown schedule 'cosine'; choose one of Automatic, Karras, Exponential",
+    ),
+    "option_without_default": (
+        """
+        def sample_strict(model, x, sigmas, *, generator, callback=None, eta):
+            return x
+
+        @hookimpl
+        def register_samplers(register):
+            register(Sampler(name="Strict", function=sample_strict))
+        """,
+        "Sampler 'Strict': option 'eta' has no default; every keyword-only parameter of 'sample_strict' besides "
+        "generator and callback is an option and needs one",
+    ),
+    "option_default_of_another_type": (
+        """
+        def sample_listed(model, x, sigmas, *, generator, callback=None, orders=(1, 2)):
+            return x
+
+        @hookimpl
+        def register_samplers(register):
+            register(Sampler(name="Listed", function=sample_listed))
+        """,
+        "Sampler 'Listed': option 'orders' default must be a finite bool, int, float or str, got (1, 2)",
     ),
     "no_hook": (
         "def register_samplers(register):\n    pass\n",

@@ -3,6 +3,9 @@
 Samplers follow k-diffusion (Crowson, https://github.com/crowsonkb/k-diffusion): one plain function per
 sampler working in sigma space on a denoiser ``model(x, sigma) -> x0``. Importing this package has no
 side effects; :func:`create_sampler_registry` builds the plugin manager on demand.
+
+A plugin needs only this package: ``Sampler``, ``hookimpl``, the ``Model`` and ``Generator`` types of a
+sampler function's arguments, ``StepCallback`` and the helpers (``to_d``, ``randn_like``, ...).
 """
 
 from webui.sampling.denoiser import DiscreteEpsDenoiser
@@ -13,6 +16,8 @@ from webui.sampling.registry import SamplerRegistry, create_sampler_registry
 from webui.sampling.schedules import SCHEDULES, Schedule, build_schedule, normalize_schedule
 from webui.sampling.types import (
     Denoiser,
+    Generator,
+    Model,
     Sampler,
     SamplerFunction,
     SamplingCancelled,
@@ -24,6 +29,8 @@ __all__ = [
     "SCHEDULES",
     "Denoiser",
     "DiscreteEpsDenoiser",
+    "Generator",
+    "Model",
     "Sampler",
     "SamplerFunction",
     "SamplerRegistry",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,13 @@ StepCallback = Callable[[dict[str, Any]], None]
 """Called once per step with a plain dict: ``i``, ``total``, ``x``, ``denoised``, ``sigma``."""
 
 Generator = torch.Generator | list[torch.Generator]
+"""The noise source of a sampler: one CPU generator, or one per batch item (see ``randn_like``)."""
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""What a sampler function calls: ``model(x, sigma) -> x0``, the denoised estimate at noise level ``sigma``."""
+
+# Keyword-only parameters of a sampler function that ``sample()`` passes itself; the others are its options.
+_DRIVER_ARGUMENTS = ("generator", "callback")
 
 
 class SamplingCancelled(Exception):
@@ -41,7 +49,7 @@ class Denoiser(Protocol):
 
 
 class SamplerFunction(Protocol):
-    """``function(model, x, sigmas, *, generator, callback, **options) -> x`` (k-diffusion style).
+    """``function(model, x, sigmas, *, generator, callback=None, **options) -> x`` (k-diffusion style).
 
     Args:
         model: ``model(x, sigma) -> x0``; raises :class:`SamplingCancelled` when cancelled.
@@ -51,12 +59,13 @@ class SamplerFunction(Protocol):
             :func:`webui.sampling.randn_like` ``(x, generator)``.
         callback: if not None, call it once per step with a dict ``{"i", "x", "denoised", "sigma"}``
             (``sample()`` adds ``total``).
-        options: the sampler's declared options (``Sampler.options``), defaults filled in.
+        options: the sampler's options: its other keyword-only parameters, each with a default
+            (``Sampler.options`` reads them from the signature).
     """
 
     def __call__(
         self,
-        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        model: Model,
         x: torch.Tensor,
         sigmas: torch.Tensor,
         *,
@@ -76,8 +85,6 @@ class Sampler:
         aliases: other accepted names (e.g. AUTOMATIC1111's ``"k_euler_a"``).
         stochastic: True when the sampler adds fresh noise at each step (results depend on
             the generator beyond the initial noise).
-        options: sampler-specific keyword arguments of ``function`` with their defaults
-            (``{"eta": 0.0}``); values must be bool, int, float or str.
         schedules: the schedules it supports, a subset of ``SCHEDULES``.
         automatic: what the "Automatic" schedule means for it, one of ``AUTOMATIC_SPACINGS``:
             ``"linspace"`` (diffusers' Euler/Heun/LMS default: fractional timesteps 999..0),
@@ -90,6 +97,11 @@ class Sampler:
             diffusers' DPMSolverMultistepScheduler does.
         description: one line for the UI.
 
+    ``options`` is not an argument: it is read from ``function``'s signature, whose keyword-only
+    parameters other than ``generator`` and ``callback`` are the sampler's options, each with a
+    bool, int, float or str default (``*, generator, callback=None, eta: float = 0.0`` gives
+    ``{"eta": 0.0}``). Users set them per request; values are converted to the default's type.
+
     Instances compare and hash by identity (the registry holds one per name).
     """
 
@@ -97,12 +109,12 @@ class Sampler:
     function: SamplerFunction
     aliases: tuple[str, ...] = ()
     stochastic: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)
     schedules: tuple[str, ...] = SCHEDULES
     automatic: str = "linspace"
     variance_preserving: bool = False
     round_karras_timesteps: bool = False
     description: str = ""
+    options: Mapping[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -112,11 +124,8 @@ class Sampler:
         aliases = (self.aliases,) if isinstance(self.aliases, str) else tuple(self.aliases)
         if not all(isinstance(a, str) and a.strip() for a in aliases):
             raise ValueError(f"Sampler {self.name!r}: aliases must be non-empty strings, got {self.aliases!r}")
-        if not isinstance(self.options, Mapping):
-            raise ValueError(f"Sampler {self.name!r}: options must be a mapping, got {type(self.options).__name__}")
-        for key, default in self.options.items():
-            if not isinstance(key, str) or not key.isidentifier():
-                raise ValueError(f"Sampler {self.name!r}: option name {key!r} is not a Python identifier")
+        options = _option_defaults(self.name, self.function)
+        for key, default in options.items():
             if not isinstance(default, bool | int | float | str) or (
                 isinstance(default, float) and not math.isfinite(default)
             ):
@@ -141,10 +150,30 @@ class Sampler:
             unique.setdefault(alias.strip().casefold(), alias.strip())
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "aliases", tuple(unique.values())[1:])
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "options", MappingProxyType(options))
         object.__setattr__(self, "schedules", schedules)
 
     @property
     def names(self) -> tuple[str, ...]:
         """The display name followed by the aliases."""
         return (self.name, *self.aliases)
+
+
+def _option_defaults(sampler_name: str, function: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword-only parameters of ``function`` other than ``generator``/``callback``, with their defaults."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a callable without a readable signature (some builtins) declares none
+        return {}
+    options = {}
+    for parameter in parameters:
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or parameter.name in _DRIVER_ARGUMENTS:
+            continue
+        if parameter.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"Sampler {sampler_name!r}: option {parameter.name!r} has no default; every keyword-only parameter "
+                f"of {getattr(function, '__name__', function)!r} besides generator and callback is an option and "
+                "needs one (e.g. eta: float = 1.0)"
+            )
+        options[parameter.name] = parameter.default
+    return options

@@ -1,9 +1,13 @@
 """Example sampler plugin: the explicit midpoint method (second-order Runge-Kutta) in sigma space."""
 
-from webui.sampling import Sampler, hookimpl, to_d
+import torch
+
+from webui.sampling import Generator, Model, Sampler, StepCallback, hookimpl, to_d
 
 
-def sample_midpoint(model, x, sigmas, *, generator, callback=None):
+def sample_midpoint(
+    model: Model, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator, callback: StepCallback | None = None
+) -> torch.Tensor:
     """Half an Euler step to the geometric mean of sigma and sigma_next, then a full step with that slope."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
