@@ -56,6 +56,7 @@ from webui.models.errors import (
     UnsafeCheckpointError,
     UnsupportedModelError,
 )
+from webui.models.registry import SD1_NATIVE_SIZE
 from webui.models.text_encoder import TextEncoder, load_tokenizer
 from webui.models.unet import UNetModel
 from webui.models.vae import AutoencoderKL
@@ -78,7 +79,6 @@ __all__ = [
 ]
 
 TEXT_MODEL_PREFIX = TEXT_PREFIX + "text_model."
-SD1_NATIVE_SIZE = (512, 512)
 
 
 def _text_model_state_dict(text_model: nn.Module) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-DEFAULT_SIZE = 512
+SD1_NATIVE_SIZE = (512, 512)  # (width, height) SD 1.x was trained at: the size when nothing else says
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ModelEntry:
     @property
     def native_size(self) -> tuple[int, int]:
         """(width, height) to generate at when the request does not say."""
-        return (self.width or DEFAULT_SIZE, self.height or DEFAULT_SIZE)
+        return (self.width or SD1_NATIVE_SIZE[0], self.height or SD1_NATIVE_SIZE[1])
 
     @property
     def filename(self) -> str:

@@ -41,7 +41,6 @@ from webui.pipeline.preview import LatentPreview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest
 from webui.pipeline.seeds import image_generators, initial_noise
 
-DEFAULT_NATIVE_SIZE = (512, 512)
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
 
 
@@ -166,8 +165,10 @@ def cfg_eps_fn(
 
 def native_size(model: Any) -> tuple[int, int]:
     """The model's trained image size ``(width, height)``; SD 1.x's 512x512 if it does not say."""
+    from webui.models.registry import SD1_NATIVE_SIZE
+
     size = getattr(model, "native_size", None)
-    return tuple(size) if size else DEFAULT_NATIVE_SIZE  # type: ignore[return-value]
+    return tuple(size) if size else SD1_NATIVE_SIZE  # type: ignore[return-value]
 
 
 def effective_steps(request: GenerationRequest) -> int:
@@ -263,10 +264,9 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 def _out_of_memory(request: GenerationRequest, device: torch.device) -> OutOfMemory:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
+    from webui.devices import empty_cache
+
+    empty_cache(device)
     field_ = "batch_size" if request.batch_size > 1 else "width"
     return OutOfMemory(
         field_,

@@ -10,9 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SIZE = 512
-DEFAULT_SCHEDULES = ("Automatic", "Karras", "Exponential")
-
 
 @dataclass(frozen=True)
 class ModelChoice:
@@ -71,10 +68,8 @@ def sampler_names(service: Any) -> list[str]:
 
 def schedule_names() -> list[str]:
     """The schedule types the sampling package knows ("Automatic", "Karras", ...)."""
-    try:
-        from webui.sampling import SCHEDULES
-    except ImportError:
-        return list(DEFAULT_SCHEDULES)
+    from webui.sampling import SCHEDULES
+
     return list(SCHEDULES)
 
 

@@ -14,12 +14,21 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.requests import (
+    MAX_BATCH_SIZE,
+    MAX_CFG_SCALE,
+    MAX_N_ITER,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+)
 from webui.ui import backend
 from webui.ui.jobs import JobTracker, _status_html
 
 RANDOM_SEED = -1
-SIZE_MIN, SIZE_MAX, SIZE_STEP = 64, 2048, 8
 
 
 @dataclass
@@ -112,24 +121,24 @@ def build_settings(
     default_sampler = model.sampler if model and model.sampler in samplers else None
     if default_sampler is None:
         default_sampler = next((s for s in samplers if s.lower() == "euler a"), samplers[0] if samplers else None)
-    width = (model.width if model else None) or backend.DEFAULT_SIZE
-    height = (model.height if model else None) or backend.DEFAULT_SIZE
+    width = (model.width if model else None) or SD1_NATIVE_SIZE[0]
+    height = (model.height if model else None) or SD1_NATIVE_SIZE[1]
     with gr.Row():
         sampler = gr.Dropdown(samplers, value=default_sampler, label="Sampler", elem_id=f"{tab}_sampler")
         schedules = backend.schedule_names()
         default_schedule = model.scheduler if model and model.scheduler in schedules else schedules[0]
         scheduler = gr.Dropdown(schedules, value=default_schedule, label="Schedule type", elem_id=f"{tab}_scheduler")
-    steps = gr.Slider(1, 150, value=(model.steps if model and model.steps else 20), step=1, label="Steps",
+    steps = gr.Slider(1, MAX_STEPS, value=(model.steps if model and model.steps else 20), step=1, label="Steps",
                       elem_id=f"{tab}_steps")
     with gr.Row():
-        width_w = gr.Slider(SIZE_MIN, SIZE_MAX, value=width, step=SIZE_STEP, label="Width", elem_id=f"{tab}_width")
-        height_w = gr.Slider(SIZE_MIN, SIZE_MAX, value=height, step=SIZE_STEP, label="Height",
+        width_w = gr.Slider(MIN_SIZE, MAX_SIZE, value=width, step=SIZE_MULTIPLE, label="Width", elem_id=f"{tab}_width")
+        height_w = gr.Slider(MIN_SIZE, MAX_SIZE, value=height, step=SIZE_MULTIPLE, label="Height",
                              elem_id=f"{tab}_height")
     with gr.Row():
-        batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
-        batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+        batch_count = gr.Slider(1, MAX_N_ITER, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+        batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
     cfg = model.cfg_scale if model and model.cfg_scale else 7.0
-    cfg_scale = gr.Slider(1.0, 30.0, value=cfg, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
+    cfg_scale = gr.Slider(1.0, MAX_CFG_SCALE, value=cfg, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
     with gr.Row(equal_height=True):
         seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, minimum=-1, scale=4, elem_id=f"{tab}_seed")
         random_seed = gr.Button("🎲", size="sm", scale=0, min_width=40, elem_id=f"{tab}_random_seed")
