@@ -66,7 +66,7 @@ class _Body(BaseModel):
         return value
 
 
-class _GenerationFields(_Body):
+class GenerationFields(_Body):
     """Fields shared by txt2img and img2img (A1111's ``StableDiffusionProcessing``)."""
 
     prompt: str = Field(default="", description="What to draw. A1111 prompt syntax: (word:1.2), [word], BREAK.")
@@ -116,7 +116,7 @@ class _GenerationFields(_Body):
     infotext: Literal[""] | None = Field(default=None, description=f"Parameters from an infotext {NOT_SUPPORTED}.")
 
 
-class StableDiffusionTxt2ImgProcessingAPI(_GenerationFields):
+class StableDiffusionTxt2ImgProcessingAPI(GenerationFields):
     """``POST /sdapi/v1/txt2img``."""
 
     enable_hr: Literal[False] = Field(default=False, description=f"Hires fix {NOT_SUPPORTED}: false only.")
@@ -130,7 +130,7 @@ class StableDiffusionTxt2ImgProcessingAPI(_GenerationFields):
     hr_resize_y: int = Field(default=0)
 
 
-class StableDiffusionImg2ImgProcessingAPI(_GenerationFields):
+class StableDiffusionImg2ImgProcessingAPI(GenerationFields):
     """``POST /sdapi/v1/img2img``; inpainting when ``mask`` is given (white = repaint, unless inverted)."""
 
     init_images: list[str] = Field(min_length=1, description="Base64 images (PNG, JPEG, WebP; data: URLs too).")

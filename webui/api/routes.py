@@ -30,6 +30,7 @@ from webui.api.errors import field_error
 from webui.api.images import decode_image, encode_png, text_chunks
 from webui.api.limits import ApiLimits
 from webui.api.models import (
+    GenerationFields,
     ImageToImageResponse,
     PNGInfoRequest,
     PNGInfoResponse,
@@ -41,7 +42,6 @@ from webui.api.models import (
     StableDiffusionImg2ImgProcessingAPI,
     StableDiffusionTxt2ImgProcessingAPI,
     TextToImageResponse,
-    _GenerationFields,
 )
 from webui.api.security import SECURITY_SCHEME, AsciiJSONResponse, guarded_route_class
 from webui.models.errors import CheckpointError
@@ -98,7 +98,7 @@ class SdApi:
             inpainting_mask_invert=req.inpainting_mask_invert,
         )
 
-    def _generation_request(self, req: _GenerationFields, kind: type[GenerationRequest], **extra: Any) -> Any:
+    def _generation_request(self, req: GenerationFields, kind: type[GenerationRequest], **extra: Any) -> Any:
         """The pipeline request for ``req`` (``service.submit`` validates it); 422 for what the API itself checks:
         its limits, the sampler, schedule and model names."""
         self._check_limits(req)
@@ -130,7 +130,7 @@ class SdApi:
             **extra,
         )
 
-    def _check_limits(self, req: _GenerationFields) -> None:
+    def _check_limits(self, req: GenerationFields) -> None:
         limits = self.limits
         bounds: list[tuple[str, Any, float]] = [
             ("batch_size", req.batch_size, limits.max_batch_size),
@@ -163,11 +163,11 @@ class SdApi:
             raise field_error("scheduler", str(exc)) from exc
 
     @staticmethod
-    def _parameters(req: _GenerationFields) -> dict[str, Any]:
+    def _parameters(req: GenerationFields) -> dict[str, Any]:
         return req.model_dump(mode="json")
 
     async def _run(
-        self, req: _GenerationFields, request: GenerationRequest, parameters: dict[str, Any]
+        self, req: GenerationFields, request: GenerationRequest, parameters: dict[str, Any]
     ) -> dict[str, Any]:
         model_name = self._request_model(req)
         self._check_task_id(req.force_task_id)
@@ -198,7 +198,7 @@ class SdApi:
         info = {**result.info, "id_task": task_id}
         return {"images": images if send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
-    def _request_model(self, req: _GenerationFields) -> str | None:
+    def _request_model(self, req: GenerationFields) -> str | None:
         name = (req.override_settings or {}).get("sd_model_checkpoint")
         if name is None:
             return None
