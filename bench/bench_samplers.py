@@ -45,7 +45,7 @@ def time_sampler_overhead(name: str, steps: int, repeats: int = 3) -> tuple[floa
     eps = torch.randn(LATENT, generator=torch.Generator().manual_seed(0)) * 0.1
     calls = 0
 
-    def zero_cost_eps(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def zero_cost_eps(x_in: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
         nonlocal calls
         calls += 1
         return eps

@@ -318,3 +318,34 @@ def test_prompt_editing_changes_the_unet_context_mid_generation(tiny_model, samp
         handle.remove()
     assert len(contexts) == 4  # [uncond; cond] per step: args[2][1] is the cond context
     assert torch.equal(contexts[0], contexts[2]) and not torch.equal(contexts[2], contexts[3])
+
+
+def test_prompt_editing_works_with_a_sampler_that_never_calls_the_callback(tiny_model, samplers):
+    """The step that picks the edited prompt comes from the sigma of each model call, not from progress callbacks."""
+    from samplers.euler import sample_euler
+    from webui.sampling import Sampler, SamplerRegistry
+
+    def sample_silent_euler(model, x, sigmas, *, generator, callback=None):
+        return sample_euler(model, x, sigmas, generator=generator)  # the same steps, no callback
+
+    silent = Sampler(name="Silent Euler", function=sample_silent_euler)
+    with_silent = SamplerRegistry(samplers=[*samplers.samplers, silent])
+
+    def run(prompt: str, sampler: str) -> tuple[np.ndarray, list[torch.Tensor]]:
+        contexts: list[torch.Tensor] = []
+        handle = tiny_model.unet.register_forward_pre_hook(lambda _m, args: contexts.append(args[2][1].clone()))
+        try:
+            image = generate(tiny_model, with_silent, req(prompt=prompt, sampler_name=sampler, steps=4))
+        finally:
+            handle.remove()
+        return pixels(image.images[0]), contexts
+
+    edited, edited_contexts = run("[the cat:dog:0.5]", "Silent Euler")
+    reference, reference_contexts = run("[the cat:dog:0.5]", "Euler")  # Euler reports every step
+    before, _ = run("the cat", "Silent Euler")
+    after, _ = run("dog", "Silent Euler")
+    cat, dog = edited_contexts[0], edited_contexts[3]  # A1111: [a:b:0.5] of 4 steps is a for steps 0-2, b for 3
+    assert torch.equal(edited_contexts[2], cat) and not torch.equal(cat, dog)
+    assert all(torch.equal(a, b) for a, b in zip(edited_contexts, reference_contexts, strict=True))
+    assert np.array_equal(edited, reference)
+    assert not np.array_equal(edited, before) and not np.array_equal(edited, after)

@@ -25,7 +25,7 @@ BUILTINS = ["DDIM", "DDPM", "DPM++ 2M", "Euler", "Euler a", "Heun", "LMS"]
 EXAMPLE = Path(__file__).parent / "plugins" / "webui-sampler-midpoint"
 
 
-def toy_eps(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def toy_eps(x_in: torch.Tensor, t: torch.Tensor, step: int = 0) -> torch.Tensor:
     tt = (t / 1000).reshape(-1, 1, 1, 1)
     return torch.tanh(0.8 * x_in + 0.3 * torch.sin(5 * tt + x_in.roll(1, dims=-1))) * (0.5 + tt)
 
@@ -312,7 +312,7 @@ def test_pip_installed_plugin_is_listed_and_generates(installed_example):
     infos = []
     alphas_cumprod = scaled_linear_alphas_cumprod()
 
-    def counting_eps(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def counting_eps(x_in: torch.Tensor, t: torch.Tensor, step: int = 0) -> torch.Tensor:
         calls.append(t)
         return toy_eps(x_in, t)
 

@@ -24,12 +24,12 @@ from webui.sampling import (
 
 diffusers = pytest.importorskip("diffusers")
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpsFn = Callable[..., torch.Tensor]  # eps_fn(x_in, t[, step]): diffusers' loop passes no step
 SD15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 SHAPE = (1, 4, 8, 8)
 
 
-def toy_eps(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def toy_eps(x_in: torch.Tensor, t: torch.Tensor, step: int = 0) -> torch.Tensor:
     """A smooth, nonlinear, timestep-dependent stand-in for a UNet."""
     tt = (t.to(x_in.dtype) / 1000).reshape(-1, 1, 1, 1)
     return torch.tanh(0.8 * x_in + 0.3 * torch.sin(5 * tt + x_in.roll(1, dims=-1))) * (0.5 + tt)
@@ -56,7 +56,7 @@ def tiny_unet_eps() -> EpsFn:
     context = torch.randn(1, 4, 16, generator=g)
 
     @torch.no_grad()
-    def eps(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def eps(x_in: torch.Tensor, t: torch.Tensor, step: int = 0) -> torch.Tensor:
         return unet(x_in, t, context.expand(x_in.shape[0], -1, -1))
 
     return eps
@@ -173,7 +173,7 @@ def test_samplers_equal_diffusers_on_a_tiny_real_unet(
 def test_unet_sees_diffusers_timesteps_not_a_reconstruction(registry, alphas_cumprod):
     seen: list[float] = []
 
-    def spy(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def spy(x_in: torch.Tensor, t: torch.Tensor, step: int = 0) -> torch.Tensor:
         seen.append(t[0].item())
         return toy_eps(x_in, t)
 
@@ -226,11 +226,45 @@ def test_callback_gets_plain_dicts_for_every_step(registry, alphas_cumprod):
     assert infos[0]["denoised"].shape == x.shape
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "img2img"),
+    [(name, {}, False) for name in ("DDIM", "DDPM", "Euler", "Euler a", "Heun", "DPM++ 2M", "LMS")]
+    + [("Euler", {"s_churn": 1.0}, False), ("Heun", {"s_churn": 1.0}, False), ("Euler", {}, True)],
+)
+def test_every_model_call_gets_the_step_its_sigma_belongs_to(registry, alphas_cumprod, name, options, img2img):
+    """The step that picks prompt-edited contexts comes from the model wrapper; it equals the number of
+    steps the sampler reported before the call (what the progress callback used to drive)."""
+    reported: list[dict] = []
+    steps: list[tuple[int, int]] = []
+
+    def eps(x_in: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        steps.append((step, len(reported)))
+        return toy_eps(x_in, t)
+
+    start = {"init_latent": noise(3), "denoising_strength": 0.5} if img2img else {}
+    ours(registry, alphas_cumprod, name, eps, noise(), steps=6, callback=reported.append, options=options, **start)
+    assert [given for given, _ in steps] == [before for _, before in steps]
+    assert steps[0][0] == 0 and steps[-1][0] == len(reported) - 1
+
+
+def test_step_for_counts_the_schedule_sigmas_above_a_sigma(alphas_cumprod):
+    from webui.sampling.driver import ScheduledModel
+    from webui.sampling.schedules import build_schedule
+
+    schedule = build_schedule("Karras", 4, alphas_cumprod)
+    model = ScheduledModel(DiscreteEpsDenoiser(toy_eps, alphas_cumprod), schedule)
+    sigmas = schedule.sigmas.tolist()
+    assert [model.step_for(s) for s in sigmas] == [0, 1, 2, 3, 4]
+    assert model.step_for(sigmas[1] * 1.01) == 1  # Euler's churned sigma_hat belongs to its step
+    assert model.step_for((sigmas[1] * sigmas[2]) ** 0.5) == 2  # a midpoint counts with the step after it
+    assert model.step_for(torch.tensor([sigmas[2], sigmas[2]])) == 2
+
+
 @pytest.mark.parametrize("name", ["DDIM", "DDPM", "Euler", "Euler a", "Heun", "DPM++ 2M", "LMS"])
 def test_cancel_stops_every_sampler_within_one_model_call(registry, alphas_cumprod, name):
     calls = []
 
-    def counting(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def counting(x_in: torch.Tensor, t: torch.Tensor, step: int = 0) -> torch.Tensor:
         calls.append(t)
         return toy_eps(x_in, t)
 

@@ -132,26 +132,22 @@ class InpaintDenoiser:
         denoised = self.inner(x, sigma, **kwargs)
         return self.keep * self.init_latent + self.repaint * denoised
 
-    def __getattr__(self, name: str) -> Any:
-        # Samplers may read schedule attributes (sigmas, sigma_min, ...) of the denoiser.
-        return getattr(self.inner, name)
-
 
 def cfg_eps_fn(
-    unet: torch.nn.Module, conditioning: Conditioning, cfg_scale: float, step: Callable[[], int] = lambda: 0
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The guided eps-model ``eps_fn(x_in, timestep)``: one UNet call on [uncond; cond].
+    unet: torch.nn.Module, conditioning: Conditioning, cfg_scale: float
+) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+    """The guided eps-model ``eps_fn(x_in, timestep, step)``: one UNet call on [uncond; cond].
 
-    ``step()`` gives the current 0-based sampling step, which picks the contexts when the
-    prompt uses prompt editing. With ``cfg_scale == 1`` the unconditional half cannot change
-    the result and is skipped.
+    ``step`` is the 0-based sampling step (the sampling driver derives it from sigma), which picks
+    the contexts when the prompt uses prompt editing. With ``cfg_scale == 1`` the unconditional
+    half cannot change the result and is skipped.
     """
     dtype = next(unet.parameters()).dtype
     conditioning = conditioning.to(conditioning.cond.device, dtype)
 
-    def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor, step: int) -> torch.Tensor:
         b = x_in.shape[0]
-        cond, uncond = conditioning.at(step())
+        cond, uncond = conditioning.at(step)
         timestep = torch.as_tensor(timestep, device=x_in.device).reshape(-1).expand(b)
         if cfg_scale == 1.0:
             return unet(x_in.to(dtype), timestep, cond.expand(b, -1, -1)).to(x_in.dtype)
@@ -172,9 +168,11 @@ def native_size(model: Any) -> tuple[int, int]:
 
 
 def effective_steps(request: GenerationRequest) -> int:
-    """Sampler steps actually run: all for txt2img, the last ``int(steps * strength)`` for img2img."""
+    """Sampler steps actually run: all for txt2img, those from ``img2img_start`` on for img2img."""
+    from webui.sampling.driver import img2img_start
+
     if isinstance(request, Img2ImgRequest):
-        return min(int(request.steps * request.denoising_strength), request.steps)
+        return request.steps - img2img_start(request.steps, request.denoising_strength)
     return request.steps
 
 
@@ -331,8 +329,7 @@ class _Run:
         conditioning = encode_conditioning(
             model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip, request.steps
         )
-        self.sampling_step = 0  # 0-based step being sampled in the current batch (picks edited prompts)
-        self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale, lambda: self.sampling_step)
+        self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.options = _sampler_options(sampler, request)
         self.latent_shape = (model.vae.config.embed_dim, int(request.height) // down, int(request.width) // down)
@@ -396,9 +393,7 @@ class _Run:
             elif request.inpainting_fill == LATENT_NOTHING:
                 init_latent = init_latent * (1 - repaint)
             denoiser = InpaintDenoiser(denoiser, init_latent, noise, repaint)
-        if init_latent is not None and self.steps_per_batch == 0:
-            return init_latent  # denoising strength too small for one step: the image as encoded
-        with torch.no_grad():
+        with torch.no_grad():  # with no step left (a tiny strength), sample() returns init_latent as encoded
             return sample(
                 self.sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
                 alphas_cumprod=self.alphas_cumprod, generator=generators, init_latent=init_latent,
@@ -420,11 +415,9 @@ class _Run:
 
     def _step_callback(self, first: int) -> Callable[[dict[str, Any]], None]:
         steps_before, batch_started = self.done_steps, time.monotonic()
-        self.sampling_step = 0
 
         def on_step(info: dict[str, Any]) -> None:
             step_in_batch = int(info["i"]) + 1
-            self.sampling_step = step_in_batch
             self.done_steps = steps_before + step_in_batch
             if self.progress is None:
                 return

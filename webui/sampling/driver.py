@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,34 +16,58 @@ class ScheduledModel:
     """The ``model(x, sigma) -> x0`` that sampler functions see.
 
     Before every model call it asks ``cancel()`` and raises :class:`SamplingCancelled`, so any
-    sampler (built-in or plugin) stops within one step. For a sigma that belongs to the schedule it
-    passes the schedule's own UNet timestep to the denoiser, so that the UNet sees exactly what
-    diffusers' scheduler feeds it (fractional timesteps for "linspace", interpolated ones for
-    Karras, integers for DPM-Solver); other sigmas (e.g. Euler's churn) fall back to the
-    denoiser's ``sigma_to_t``.
+    sampler (built-in or plugin) stops within one step. It tells the denoiser which sampling step
+    a call belongs to (:meth:`step_for`), so that prompt editing follows the schedule whether or
+    not the sampler calls its progress callback. For a sigma that belongs to the schedule it also
+    passes the schedule's own UNet timestep, so that the UNet sees exactly what diffusers'
+    scheduler feeds it (fractional timesteps for "linspace", interpolated ones for Karras,
+    integers for DPM-Solver); other sigmas (e.g. Euler's churn) fall back to the denoiser's
+    ``sigma_to_t``.
     """
 
     def __init__(self, denoiser: Denoiser, schedule: Schedule, cancel: Callable[[], bool] | None = None):
         self.denoiser = denoiser
         self.cancel = cancel
-        self.calls = 0
-        self._timesteps = dict(zip(schedule.sigmas[:-1].tolist(), schedule.timesteps.tolist(), strict=True))
+        sigmas = schedule.sigmas.tolist()
+        self._timesteps = dict(zip(sigmas[:-1], schedule.timesteps.tolist(), strict=True))
+        self._negated_sigmas = [-s for s in sigmas]  # ascending, for bisect
 
     def timestep_for(self, sigma: torch.Tensor | float) -> torch.Tensor | None:
-        values = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).tolist()
+        """The schedule's UNet timestep of each sigma, or None when one of them is not on the schedule."""
+        return self._timestep(_values(sigma))
+
+    def step_for(self, sigma: torch.Tensor | float) -> int:
+        """The 0-based step of ``sigma``: how many schedule sigmas lie above it.
+
+        ``sigmas[i]`` is step ``i``; a sigma between two schedule entries counts as the step of the lower
+        one (Euler's churned ``sigma_hat`` above ``sigmas[i]`` is step ``i``, a midpoint below it step
+        ``i + 1``). With one sigma per batch item, the first one decides.
+        """
+        return self._step(_values(sigma))
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        if self.cancel is not None and self.cancel():
+            raise SamplingCancelled("sampling cancelled")
+        values = _values(sigma)
+        timestep = self._timestep(values)
+        if timestep is not None:
+            timestep = timestep.to(x.device)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        return self.denoiser(x, sigma, timestep=timestep, step=self._step(values))
+
+    def _timestep(self, values: list[float]) -> torch.Tensor | None:
         timesteps = [self._timesteps.get(v) for v in values]
         if any(t is None for t in timesteps):
             return None
         return torch.tensor(timesteps, dtype=torch.float32)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        if self.cancel is not None and self.cancel():
-            raise SamplingCancelled("sampling cancelled")
-        self.calls += 1
-        timestep = self.timestep_for(sigma)
-        if timestep is not None:
-            timestep = timestep.to(x.device)
-        return self.denoiser(x, torch.as_tensor(sigma, dtype=torch.float32, device=x.device), timestep=timestep)
+    def _step(self, values: list[float]) -> int:
+        return bisect.bisect_left(self._negated_sigmas, -values[0])
+
+
+def _values(sigma: torch.Tensor | float) -> list[float]:
+    """One float32 sigma or one per batch item, as Python floats (the keys of the schedule's lookups)."""
+    return torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).tolist()
 
 
 def sampler_options(sampler: Sampler, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -83,7 +108,10 @@ def _coerce(sampler_name: str, key: str, value: Any, default: Any) -> Any:
 
 
 def img2img_start(steps: int, denoising_strength: float) -> int:
-    """Index of the first step run for img2img: diffusers runs the last ``min(int(steps * strength), steps)``."""
+    """Index of the first step run for img2img: diffusers runs the last ``min(int(steps * strength), steps)``.
+
+    ``steps`` itself when no step is left (too small a strength): the init latent is the result.
+    """
     if not 0.0 <= denoising_strength <= 1.0:
         raise ValueError(f"denoising_strength must be in [0, 1], got {denoising_strength!r}")
     init_steps = min(int(steps * denoising_strength), steps)
@@ -109,15 +137,15 @@ def sample(
 
     Args:
         sampler: from the registry.
-        denoiser: ``denoiser(x, sigma, timestep=None) -> x0``, e.g. :class:`DiscreteEpsDenoiser`.
+        denoiser: ``denoiser(x, sigma, timestep=None, step=0) -> x0``, e.g. :class:`DiscreteEpsDenoiser`.
         noise: (B, C, H, W) standard normal noise (the pipeline draws it from the seed).
         steps: number of steps of the full schedule.
         schedule: one of ``SCHEDULES``; must be in ``sampler.schedules``.
         alphas_cumprod: (T,) the model's training schedule.
         generator: the per-step noise source of stochastic samplers (a generator or one per image).
         init_latent: (B, C, H, W) img2img start latent (already multiplied by the VAE scale factor).
-        denoising_strength: img2img only: the last ``min(int(steps * strength), steps)`` steps run,
-            starting from ``init_latent + sigma_start * noise``.
+        denoising_strength: img2img only: the steps from :func:`img2img_start` on run, starting from
+            ``init_latent + sigma_start * noise``; with none left, ``init_latent`` is returned as it is.
         callback: per step, ``{"i", "total", "x", "denoised", "sigma"}``.
         cancel: polled before every model call; True raises :class:`SamplingCancelled`.
         options: sampler options (see :func:`sampler_options`).
@@ -147,10 +175,10 @@ def sample(
         x = noise * scale.to(noise.device)
     else:
         start = img2img_start(steps, denoising_strength)
+        if start == steps:
+            return init_latent.clone()
         sigmas = sigmas[start:]
         plan = Schedule(sigmas, plan.timesteps[start:])
-        if sigmas.shape[0] < 2:
-            return init_latent.clone()
         x = init_latent + noise * sigmas[0].to(noise.device)
 
     total = sigmas.shape[0] - 1

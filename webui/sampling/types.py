@@ -41,10 +41,13 @@ class Denoiser(Protocol):
     scalar tensor or one value per batch item. ``timestep`` is the UNet timestep that the
     schedule pairs with ``sigma`` (``sample()`` passes it when it knows it, so that the UNet sees
     exactly what diffusers feeds it); when None the denoiser derives it from ``sigma``.
+    ``step`` is the 0-based sampling step that ``sigma`` belongs to (see
+    :meth:`webui.sampling.driver.ScheduledModel.step_for`); the pipeline picks the prompt-edited
+    contexts with it.
     """
 
     def __call__(
-        self, x: torch.Tensor, sigma: torch.Tensor, *, timestep: torch.Tensor | None = None
+        self, x: torch.Tensor, sigma: torch.Tensor, *, timestep: torch.Tensor | None = None, step: int = 0
     ) -> torch.Tensor: ...
 
 
