@@ -30,7 +30,7 @@ def main() -> None:
 
     from webui.models.checkpoint import load_model
     from webui.models.registry import load_registry
-    from webui.pipeline.generation import generate
+    from webui.pipeline import generate, native_size, resolve_request
     from webui.pipeline.requests import GenerationRequest
     from webui.sampling import create_sampler_registry
 
@@ -43,11 +43,12 @@ def main() -> None:
         prompt=args.prompt, sampler_name=entry.sampler or "Euler a", scheduler=entry.scheduler or "Automatic",
         steps=entry.steps or 20, cfg_scale=entry.cfg_scale or 7.0, seed=1,
     )
-    generate(model, samplers, request)  # warm-up
+    generate(model, resolve_request(request, samplers, native_size(model)))  # warm-up
     times = []
     for i in range(args.repeats):
         start = time.perf_counter()
-        result = generate(model, samplers, GenerationRequest(**{**request.__dict__, "seed": 2 + i}))
+        seeded = GenerationRequest(**{**request.__dict__, "seed": 2 + i})
+        result = generate(model, resolve_request(seeded, samplers, native_size(model)))
         times.append(time.perf_counter() - start)
     w, h = result.images[0].size
     print(f"model {entry.name}: load {load_seconds:.2f} s; txt2img {w}x{h}, {request.sampler_name}, "

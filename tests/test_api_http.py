@@ -25,8 +25,7 @@ from webui.api import ApiLimits, mount_api
 from webui.models.errors import CorruptCheckpointError
 from webui.models.registry import ModelEntry, Registry
 from webui.pipeline.errors import OutOfMemory
-from webui.pipeline.generation import check_request
-from webui.pipeline.requests import GenerationResult
+from webui.pipeline.requests import GenerationResult, resolve_request
 from webui.sampling.registry import create_sampler_registry
 from webui.service import ProgressSnapshot
 
@@ -50,7 +49,7 @@ class StubJob:
     def result(self) -> GenerationResult:
         if self.request.prompt in FAILURES:
             raise FAILURES[self.request.prompt]
-        request = self.request.with_size((64, 64)).with_seed()
+        request = self.request
         seeds = request.seeds()
         images = [Image.new("RGB", (request.width, request.height), (s % 256, 0, 0)) for s in seeds]
         infotexts = [f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, Seed: {s}"
@@ -79,9 +78,9 @@ class StubService:
         self.calls: list[str] = []
 
     def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> StubJob:
-        check_request(request, self.samplers)  # what the real service does before queueing
+        resolved = resolve_request(request, self.samplers, (64, 64))  # what the real service does before queueing
         self.submitted.append((request, model_name))
-        job = StubJob(id=f"job{len(self.jobs)}", request=request)
+        job = StubJob(id=f"job{len(self.jobs)}", request=resolved)
         self.jobs[job.id] = job
         return job
 

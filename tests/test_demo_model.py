@@ -112,7 +112,7 @@ def test_prompt_adherence_on_generated_images(model, entry):
 
 def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(model, entry):
     """The demo's VAE has a 4x (not 8x) downscale: img2img masks must be cut at its latent size."""
-    from webui.pipeline.generation import generate
+    from webui.pipeline import generate, native_size, resolve_request
     from webui.pipeline.requests import Img2ImgRequest
     from webui.sampling import create_sampler_registry
 
@@ -123,7 +123,8 @@ def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(m
     request = Img2ImgRequest(prompt="a yellow star on a black background", init_images=[init], mask=mask,
                              mask_blur=0, denoising_strength=1.0, steps=entry.steps, seed=5,
                              sampler_name=entry.sampler, cfg_scale=entry.cfg_scale or 5.0)
-    out = np.asarray(generate(model, create_sampler_registry(), request).images[0], dtype=np.int16)
+    resolved = resolve_request(request, create_sampler_registry(), native_size(model))
+    out = np.asarray(generate(model, resolved).images[0], dtype=np.int16)
     original = np.asarray(init, dtype=np.int16)
     assert np.array_equal(out[:, 33:], original[:, 33:])
     assert np.abs(out[:, :31] - original[:, :31]).mean() > 20  # the left half was painted anew

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from webui.pipeline import GenerationResult, generate, native_size, resolve_request
 from webui.pipeline.errors import InvalidRequest, OutOfMemory
-from webui.pipeline.generation import GenerationControl, InpaintDenoiser, generate
+from webui.pipeline.generation import GenerationControl, InpaintDenoiser
 from webui.pipeline.images import resize_image
 from webui.pipeline.infotext import parse_infotext, request_from_infotext
 from webui.pipeline.outputs import read_infotext
@@ -36,6 +37,11 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+def resolve_and_generate(model, samplers, request: GenerationRequest, **kwargs) -> GenerationResult:
+    """What the service does with a request: resolve it for ``model``, then generate."""
+    return generate(model, resolve_request(request, samplers, native_size(model)), **kwargs)
+
+
 def req(**kwargs) -> GenerationRequest:
     return GenerationRequest(**{"prompt": "the cat", "steps": 3, "seed": 7, "sampler_name": "Euler a", **kwargs})
 
@@ -56,52 +62,52 @@ class UNetCalls:
 
 def test_default_size_is_the_models_native_size_and_defaults_are_a1111s(tiny_model, samplers):
     assert GenerationRequest().steps == 20 and GenerationRequest().cfg_scale == 7.0
-    result = generate(tiny_model, samplers, req())
+    result = resolve_and_generate(tiny_model, samplers, req())
     assert result.images[0].size == (64, 64)
     assert result.request.width == 64 and result.request.height == 64
 
 
 def test_same_request_twice_gives_identical_pixels(tiny_model, samplers):
-    a = generate(tiny_model, samplers, req()).images[0]
-    b = generate(tiny_model, samplers, req()).images[0]
+    a = resolve_and_generate(tiny_model, samplers, req()).images[0]
+    b = resolve_and_generate(tiny_model, samplers, req()).images[0]
     assert np.array_equal(pixels(a), pixels(b))
-    c = generate(tiny_model, samplers, req(seed=8)).images[0]
+    c = resolve_and_generate(tiny_model, samplers, req(seed=8)).images[0]
     assert not np.array_equal(pixels(a), pixels(c))
 
 
 def test_batch_image_i_equals_a_single_run_with_seed_plus_i(tiny_model, samplers):
-    batch = generate(tiny_model, samplers, req(batch_size=2, n_iter=2))
+    batch = resolve_and_generate(tiny_model, samplers, req(batch_size=2, n_iter=2))
     assert batch.seeds == [7, 8, 9, 10]
     for i in (1, 3):
-        single = generate(tiny_model, samplers, req(seed=7 + i)).images[0]
+        single = resolve_and_generate(tiny_model, samplers, req(seed=7 + i)).images[0]
         assert int(np.abs(pixels(batch.images[i]) - pixels(single)).max()) <= 1
 
 
 def test_random_seed_is_recorded_and_the_infotext_regenerates_the_image(tiny_model, samplers, tmp_path):
-    result = generate(tiny_model, samplers, req(seed=-1, cfg_scale=5.5, negative_prompt="dog, (cat:1.2)"),
-                      outputs_dir=tmp_path)
+    result = resolve_and_generate(tiny_model, samplers, req(seed=-1, cfg_scale=5.5, negative_prompt="dog, (cat:1.2)"),
+                                  outputs_dir=tmp_path)
     seed = result.seeds[0]
     assert 0 <= seed < 2**32
     text = read_infotext(result.paths[0])
     assert text == result.infotexts[0]
     assert parse_infotext(text)["Seed"] == str(seed)
-    again = generate(tiny_model, samplers, request_from_infotext(text))
+    again = resolve_and_generate(tiny_model, samplers, request_from_infotext(text))
     assert np.array_equal(pixels(again.images[0]), pixels(result.images[0]))
 
 
 def test_cfg_is_one_batched_unet_call_per_step(tiny_model, samplers):
     with UNetCalls(tiny_model.unet) as calls:
-        generate(tiny_model, samplers, req(sampler_name="Euler", steps=4, batch_size=2))
+        resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=4, batch_size=2))
     assert calls.batches == [4, 4, 4, 4]  # [uncond; cond] x 2 images, once per step
     with UNetCalls(tiny_model.unet) as calls:
-        generate(tiny_model, samplers, req(sampler_name="Euler", steps=2, cfg_scale=1.0))
+        resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=2, cfg_scale=1.0))
     assert calls.batches == [1, 1]
 
 
 def test_prompt_weight_and_clip_skip_change_the_image(tiny_model, samplers):
-    base = pixels(generate(tiny_model, samplers, req(prompt="the cat dog")).images[0])
-    weighted = pixels(generate(tiny_model, samplers, req(prompt="the (cat:1.8) dog")).images[0])
-    skipped = pixels(generate(tiny_model, samplers, req(prompt="the cat dog", clip_skip=2)).images[0])
+    base = pixels(resolve_and_generate(tiny_model, samplers, req(prompt="the cat dog")).images[0])
+    weighted = pixels(resolve_and_generate(tiny_model, samplers, req(prompt="the (cat:1.8) dog")).images[0])
+    skipped = pixels(resolve_and_generate(tiny_model, samplers, req(prompt="the cat dog", clip_skip=2)).images[0])
     assert not np.array_equal(base, weighted)
     assert not np.array_equal(base, skipped)
 
@@ -109,7 +115,7 @@ def test_prompt_weight_and_clip_skip_change_the_image(tiny_model, samplers):
 def test_progress_reports_steps_eta_and_a_latent_preview(tiny_model, samplers):
     events = []
     previewer = fit_latent_preview(tiny_model.vae, tiny_model.scale_factor)
-    generate(tiny_model, samplers, req(steps=3, n_iter=2), progress=events.append, previewer=previewer)
+    resolve_and_generate(tiny_model, samplers, req(steps=3, n_iter=2), progress=events.append, previewer=previewer)
     assert [(p.step, p.total_steps) for p in events] == [(i, 6) for i in range(1, 7)]
     assert [p.image_index for p in events] == [0, 0, 0, 1, 1, 1]
     assert [p.sampling_step for p in events] == [1, 2, 3, 1, 2, 3]
@@ -141,8 +147,8 @@ def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_
             calls_at_interrupt.append(len(calls.batches))
 
     with UNetCalls(tiny_model.unet) as calls:
-        result = generate(tiny_model, samplers, req(sampler_name="Euler", steps=20, n_iter=3), outputs_dir=tmp_path,
-                          progress=on_progress, control=control)
+        result = resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=20, n_iter=3),
+                                      outputs_dir=tmp_path, progress=on_progress, control=control)
     assert result.interrupted
     assert len(calls.batches) == calls_at_interrupt[0] == 23  # no UNet call after the interrupt
     assert result.seeds == [7] and len(result.images) == 1 and len(result.paths) == 1
@@ -159,7 +165,7 @@ def test_skip_abandons_the_current_batch_and_goes_on(tiny_model, samplers):
         if p.image_index == 0 and p.sampling_step == 1:
             control.skip()
 
-    result = generate(tiny_model, samplers, req(n_iter=2), progress=on_progress, control=control)
+    result = resolve_and_generate(tiny_model, samplers, req(n_iter=2), progress=on_progress, control=control)
     assert not result.interrupted
     assert result.seeds == [8]
 
@@ -167,7 +173,7 @@ def test_skip_abandons_the_current_batch_and_goes_on(tiny_model, samplers):
 def test_img2img_resize_modes_give_the_requested_size(tiny_model, samplers):
     init = Image.new("RGB", (96, 48), (200, 30, 30))
     for mode in range(3):
-        result = generate(tiny_model, samplers, Img2ImgRequest(
+        result = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
             prompt="p", steps=2, seed=1, init_images=[init], resize_mode=mode, width=64, height=64))
         assert result.images[0].size == (64, 64)
     assert "Denoising strength: 0.75" in result.infotexts[0]
@@ -189,7 +195,7 @@ def test_inpainting_keeps_original_pixels_outside_the_mask(tiny_model, samplers,
     mask = Image.new("L", (32, 32), 0)  # another size than the image: resized to it
     mask.paste(255, (0, 0, 16, 32))  # repaint the left half
     for fill in range(4):
-        result = generate(tiny_model, samplers, Img2ImgRequest(
+        result = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
             prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_fill=fill,
             denoising_strength=1.0), outputs_dir=tmp_path)
         out = pixels(result.images[0])
@@ -197,7 +203,7 @@ def test_inpainting_keeps_original_pixels_outside_the_mask(tiny_model, samplers,
         assert np.array_equal(out[:, 33:], pixels(init)[:, 33:])
         assert np.abs(out[:, :31] - pixels(init)[:, :31]).max() > 10
     assert "Mask blur: 0" in result.infotexts[0]
-    inverted = generate(tiny_model, samplers, Img2ImgRequest(
+    inverted = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
         prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_mask_invert=1))
     assert np.array_equal(pixels(inverted.images[0])[:, :31], pixels(init)[:, :31])
 
@@ -238,7 +244,7 @@ BAD_REQUESTS = [
     (req(prompt=None), "prompt"),
     (req(sampler_name="No such sampler"), "sampler_name"),
     (req(scheduler="Nope"), "scheduler"),
-    (req(eta=math.nan), "eta"),
+    (req(sampler_options={"eta": math.nan}), "eta"),
     (Img2ImgRequest(init_images=[]), "init_images"),
     (Img2ImgRequest(init_images=[b"not an image"]), "init_images"),
     (Img2ImgRequest(init_images=[Image.new("RGB", (8, 8))], denoising_strength=1.5), "denoising_strength"),
@@ -268,7 +274,7 @@ def test_bad_input_raises_invalid_request_naming_the_field_and_writes_nothing(
     tiny_model, samplers, tmp_path, request_, field
 ):
     with UNetCalls(tiny_model.unet) as calls, pytest.raises(InvalidRequest) as info:
-        generate(tiny_model, samplers, request_, outputs_dir=tmp_path)
+        resolve_and_generate(tiny_model, samplers, request_, outputs_dir=tmp_path)
     assert info.value.field == field
     assert calls.batches == []
     assert list(tmp_path.iterdir()) == []
@@ -280,12 +286,12 @@ def test_out_of_memory_names_what_to_lower_and_writes_nothing(tiny_model, sample
 
     monkeypatch.setattr(tiny_model.unet, "forward", oom)
     with pytest.raises(OutOfMemory) as info:
-        generate(tiny_model, samplers, req(batch_size=4), outputs_dir=tmp_path)
+        resolve_and_generate(tiny_model, samplers, req(batch_size=4), outputs_dir=tmp_path)
     assert isinstance(info.value, InvalidRequest) and info.value.field == "batch_size"
     assert "lower the batch size" in str(info.value)
     assert list(tmp_path.rglob("*.png")) == []
     monkeypatch.undo()
-    assert generate(tiny_model, samplers, req()).images  # the next request works
+    assert resolve_and_generate(tiny_model, samplers, req()).images  # the next request works
 
 
 def test_mask_from_luminance_or_from_the_alpha_of_brush_strokes():
@@ -301,7 +307,7 @@ def test_mask_from_luminance_or_from_the_alpha_of_brush_strokes():
 
 
 def test_result_info_is_a1111_shaped(tiny_model, samplers):
-    result = generate(tiny_model, samplers, req(batch_size=2, seed=11))
+    result = resolve_and_generate(tiny_model, samplers, req(batch_size=2, seed=11))
     info = result.info
     assert info["seed"] == 11 and info["all_seeds"] == [11, 12]
     assert info["all_prompts"] == ["the cat", "the cat"] and info["infotexts"] == result.infotexts
@@ -313,7 +319,7 @@ def test_prompt_editing_changes_the_unet_context_mid_generation(tiny_model, samp
     contexts = []
     handle = tiny_model.unet.register_forward_pre_hook(lambda _m, args: contexts.append(args[2][1].clone()))
     try:
-        generate(tiny_model, samplers, req(prompt="[the cat:dog:2]", sampler_name="Euler", steps=4))
+        resolve_and_generate(tiny_model, samplers, req(prompt="[the cat:dog:2]", sampler_name="Euler", steps=4))
     finally:
         handle.remove()
     assert len(contexts) == 4  # [uncond; cond] per step: args[2][1] is the cond context
@@ -335,7 +341,7 @@ def test_prompt_editing_works_with_a_sampler_that_never_calls_the_callback(tiny_
         contexts: list[torch.Tensor] = []
         handle = tiny_model.unet.register_forward_pre_hook(lambda _m, args: contexts.append(args[2][1].clone()))
         try:
-            image = generate(tiny_model, with_silent, req(prompt=prompt, sampler_name=sampler, steps=4))
+            image = resolve_and_generate(tiny_model, with_silent, req(prompt=prompt, sampler_name=sampler, steps=4))
         finally:
             handle.remove()
         return pixels(image.images[0]), contexts

@@ -11,13 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from webui.pipeline.generation import generate
+from webui.pipeline import GenerationResult, generate, native_size, resolve_request
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 
 diffusers = pytest.importorskip("diffusers")
 
 SCHEDULER_KWARGS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 PROMPT, NEGATIVE, SEED, STEPS = "the cat", "dog", 1234, 10
+
+
+def resolve_and_generate(model, samplers, request: GenerationRequest) -> GenerationResult:
+    """What the service does with a request: resolve it for ``model``, then generate."""
+    return generate(model, resolve_request(request, samplers, native_size(model)))
 
 
 def make_scheduler(name: str):
@@ -92,7 +97,7 @@ def test_txt2img_equals_stable_diffusion_pipeline(diffusers_parts, tiny_model, s
             PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.0, height=64, width=64,
             generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = generate(tiny_model, samplers, GenerationRequest(
+    ours = resolve_and_generate(tiny_model, samplers, GenerationRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=sampler_name, steps=STEPS, cfg_scale=7.0, seed=SEED,
     ))
     assert ours.images[0].size == expected.size == (64, 64)
@@ -110,7 +115,7 @@ def test_img2img_at_strength_0_6_equals_img2img_pipeline(diffusers_parts, tiny_m
             PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
             guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = generate(tiny_model, samplers, Img2ImgRequest(
+    ours = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=sampler_name, steps=STEPS, cfg_scale=7.0, seed=SEED,
         init_images=[init], denoising_strength=0.6,
     ))
@@ -132,7 +137,7 @@ def test_inpainting_with_an_ordinary_model_equals_the_inpaint_pipeline(diffusers
             PROMPT, image=init, mask_image=mask, strength=0.75, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
             guidance_scale=7.0, height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = generate(tiny_model, samplers, Img2ImgRequest(
+    ours = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=STEPS, cfg_scale=7.0, seed=SEED,
         init_images=[init], denoising_strength=0.75, mask=mask, mask_blur=0, inpainting_fill=1,
     )).images[0]
@@ -150,7 +155,7 @@ def test_sizes_that_are_multiples_of_8_but_not_64_equal_diffusers(diffusers_part
             PROMPT, negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=7.0, height=88, width=72,
             generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = generate(tiny_model, samplers, GenerationRequest(
+    ours = resolve_and_generate(tiny_model, samplers, GenerationRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=4, seed=SEED, width=72, height=88,
     ))
     assert ours.images[0].size == expected.size == (72, 88)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from webui.models.registry import ModelEntry
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.requests import GenerationRequest, GenerationResult
 from webui.service import DONE, ERROR, INTERRUPTED, QUEUED, RUNNING, Job, JobQueue, WebUIService
@@ -126,6 +127,10 @@ class OneModel:
         if name not in (None, "tiny"):
             raise KeyError(f"unknown model {name!r}")
         return self.model
+
+    def entry(self, name=None):
+        self.get(name)  # the same KeyError for other names
+        return ModelEntry("tiny", width=64, height=64)
 
     def load(self, name):
         return self.get(name)

@@ -40,7 +40,7 @@ def finished(tmp_path_factory):
 
 def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
     from webui.models.checkpoint import load_model
-    from webui.pipeline.generation import generate
+    from webui.pipeline import generate, resolve_request
     from webui.pipeline.requests import GenerationRequest
     from webui.sampling import create_sampler_registry
 
@@ -55,7 +55,7 @@ def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
     for key, tensor in state["ema_unet"].items():
         assert torch.equal(model.unet.state_dict()[key], tensor), key
     request = GenerationRequest(prompt="a red circle", steps=2, seed=1, width=64, height=64)  # the app's minimum
-    assert generate(model, create_sampler_registry(), request).images[0].size == (64, 64)
+    assert generate(model, resolve_request(request, create_sampler_registry(), (32, 32))).images[0].size == (64, 64)
 
 
 def test_the_pretrained_text_encoder_stays_fixed_while_the_unet_trains(finished):

@@ -18,16 +18,17 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from webui.pipeline.generation import GenerationControl, Progress, check_request, generate, native_size
+from webui.models.registry import SD1_NATIVE_SIZE
+from webui.pipeline.generation import GenerationControl, Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
-from webui.pipeline.requests import GenerationRequest, GenerationResult
+from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
 
 logger = logging.getLogger(__name__)
 
@@ -303,12 +304,33 @@ class WebUIService:
     def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
         """Queue ``request``; raises :class:`InvalidRequest` at once for a bad request.
 
-        ``model_name`` None uses the current (or default) model; ``save`` False keeps the
-        images out of ``outputs_dir`` (the API's ``save_images``).
+        This is the one place where a request is checked and resolved
+        (:func:`webui.pipeline.resolve_request`): the job holds the immutable ``ResolvedRequest``, so a
+        caller that reuses its request object cannot change a queued job, and a random seed is drawn
+        once. A width or height left out becomes :meth:`_default_size`'s. ``model_name`` None uses the
+        current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
+        ``save_images``).
         """
-        check_request(request, self.samplers)
-        # The job keeps its own copy: a caller that reuses its request object cannot change a queued job.
-        return self._queue.submit(Job(replace(request), model_name, save=save))
+        resolved = resolve_request(request, self.samplers, self._default_size(model_name))
+        return self._queue.submit(Job(resolved, model_name, save=save))
+
+    def _default_size(self, model_name: str | None = None) -> tuple[int, int]:
+        """``(width, height)`` for a request that leaves them out, known without loading anything.
+
+        The rule: the model's ``models.yaml`` entry's ``width``/``height``; else the native size of the
+        model if it is loaded; else SD 1.x's 512x512. An unknown model gets 512x512 here: its job fails
+        when it runs, with the loader's error.
+        """
+        try:
+            entry = self.models.entry(model_name)
+        except LookupError:
+            entry = None
+        name = entry.name if entry is not None else model_name
+        loaded = self._loaded_model(name) if name is not None else None
+        fallback = native_size(loaded) if loaded is not None else SD1_NATIVE_SIZE
+        if entry is None:
+            return fallback
+        return (entry.width or fallback[0], entry.height or fallback[1])
 
     def run(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
             timeout: float | None = None) -> GenerationResult:
@@ -486,7 +508,7 @@ class WebUIService:
         with self._device_lock:
             model = self.models.get(job.model_name)
             return generate(
-                model, self.samplers, job.request, outputs_dir=self.outputs_dir if job.save else None,
+                model, job.request, outputs_dir=self.outputs_dir if job.save else None,
                 progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
                 model_name=getattr(model, "name", None) or job.model_name,
             )

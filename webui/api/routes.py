@@ -107,11 +107,11 @@ class SdApi:
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
             raise field_error("override_settings.CLIP_stop_at_last_layers", f"must be an integer, got {clip_skip!r}")
         sampler = self._sampler(req.sampler_name or req.sampler_index)
-        # k-diffusion's s_* options and eta reach the samplers that declare them (others ignore them, as in A1111);
-        # values equal to the sampler's defaults are dropped so that infotexts list only what was changed.
+        # eta and k-diffusion's s_* options are sampler options: they reach the samplers that declare them (others
+        # ignore them, as in A1111); values equal to the sampler's defaults are dropped so that infotexts list only
+        # what was changed.
         given = {k: getattr(req, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta")}
         options = {k: v for k, v in given.items() if v is not None and k in sampler.options and v != sampler.options[k]}
-        eta = options.pop("eta", None)
         return kind(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt or "",
@@ -125,7 +125,6 @@ class SdApi:
             batch_size=req.batch_size,
             n_iter=req.n_iter,
             clip_skip=clip_skip,
-            eta=eta,
             sampler_options=options,
             **extra,
         )

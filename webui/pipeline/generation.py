@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from webui.pipeline.conditioning import Conditioning, encode_conditioning
-from webui.pipeline.errors import InvalidRequest, OutOfMemory
+from webui.pipeline.errors import OutOfMemory
 from webui.pipeline.images import (
     fill_masked,
     image_to_tensor,
@@ -38,7 +38,7 @@ from webui.pipeline.images import (
 from webui.pipeline.infotext import format_infotext
 from webui.pipeline.outputs import save_image
 from webui.pipeline.preview import LatentPreview
-from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest
+from webui.pipeline.requests import GenerationResult, ResolvedImg2Img, ResolvedRequest
 from webui.pipeline.seeds import image_generators, initial_noise
 
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
@@ -167,15 +167,6 @@ def native_size(model: Any) -> tuple[int, int]:
     return tuple(size) if size else SD1_NATIVE_SIZE  # type: ignore[return-value]
 
 
-def effective_steps(request: GenerationRequest) -> int:
-    """Sampler steps actually run: all for txt2img, those from ``img2img_start`` on for img2img."""
-    from webui.sampling.driver import img2img_start
-
-    if isinstance(request, Img2ImgRequest):
-        return request.steps - img2img_start(request.steps, request.denoising_strength)
-    return request.steps
-
-
 def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-scaled latents -> images, one at a time to bound memory (fp16 overflow retried in fp32 by the core)."""
     from webui.models.checkpoint import vae_decode
@@ -194,9 +185,8 @@ def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Gener
     return torch.cat([vae_encode(model, x[None], g) for x, g in zip(pixels, generators, strict=True)])
 
 
-def _prepare_img2img(request: Img2ImgRequest, downscale: int) -> _Prepared:
+def _prepare_img2img(request: ResolvedImg2Img, width: int, height: int, downscale: int) -> _Prepared:
     """Resized init images, their pixels and (inpainting) masks; ``downscale`` is the VAE's pixels per latent."""
-    width, height = int(request.width), int(request.height)  # type: ignore[arg-type]
     originals = [resize_image(img.convert("RGB"), width, height, request.resize_mode) for img in request.init_images]
     prepared = _Prepared(images=list(originals), pixels=torch.empty(0), originals=originals)
     if request.mask is not None:
@@ -213,47 +203,6 @@ def _prepare_img2img(request: Img2ImgRequest, downscale: int) -> _Prepared:
     return prepared
 
 
-def _resolve_sampler(sampler_registry: Any, request: GenerationRequest) -> Any:
-    try:
-        sampler = sampler_registry.get(request.sampler_name)
-    except (KeyError, ValueError) as err:
-        raise InvalidRequest("sampler_name", str(err)) from None
-    from webui.sampling.schedules import normalize_schedule
-
-    try:
-        schedule = normalize_schedule(request.scheduler)
-    except ValueError as err:
-        raise InvalidRequest("scheduler", str(err)) from None
-    if schedule not in sampler.schedules:
-        raise InvalidRequest(
-            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules)}, not {schedule!r}"
-        )
-    unknown = set(request.sampler_options) - set(sampler.options)
-    if unknown:
-        raise InvalidRequest(
-            "sampler_options",
-            f"{', '.join(sorted(unknown))} not options of {sampler.name!r} (it takes: "
-            f"{', '.join(sampler.options) or 'none'})",
-        )
-    return sampler
-
-
-def check_request(request: GenerationRequest, sampler_registry: Any) -> Any:
-    """Validate ``request`` including its sampler and schedule; returns the sampler.
-
-    Raises :class:`InvalidRequest` naming the field. Width/height may still be None.
-    """
-    request.validate()
-    return _resolve_sampler(sampler_registry, request)
-
-
-def _sampler_options(sampler: Any, request: GenerationRequest) -> dict[str, Any]:
-    options = dict(request.sampler_options)
-    if request.eta is not None and "eta" in sampler.options:
-        options["eta"] = request.eta
-    return options
-
-
 def _is_out_of_memory(err: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(err, oom_type):
@@ -261,7 +210,7 @@ def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
-def _out_of_memory(request: GenerationRequest, device: torch.device) -> OutOfMemory:
+def _out_of_memory(request: ResolvedRequest, device: torch.device) -> OutOfMemory:
     from webui.devices import empty_cache
 
     empty_cache(device)
@@ -275,8 +224,7 @@ def _out_of_memory(request: GenerationRequest, device: torch.device) -> OutOfMem
 
 def generate(
     model: Any,
-    sampler_registry: Any,
-    request: GenerationRequest,
+    request: ResolvedRequest,
     *,
     outputs_dir: Path | None = None,
     progress: ProgressCallback | None = None,
@@ -289,10 +237,8 @@ def generate(
 
     Args:
         model: a loaded :class:`webui.models.checkpoint.StableDiffusionModel`.
-        sampler_registry: a :class:`webui.sampling.SamplerRegistry`.
-        request: :class:`GenerationRequest` (txt2img) or :class:`Img2ImgRequest`
-            (img2img; inpainting when it has a mask). Validated first: nothing is computed or
-            written for a bad request (:class:`InvalidRequest` names the field).
+        request: from :func:`webui.pipeline.resolve_request` (which checks it: nothing reaches
+            generation unchecked); txt2img, or img2img (inpainting with a mask) when ``request.img2img`` is set.
         outputs_dir: where to save PNGs (``<outputs_dir>/<txt2img|img2img>/<date>/``); None saves nothing.
         progress: called after every sampling step (from this thread).
         control: interrupt/skip from another thread.
@@ -301,15 +247,13 @@ def generate(
         version: ``Version`` of the infotext.
 
     Raises:
-        InvalidRequest: a bad field (before any work), or :class:`OutOfMemory` (device cache freed).
+        OutOfMemory: the device ran out of memory (its cache is freed); an :class:`InvalidRequest`
+            naming the field to lower.
     """
-    check_request(request, sampler_registry)
-    request = request.with_size(native_size(model)).with_seed()
-    sampler = check_request(request, sampler_registry)
     control = control or GenerationControl()
     device = torch.device(getattr(model, "device", None) or next(model.unet.parameters()).device)
     try:
-        run = _Run(model, sampler, request, device, progress, previewer)
+        run = _Run(model, request, device, progress, previewer)
         return run.all_batches(control, outputs_dir, model_name or getattr(model, "name", None), version)
     except Exception as err:
         if _is_out_of_memory(err):
@@ -320,20 +264,21 @@ def generate(
 class _Run:
     """One request's generation: what is shared by its batches, and how to run one batch."""
 
-    def __init__(self, model: Any, sampler: Any, request: GenerationRequest, device: torch.device,
+    def __init__(self, model: Any, request: ResolvedRequest, device: torch.device,
                  progress: ProgressCallback | None, previewer: LatentPreview | None):
-        self.model, self.sampler, self.request, self.device = model, sampler, request, device
+        self.model, self.request, self.device = model, request, device
         self.progress, self.previewer = progress, previewer
         down = model.vae.config.downscale
-        self.prepared = _prepare_img2img(request, down) if isinstance(request, Img2ImgRequest) else None
+        self.prepared = None
+        if request.img2img is not None:
+            self.prepared = _prepare_img2img(request.img2img, request.width, request.height, down)
         conditioning = encode_conditioning(
             model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip, request.steps
         )
         self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
-        self.options = _sampler_options(sampler, request)
-        self.latent_shape = (model.vae.config.embed_dim, int(request.height) // down, int(request.width) // down)
-        self.steps_per_batch = effective_steps(request)
+        self.latent_shape = (model.vae.config.embed_dim, request.height // down, request.width // down)
+        self.steps_per_batch = request.sampling_steps
         self.total_steps = self.steps_per_batch * request.n_iter
         self.done_steps = 0
         self.started = time.monotonic()
@@ -375,30 +320,39 @@ class _Run:
 
     def sample_batch(self, first: int, seeds: list[int], control: GenerationControl) -> torch.Tensor:
         """Latents of the images ``first .. first + len(seeds)``; raises ``SamplingCancelled``."""
-        from webui.sampling import DiscreteEpsDenoiser, sample
+        from webui.sampling import DiscreteEpsDenoiser
 
-        request, prepared = self.request, self.prepared
+        prepared, img2img = self.prepared, self.request.img2img
         generators = image_generators(seeds)
         denoiser: Any = DiscreteEpsDenoiser(self.eps_fn, self.alphas_cumprod)
-        init_latent = None
-        if prepared is not None:
-            index = [(first + b) % len(prepared.images) for b in range(len(seeds))]
-            # The encoder's sample is each generator's first draw, the noise its second (as diffusers).
-            init_latent = encode_images(self.model, prepared.pixels[index], generators).to(self.device)
+        if prepared is None or img2img is None:
+            noise = initial_noise(self.latent_shape, generators, self.device)
+            return self._sample(first, denoiser, noise, generators, control)
+        index = [(first + b) % len(prepared.images) for b in range(len(seeds))]
+        # The encoder's sample is each generator's first draw, the noise its second (as diffusers).
+        init_latent = encode_images(self.model, prepared.pixels[index], generators).to(self.device)
         noise = initial_noise(self.latent_shape, generators, self.device)
-        if prepared is not None and prepared.latent_masks:
+        if prepared.latent_masks:
             repaint = torch.cat([prepared.latent_masks[i] for i in index]).to(self.device)
-            if request.inpainting_fill == LATENT_NOISE:
+            if img2img.inpainting_fill == LATENT_NOISE:
                 init_latent = init_latent * (1 - repaint) + noise * repaint
-            elif request.inpainting_fill == LATENT_NOTHING:
+            elif img2img.inpainting_fill == LATENT_NOTHING:
                 init_latent = init_latent * (1 - repaint)
             denoiser = InpaintDenoiser(denoiser, init_latent, noise, repaint)
+        return self._sample(first, denoiser, noise, generators, control, init_latent, img2img.denoising_strength)
+
+    def _sample(self, first: int, denoiser: Any, noise: torch.Tensor, generators: list[torch.Generator],
+                control: GenerationControl, init_latent: torch.Tensor | None = None,
+                denoising_strength: float = 1.0) -> torch.Tensor:
+        from webui.sampling import sample
+
+        request = self.request
         with torch.no_grad():  # with no step left (a tiny strength), sample() returns init_latent as encoded
             return sample(
-                self.sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
+                request.sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
                 alphas_cumprod=self.alphas_cumprod, generator=generators, init_latent=init_latent,
-                denoising_strength=request.denoising_strength if init_latent is not None else 1.0,
-                callback=self._step_callback(first), cancel=control.should_stop, options=self.options,
+                denoising_strength=denoising_strength, callback=self._step_callback(first),
+                cancel=control.should_stop, options=request.sampler_options,
             )
 
     def finish_images(self, first: int, latents: torch.Tensor) -> list[Image.Image]:

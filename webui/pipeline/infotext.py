@@ -19,7 +19,7 @@ import re
 from dataclasses import fields, replace
 from typing import Any
 
-from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+from webui.pipeline.requests import GenerationRequest, ResolvedRequest
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -51,7 +51,7 @@ def _number(value: float) -> str:
 
 
 def infotext_parameters(
-    request: GenerationRequest,
+    request: ResolvedRequest,
     *,
     seed: int,
     model_name: str | None = None,
@@ -60,7 +60,14 @@ def infotext_parameters(
     version: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ordered ``Key: value`` pairs of one image (None values are left out)."""
+    """The ordered ``Key: value`` pairs of one image (None values are left out).
+
+    Of the sampler options, those the request set are written: ``eta`` as A1111's ``Eta``, the others
+    under their own names after the fixed keys.
+    """
+    options = {name: request.sampler_options[name] for name in request.given_options}
+    eta = options.pop("eta", None)
+    img2img = request.img2img
     params: dict[str, Any] = {
         "Steps": request.steps,
         "Sampler": request.sampler_name,
@@ -70,17 +77,17 @@ def infotext_parameters(
         "Size": f"{request.width}x{request.height}",
         "Model hash": model_hash,
         "Model": model_name,
-        "Denoising strength": _number(request.denoising_strength) if isinstance(request, Img2ImgRequest) else None,
+        "Denoising strength": _number(img2img.denoising_strength) if img2img is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "RNG": RNG_SOURCE,
-        "Eta": _number(request.eta) if request.eta is not None else None,
+        "Eta": _number(eta) if eta is not None else None,
     }
-    if isinstance(request, Img2ImgRequest) and request.mask is not None:
-        params["Mask blur"] = request.mask_blur
+    if img2img is not None and img2img.mask is not None:
+        params["Mask blur"] = img2img.mask_blur
     if request.batch_size > 1:
         params["Batch size"] = request.batch_size
         params["Batch pos"] = batch_pos
-    for key, value in request.sampler_options.items():
+    for key, value in options.items():
         params.setdefault(str(key), value)
     params.update(extra or {})
     params["Version"] = version
@@ -88,7 +95,7 @@ def infotext_parameters(
 
 
 def format_infotext(
-    request: GenerationRequest,
+    request: ResolvedRequest,
     *,
     seed: int,
     model_name: str | None = None,
@@ -97,7 +104,7 @@ def format_infotext(
     version: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """The ``parameters`` text of one image of ``request`` (width/height must be resolved)."""
+    """The ``parameters`` text of one image of ``request``."""
     params = infotext_parameters(
         request, seed=seed, model_name=model_name, model_hash=model_hash, batch_pos=batch_pos,
         version=version, extra=extra,
@@ -116,7 +123,9 @@ def parse_infotext(text: str) -> dict[str, str]:
     if len(_PARAM.findall(last)) < 3:
         lines.append(last)
         last = ""
-    prompt, negative, in_negative = [], [], False
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
     for line in lines:
         line = line.strip()
         if line.startswith(NEGATIVE_PREFIX):
@@ -144,7 +153,6 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "Size-1": ("width", int),
     "Size-2": ("height", int),
     "Clip skip": ("clip_skip", int),
-    "Eta": ("eta", float),
     "Denoising strength": ("denoising_strength", float),
     "Mask blur": ("mask_blur", int),
 }
@@ -157,8 +165,9 @@ def request_from_infotext(
 
     ``base`` supplies what an infotext cannot hold (init images, masks); by default a plain
     :class:`GenerationRequest`. Keys the base type lacks (``Denoising strength`` on txt2img)
-    and values that do not convert are ignored. The returned request generates one image with
-    the recorded seed (``Batch pos`` is folded into nothing: the seed already is seed + pos).
+    and values that do not convert are ignored. ``Eta`` becomes the sampler option ``eta``. The
+    returned request generates one image with the recorded seed (``Batch pos`` is folded into
+    nothing: the seed already is seed + pos).
     """
     params = parse_infotext(infotext) if isinstance(infotext, str) else dict(infotext)
     sampler = params.get("Sampler", "")
@@ -179,6 +188,11 @@ def request_from_infotext(
         except (TypeError, ValueError):
             continue
         changes[name] = value
+    if "Eta" in params:
+        try:
+            changes["sampler_options"] = {**request.sampler_options, "eta": float(params["Eta"])}
+        except ValueError:
+            pass
     # One infotext describes one image: regenerate exactly it.
     changes["batch_size"], changes["n_iter"] = 1, 1
     return replace(request, **changes)

@@ -1,22 +1,32 @@
 """Typed generation requests and results, with AUTOMATIC1111's field names and defaults.
 
 A request is plain data: the UI builds one from its widgets, the API from JSON, and
-:func:`webui.pipeline.infotext.request_from_infotext` from a PNG's ``parameters`` chunk.
-:meth:`GenerationRequest.validate` checks every field and raises :class:`InvalidRequest`
-naming the first bad one before anything is computed or written.
+:func:`webui.pipeline.infotext.request_from_infotext` from a PNG's ``parameters`` chunk. It may leave
+things open (``width=None``: the model's native size, ``seed=-1``: a random seed, a sampler alias, a
+lower-case schedule name, only some sampler options).
+
+:func:`resolve_request` is the one step between the two: when a job is submitted it checks every
+field (:class:`InvalidRequest` names the first bad one, before anything is computed or written;
+the request itself is never changed) and decides everything that was left open, giving an
+immutable :class:`ResolvedRequest`. Generation, infotexts and ``GenerationResult.info`` read only
+that.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.seeds import resolve_seed
+from webui.sampling import Sampler, SamplerRegistry, normalize_schedule
+from webui.sampling.driver import img2img_start, sampler_options
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -26,6 +36,10 @@ MAX_N_ITER = 100
 MAX_CLIP_SKIP = 12
 # Random seeds are below 2**32 like AUTOMATIC1111's; larger explicit ones are still accepted.
 MAX_SEED = 2**63 - 1
+# AUTOMATIC1111's bound of the noise multiplier ``eta`` (a sampler option of DDIM and the ancestral samplers).
+MAX_ETA = 10.0
+# A1111 requests and infotexts carry these whatever the sampler; a sampler without them ignores them, as in A1111.
+OPTIONS_ANY_SAMPLER_MAY_IGNORE = ("eta",)
 
 # AUTOMATIC1111's img2img resize modes (index == the value its API takes).
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
@@ -55,9 +69,7 @@ class GenerationRequest:
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int = 1
-    # Sampler noise multiplier (ancestral/DDIM eta); None = the sampler's own default.
-    eta: float | None = None
-    # Extra sampler options by name (``Sampler.options`` lists those a sampler accepts).
+    # Sampler options by name (``Sampler.options`` lists those a sampler takes), e.g. ``{"eta": 0.5}``.
     sampler_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,48 +81,29 @@ class GenerationRequest:
     def total_images(self) -> int:
         return self.batch_size * self.n_iter
 
-    def with_size(self, native_size: tuple[int, int]) -> GenerationRequest:
-        """A copy whose missing width/height are the model's native ``(width, height)``."""
-        width, height = native_size
-        return replace(
-            self, width=width if self.width is None else self.width,
-            height=height if self.height is None else self.height,
-        )
+    def validate(self) -> None:
+        """Check every field (not the sampler and schedule names); raise :class:`InvalidRequest` naming the
+        first bad one. Changes nothing: :func:`resolve_request` makes the resolved copy."""
+        self._checked_fields()
 
-    def with_seed(self) -> GenerationRequest:
-        """A copy with ``seed=-1`` replaced by a concrete random seed."""
-        return self if self.seed != -1 else replace(self, seed=resolve_seed(self.seed))
-
-    def seeds(self) -> list[int]:
-        """Seed of every image of the job, in order (request seed must be resolved)."""
-        return [self.seed + i for i in range(self.total_images)]
-
-    def validate(self) -> GenerationRequest:
-        """Check every field; raise :class:`InvalidRequest` naming the first bad one. Returns self."""
-        _check_str(self, "prompt")
-        _check_str(self, "negative_prompt")
-        _check_str(self, "sampler_name")
-        _check_str(self, "scheduler")
-        _check_int(self, "steps", 1, MAX_STEPS)
-        _check_float(self, "cfg_scale", 0.0, MAX_CFG_SCALE)
+    def _checked_fields(self) -> dict[str, Any]:
+        """The fields by name, checked; whole-number floats (``4.0`` from JSON or a slider) become ints."""
+        texts = ("prompt", "negative_prompt", "sampler_name", "scheduler")
+        values: dict[str, Any] = {name: _text(name, getattr(self, name)) for name in texts}
+        values["steps"] = _whole("steps", self.steps, 1, MAX_STEPS)
+        values["cfg_scale"] = _number("cfg_scale", self.cfg_scale, 0.0, MAX_CFG_SCALE)
         for name in ("width", "height"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            _check_int(self, name, MIN_SIZE, MAX_SIZE)
-            if value % SIZE_MULTIPLE:
-                raise InvalidRequest(name, f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
-        _check_int(self, "seed", -1, MAX_SEED)
-        _check_int(self, "batch_size", 1, MAX_BATCH_SIZE)
-        _check_int(self, "n_iter", 1, MAX_N_ITER)
-        if self.seed >= 0 and self.seed + self.total_images - 1 > MAX_SEED:
+            values[name] = None if getattr(self, name) is None else _size(name, getattr(self, name))
+        values["seed"] = _whole("seed", self.seed, -1, MAX_SEED)
+        values["batch_size"] = _whole("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        values["n_iter"] = _whole("n_iter", self.n_iter, 1, MAX_N_ITER)
+        if values["seed"] >= 0 and values["seed"] + values["batch_size"] * values["n_iter"] - 1 > MAX_SEED:
             raise InvalidRequest("seed", f"seed + image count must stay below {MAX_SEED}")
-        _check_int(self, "clip_skip", 1, MAX_CLIP_SKIP)
-        if self.eta is not None:
-            _check_float(self, "eta", 0.0, 10.0)
-        if not isinstance(self.sampler_options, dict):
+        values["clip_skip"] = _whole("clip_skip", self.clip_skip, 1, MAX_CLIP_SKIP)
+        if not isinstance(self.sampler_options, Mapping):
             raise InvalidRequest("sampler_options", "must be a mapping of option name to value")
-        return self
+        values["sampler_options"] = dict(self.sampler_options)
+        return values
 
 
 @dataclass
@@ -134,8 +127,8 @@ class Img2ImgRequest(GenerationRequest):
     def mode(self) -> str:
         return "img2img"
 
-    def validate(self) -> Img2ImgRequest:
-        super().validate()
+    def _checked_fields(self) -> dict[str, Any]:
+        values = super()._checked_fields()
         if not isinstance(self.init_images, (list, tuple)) or not self.init_images:
             raise InvalidRequest("init_images", "needs at least one image")
         for i, image in enumerate(self.init_images):
@@ -144,16 +137,155 @@ class Img2ImgRequest(GenerationRequest):
             if image.width < 1 or image.height < 1:
                 raise InvalidRequest("init_images", f"item {i} is empty")
             _check_readable(image, "init_images", f"item {i}")
-        _check_float(self, "denoising_strength", 0.0, 1.0)
-        _check_int(self, "resize_mode", 0, len(RESIZE_MODES) - 1)
+        values["init_images"] = tuple(self.init_images)
+        values["denoising_strength"] = _number("denoising_strength", self.denoising_strength, 0.0, 1.0)
+        values["resize_mode"] = _whole("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
         if self.mask is not None:
             if not isinstance(self.mask, Image.Image):
                 raise InvalidRequest("mask", f"is not an image ({type(self.mask).__name__})")
             _check_readable(self.mask, "mask", "the mask")
-        _check_int(self, "mask_blur", 0, 64)
-        _check_int(self, "inpainting_fill", 0, len(INPAINTING_FILLS) - 1)
-        _check_int(self, "inpainting_mask_invert", 0, 1)
-        return self
+        values["mask"] = self.mask
+        values["mask_blur"] = _whole("mask_blur", self.mask_blur, 0, 64)
+        values["inpainting_fill"] = _whole("inpainting_fill", self.inpainting_fill, 0, len(INPAINTING_FILLS) - 1)
+        values["inpainting_mask_invert"] = _whole("inpainting_mask_invert", self.inpainting_mask_invert, 0, 1)
+        return values
+
+
+@dataclass(frozen=True)
+class ResolvedImg2Img:
+    """The img2img part of a :class:`ResolvedRequest` (fields as in :class:`Img2ImgRequest`)."""
+
+    init_images: tuple[Image.Image, ...]
+    denoising_strength: float
+    resize_mode: int
+    mask: Image.Image | None
+    mask_blur: int
+    inpainting_fill: int
+    inpainting_mask_invert: int
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A checked request with nothing left open: what generation, infotexts and results read.
+
+    Made only by :func:`resolve_request`. ``width``/``height`` and ``seed`` are concrete,
+    ``sampler`` is the registered :class:`~webui.sampling.Sampler`, ``scheduler`` the schedule's
+    canonical name, ``sampler_options`` every option of the sampler (its defaults updated with the
+    request's, converted to the defaults' types) and ``given_options`` the names the request set
+    (the infotext lists those). ``img2img`` is None for txt2img.
+    """
+
+    prompt: str
+    negative_prompt: str
+    sampler: Sampler
+    scheduler: str
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seed: int
+    batch_size: int
+    n_iter: int
+    clip_skip: int
+    sampler_options: Mapping[str, Any]
+    given_options: tuple[str, ...] = ()
+    img2img: ResolvedImg2Img | None = None
+
+    @property
+    def sampler_name(self) -> str:
+        return self.sampler.name
+
+    @property
+    def mode(self) -> str:
+        """The outputs sub-folder and infotext flavour: ``txt2img`` or ``img2img``."""
+        return "txt2img" if self.img2img is None else "img2img"
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+    @property
+    def sampling_steps(self) -> int:
+        """Steps sampled per batch: all of them for txt2img, those from ``img2img_start`` on for img2img."""
+        if self.img2img is None:
+            return self.steps
+        return self.steps - img2img_start(self.steps, self.img2img.denoising_strength)
+
+    def seeds(self) -> list[int]:
+        """Seed of every image of the job, in order: ``seed + i``."""
+        return [self.seed + i for i in range(self.total_images)]
+
+
+def resolve_request(
+    request: GenerationRequest, samplers: SamplerRegistry, native_size: tuple[int, int]
+) -> ResolvedRequest:
+    """Check ``request`` and decide what it leaves open; ``request`` itself is not changed.
+
+    Args:
+        request: a :class:`GenerationRequest` or :class:`Img2ImgRequest`.
+        samplers: where ``sampler_name`` (a name or alias, any case) is looked up.
+        native_size: ``(width, height)`` for a width or height of None: the model's native size.
+
+    Returns:
+        the :class:`ResolvedRequest`: native size filled in, ``seed=-1`` replaced by a random seed
+        (drawn here, once), the sampler and schedule looked up, the sampler options merged with its defaults.
+
+    Raises:
+        InvalidRequest: naming the first bad field (sampler options that the sampler does not take
+            included, except ``eta``, which a sampler without one ignores as in A1111).
+    """
+    values = request._checked_fields()
+    try:
+        sampler = samplers.get(values["sampler_name"])
+    except (KeyError, ValueError) as err:
+        raise InvalidRequest("sampler_name", str(err)) from None
+    try:
+        schedule = normalize_schedule(values["scheduler"])
+    except ValueError as err:
+        raise InvalidRequest("scheduler", str(err)) from None
+    if schedule not in sampler.schedules:
+        raise InvalidRequest(
+            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules)}, not {schedule!r}"
+        )
+    given = _given_options(sampler, values["sampler_options"])
+    try:
+        options = sampler_options(sampler, given)
+    except ValueError as err:
+        raise InvalidRequest("sampler_options", str(err)) from None
+    for name in given:
+        _check_option(name, options[name])
+    width = _size("width", native_size[0]) if values["width"] is None else values["width"]
+    height = _size("height", native_size[1]) if values["height"] is None else values["height"]
+    img2img = None
+    if isinstance(request, Img2ImgRequest):
+        img2img = ResolvedImg2Img(**{f.name: values[f.name] for f in fields(ResolvedImg2Img)})
+    return ResolvedRequest(
+        prompt=values["prompt"], negative_prompt=values["negative_prompt"], sampler=sampler, scheduler=schedule,
+        steps=values["steps"], cfg_scale=values["cfg_scale"], width=width, height=height,
+        seed=resolve_seed(values["seed"]), batch_size=values["batch_size"], n_iter=values["n_iter"],
+        clip_skip=values["clip_skip"], sampler_options=MappingProxyType(options), given_options=tuple(given),
+        img2img=img2img,
+    )
+
+
+def _given_options(sampler: Sampler, options: dict[str, Any]) -> dict[str, Any]:
+    """The options the request sets (None means "the default"); raises for one the sampler does not take."""
+    given = {name: value for name, value in options.items() if value is not None}
+    unknown = set(given) - set(sampler.options) - set(OPTIONS_ANY_SAMPLER_MAY_IGNORE)
+    if unknown:
+        raise InvalidRequest(
+            "sampler_options",
+            f"{', '.join(sorted(unknown))} not options of {sampler.name!r} (it takes: "
+            f"{', '.join(sampler.options) or 'none'})",
+        )
+    return {name: value for name, value in given.items() if name in sampler.options}
+
+
+def _check_option(name: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(name, f"must be a finite number, got {value}")
+    if name == "eta" and not 0.0 <= value <= MAX_ETA:
+        raise InvalidRequest(name, f"must be between 0 and {MAX_ETA:g}, got {value:g}")
 
 
 @dataclass
@@ -165,7 +297,7 @@ class GenerationResult:
     infotexts: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     interrupted: bool = False
-    request: GenerationRequest | None = None
+    request: ResolvedRequest | None = None
 
     model_name: str | None = None
     model_hash: str | None = None
@@ -173,7 +305,9 @@ class GenerationResult:
     @property
     def info(self) -> dict[str, Any]:
         """AUTOMATIC1111's ``info`` object for this result (the API returns it JSON-encoded)."""
-        req = self.request if self.request is not None else GenerationRequest()
+        req = self.request
+        if req is None:
+            raise ValueError("a result without its request has no info")
         count = len(self.images)
         return {
             "prompt": req.prompt,
@@ -193,7 +327,7 @@ class GenerationResult:
             "batch_size": req.batch_size,
             "n_iter": req.n_iter,
             "clip_skip": req.clip_skip,
-            "denoising_strength": getattr(req, "denoising_strength", None),
+            "denoising_strength": req.img2img.denoising_strength if req.img2img is not None else None,
             "sd_model_name": self.model_name,
             "sd_model_hash": self.model_hash,
             "index_of_first_image": 0,
@@ -210,28 +344,36 @@ def _check_readable(image: Image.Image, name: str, what: str) -> None:
         raise InvalidRequest(name, f"{what} cannot be decoded: {err}") from None
 
 
-def _check_str(request: Any, name: str) -> None:
-    if not isinstance(getattr(request, name), str):
-        raise InvalidRequest(name, f"must be text, got {type(getattr(request, name)).__name__}")
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(name, f"must be text, got {type(value).__name__}")
+    return value
 
 
-def _check_int(request: Any, name: str, low: int, high: int) -> None:
-    value = getattr(request, name)
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int (a whole-number float converted), within ``[low, high]``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-            setattr(request, name, value)
-        else:
+        if not (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
             raise InvalidRequest(name, f"must be a whole number, got {value!r}")
+        value = int(value)
     if not low <= value <= high:
         raise InvalidRequest(name, f"must be between {low} and {high}, got {value}")
+    return value
 
 
-def _check_float(request: Any, name: str, low: float, high: float) -> None:
-    value = getattr(request, name)
+def _number(name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(name, f"must be a number, got {value!r}")
     if not math.isfinite(value):
         raise InvalidRequest(name, f"must be a finite number, got {value}")
     if not low <= value <= high:
         raise InvalidRequest(name, f"must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _size(name: str, value: Any) -> int:
+    """A width or height: whole pixels within ``[MIN_SIZE, MAX_SIZE]``, a multiple of ``SIZE_MULTIPLE``."""
+    size = _whole(name, value, MIN_SIZE, MAX_SIZE)
+    if size % SIZE_MULTIPLE:
+        raise InvalidRequest(name, f"must be a multiple of {SIZE_MULTIPLE}, got {size}")
+    return size

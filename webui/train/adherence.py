@@ -121,13 +121,12 @@ def measure_adherence(
     scheduler: str = "Automatic",
 ) -> AdherenceReport:
     """Generate one image per prompt at the model's native size and read each back."""
-    from webui.pipeline.generation import generate
-    from webui.pipeline.requests import GenerationRequest
+    from webui.pipeline import GenerationRequest, generate, native_size, resolve_request
 
     rows = []
     for prompt in prompts:
         request = GenerationRequest(prompt=prompt.text, sampler_name=sampler, scheduler=scheduler, steps=steps,
                                     cfg_scale=cfg_scale, seed=prompt.seed)
-        image = generate(model, sampler_registry, request).images[0]
+        image = generate(model, resolve_request(request, sampler_registry, native_size(model))).images[0]
         rows.append(AdherenceRow(prompt, measure.read_image(image)))
     return AdherenceReport(rows, f"{sampler} ({scheduler}), {steps} steps, CFG {cfg_scale:g}")

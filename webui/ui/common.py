@@ -190,10 +190,13 @@ def readable_error(exc: BaseException) -> gr.Error:
 def run_generation(
     tracker: JobTracker, request: Any, model_name: str | None, session: str | None
 ) -> Iterator[tuple]:
-    """The body of a Generate handler: yields `GenerationTab.outputs()` updates until the images arrive."""
+    """The body of a Generate handler: yields `GenerationTab.outputs()` updates until the images arrive.
+
+    The request is checked where every request is, when the service queues it: a bad one raises
+    `InvalidRequest` from `tracker.follow`, shown like any other failure.
+    """
     skip = gr.skip()
     try:
-        request.validate()
         for update in tracker.follow(request, model_name, session):
             if update.result is None:
                 preview = gr.Image(value=update.preview, visible=True) if update.preview is not None else skip
