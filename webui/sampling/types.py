@@ -51,31 +51,23 @@ class Denoiser(Protocol):
     ) -> torch.Tensor: ...
 
 
-class SamplerFunction(Protocol):
-    """``function(model, x, sigmas, *, generator, callback=None, **options) -> x`` (k-diffusion style).
+SamplerFunction = Callable[..., torch.Tensor]
+"""``function(model, x, sigmas, *, generator, callback=None, **options) -> x`` (k-diffusion style).
 
-    Args:
-        model: ``model(x, sigma) -> x0``; raises :class:`SamplingCancelled` when cancelled.
-        x: the starting latent, already scaled to ``sigmas[0]``.
-        sigmas: descending float32 tensor of noise levels on ``x.device``; ``sigmas[-1]`` is usually 0.
-        generator: the only source of randomness: draw noise with
-            :func:`webui.sampling.randn_like` ``(x, generator)``.
-        callback: if not None, call it once per step with a dict ``{"i", "x", "denoised", "sigma"}``
-            (``sample()`` adds ``total``).
-        options: the sampler's options: its other keyword-only parameters, each with a default
-            (``Sampler.options`` reads them from the signature).
-    """
+Args:
+    model: a :data:`Model`, ``model(x, sigma) -> x0``; raises :class:`SamplingCancelled` when cancelled.
+    x: the starting latent, already scaled to ``sigmas[0]``.
+    sigmas: descending float32 tensor of noise levels on ``x.device``; ``sigmas[-1]`` is usually 0.
+    generator: the only source of randomness: draw noise with
+        :func:`webui.sampling.randn_like` ``(x, generator)``.
+    callback: if not None, call it once per step with a dict ``{"i", "x", "denoised", "sigma"}``
+        (``sample()`` adds ``total``).
+    options: the sampler's options: its other keyword-only parameters, each with a default
+        (``Sampler.options`` reads them from the signature).
 
-    def __call__(
-        self,
-        model: Model,
-        x: torch.Tensor,
-        sigmas: torch.Tensor,
-        *,
-        generator: Generator,
-        callback: StepCallback | None,
-        **options: Any,
-    ) -> torch.Tensor: ...
+A plain ``Callable`` rather than a ``Protocol``: each sampler declares its own options as keyword
+parameters, which no single signature can describe.
+"""
 
 
 @dataclass(frozen=True, eq=False)
