@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from webui.models.checkpoint import load_model, save_single_file
+from webui.models.checkpoint import save_single_file
 from webui.models.diffusers_folder import unet_key_map, vae_key_map
+from webui.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 diffusers = pytest.importorskip("diffusers")

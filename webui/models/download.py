@@ -3,7 +3,7 @@
 Files go into the Hugging Face cache (``cache_dir`` or the default ``~/.cache/huggingface/hub``) with
 huggingface_hub's own progress bar, and are reused afterwards. With ``HF_HUB_OFFLINE=1`` (as in the
 tests) only already-downloaded files are used. The tokenizer named by the entry is fetched the same
-way (just its small text files), so that :func:`webui.models.checkpoint.load_model` finds it offline.
+way (just its small text files), so that :func:`webui.models.loading.load_model` finds it offline.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | None = None) -> Path:
 def fetch_tokenizer(hub_id: str, cache_dir: Path | None = None) -> Path | None:
     """The local folder of ``hub_id``'s CLIP tokenizer files, downloaded if needed; None if unavailable.
 
-    A missing tokenizer is not an error here: :func:`~webui.models.checkpoint.load_model` then explains
+    A missing tokenizer is not an error here: :func:`~webui.models.loading.load_model` then explains
     exactly which files to get and where to put them.
     """
     if Path(hub_id).exists():

@@ -179,9 +179,7 @@ def effective_steps(request: GenerationRequest) -> int:
 
 def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-scaled latents -> images, one at a time to bound memory (fp16 overflow retried in fp32 by the core)."""
-    from webui.models.checkpoint import vae_decode
-
-    return [image for z in latents for image in tensor_to_images(vae_decode(model, z[None]))]
+    return [image for z in latents for image in tensor_to_images(model.decode(z[None]))]
 
 
 def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -190,9 +188,7 @@ def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Gener
     ``mean + exp(logvar / 2) * randn(generator)``, like diffusers' ``retrieve_latents(..., "sample")``
     with one generator per image, so that img2img equals ``StableDiffusionImg2ImgPipeline``.
     """
-    from webui.models.checkpoint import vae_encode
-
-    return torch.cat([vae_encode(model, x[None], g) for x, g in zip(pixels, generators, strict=True)])
+    return torch.cat([model.encode(x[None], g) for x, g in zip(pixels, generators, strict=True)])
 
 
 def _prepare_img2img(request: Img2ImgRequest, downscale: int) -> _Prepared:
@@ -290,7 +286,7 @@ def generate(
     """Run ``request`` on ``model``; images of batches finished before an interrupt are kept.
 
     Args:
-        model: a loaded :class:`webui.models.checkpoint.StableDiffusionModel`.
+        model: a loaded :class:`webui.models.model.StableDiffusionModel`.
         sampler_registry: a :class:`webui.sampling.SamplerRegistry`.
         request: :class:`GenerationRequest` (txt2img) or :class:`Img2ImgRequest`
             (img2img; inpainting when it has a mask). Validated first: nothing is computed or

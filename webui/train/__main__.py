@@ -94,7 +94,7 @@ def _positive_int(text: str) -> int:
 
 def load_measured_model(args: argparse.Namespace):
     """The model named by ``--model`` and its models.yaml entry (None for a path); exits with a one-line reason."""
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
     from webui.models.registry import load_registry
     from webui.train.demo import pick_device
 
