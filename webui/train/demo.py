@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from webui.devices import pick_device
 from webui.models.unet import UNetConfig, UNetModel
 from webui.models.vae import AutoencoderKL, VAEConfig
 from webui.train import data
@@ -121,16 +122,6 @@ class DemoOptions:
     device: str = "auto"
     threads: int | None = 2
     ship_dtype: str = "auto"
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class Phase:
