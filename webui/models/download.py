@@ -23,6 +23,8 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | None = None) -> Path:
     """The local path of ``entry``'s weights: its ``path``, or the hub file, downloaded if needed."""
     if entry.path is not None:
         return entry.path
+    if entry.repo is None or entry.file is None:  # the registry refuses such entries; a hand-made one may not
+        raise DownloadError(f"model {entry.name!r} has neither a 'path' nor a 'repo' and 'file'")
     from huggingface_hub import hf_hub_download
 
     try:

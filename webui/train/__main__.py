@@ -104,16 +104,17 @@ def _positive_int(text: str) -> int:
 def load_measured_model(args: argparse.Namespace):
     """The model named by ``--model`` and its models.yaml entry (None for a path); exits with a one-line reason."""
     from webui.devices import pick_device
+    from webui.models.download import fetch_model_file
     from webui.models.loading import load_model
     from webui.models.registry import load_registry
 
     registry = load_registry(args.models_yaml) if args.models_yaml.is_file() else None
     entry = registry.get(args.model) if registry is not None and args.model in registry.names else None
-    if entry is not None:
-        path, tokenizer, size = entry.path, entry.tokenizer, entry.native_size
-    else:
-        path, tokenizer, size = Path(args.model), None, (args.size, args.size)
     try:
+        if entry is not None:  # a hub entry is downloaded on first use, as the app does
+            path, tokenizer, size = fetch_model_file(entry), entry.tokenizer, entry.native_size
+        else:
+            path, tokenizer, size = Path(args.model), None, (args.size, args.size)
         model = load_model(path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device),
                            compute_hash=False)
     except ValueError as error:  # CheckpointError and its kinds: the message names the problem
