@@ -27,6 +27,16 @@ def _credentials(text: str) -> tuple[tuple[str, str], ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _device(text: str) -> str:
+    """``--device``'s spelling (auto, cuda, cuda:N, mps, cpu); whether the machine has it is checked at start."""
+    from webui.devices import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show ``(default: ...)`` only where there is a meaningful default (not for on/off flags)."""
 
@@ -97,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--device",
-        choices=["auto", "cuda", "mps", "cpu"],
+        type=_device,
         default="auto",
-        help="Where to run the models; auto picks CUDA, then Apple MPS, then CPU.",
+        metavar="{auto,cuda,cuda:N,mps,cpu}",
+        help="Where to run the models; auto picks CUDA, then Apple MPS, then CPU; cuda:N picks GPU number N, "
+        "counting from 0.",
     )
     run.add_argument(
         "--precision",

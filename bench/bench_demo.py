@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
     from webui.models.registry import load_registry
     from webui.pipeline import generate, native_size, resolve_request
     from webui.pipeline.requests import GenerationRequest

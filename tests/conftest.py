@@ -33,23 +33,12 @@ TINY_MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "
 TINY_IMAGE_SIZE = 64
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins for bytes used by GPT-2/CLIP byte-level BPE, in vocabulary order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
 def write_tiny_tokenizer(folder: Path) -> Path:
     """Write a byte-level CLIP BPE vocabulary (every string is encodable) into ``folder``."""
+    from webui.train.tokenizer import bytes_to_unicode
+
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = _bytes_to_unicode()
+    symbols = list(bytes_to_unicode().values())  # the 256 byte symbols in vocabulary order
     tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in TINY_MERGES)]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from webui.models.checkpoint import UnsupportedModelError, load_model
 from webui.models.diffusers_folder import unet_key_map, vae_key_map
+from webui.models.errors import UnsupportedModelError
+from webui.models.loading import load_model
 
 diffusers = pytest.importorskip("diffusers")
 

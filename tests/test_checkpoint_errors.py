@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from webui.models.checkpoint import (
+from webui.models.checkpoint import single_file_state_dict
+from webui.models.errors import (
     CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -17,9 +18,8 @@ from webui.models.checkpoint import (
     TokenizerNotFoundError,
     UnsafeCheckpointError,
     UnsupportedModelError,
-    load_model,
-    single_file_state_dict,
 )
+from webui.models.loading import load_model
 
 
 @pytest.fixture(scope="module")

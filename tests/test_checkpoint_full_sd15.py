@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from webui.models.checkpoint import load_model, save_single_file
+from webui.models.checkpoint import save_single_file
 from webui.models.diffusers_folder import unet_key_map, vae_key_map
+from webui.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 diffusers = pytest.importorskip("diffusers")
@@ -50,10 +51,10 @@ CLIP_VOCAB_SIZE = 49408
 
 def write_clip_sized_tokenizer(folder: Path) -> Path:
     """A byte-level BPE vocabulary with exactly CLIP ViT-L's 49408 tokens (synthetic two-symbol merges)."""
-    from conftest import _bytes_to_unicode
+    from webui.train.tokenizer import bytes_to_unicode
 
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = _bytes_to_unicode()
+    symbols = list(bytes_to_unicode().values())  # the 256 byte symbols in vocabulary order
     tokens = [*symbols, *(s + "</w>" for s in symbols)]
     merges = []
     wanted = CLIP_VOCAB_SIZE - 2 - len(tokens)

@@ -8,14 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from webui.models.checkpoint import (
-    StableDiffusionModel,
-    load_model,
-    save_single_file,
-    single_file_state_dict,
-    vae_decode,
-    vae_encode,
-)
+from webui.models.checkpoint import save_single_file, single_file_state_dict
+from webui.models.loading import load_model
+from webui.models.model import StableDiffusionModel
 from webui.models.noise_schedule import scaled_linear_alphas_cumprod
 
 
@@ -114,21 +109,21 @@ def test_load_model_in_bfloat16_converts_floats_only(tiny_checkpoint):
     assert model.alphas_cumprod.dtype == torch.float32
 
 
-def test_vae_round_trip_helpers_scale_latents(tiny_checkpoint):
+def test_model_encode_and_decode_scale_latents(tiny_checkpoint):
     model = load_model(tiny_checkpoint.path, compute_hash=False)
     image = torch.rand(1, 3, 64, 64) * 2 - 1
-    latents = vae_encode(model, image)
+    latents = model.encode(image)
     mean, _ = tiny_checkpoint.components.vae.encode(image)
     torch.testing.assert_close(latents, mean.detach() * 0.18215)
-    decoded = vae_decode(model, latents)
+    decoded = model.decode(latents)
     expected = tiny_checkpoint.components.vae.decode(mean).detach().clamp(-1, 1)
     assert decoded.shape == (1, 3, 64, 64) and decoded.dtype == torch.float32
     torch.testing.assert_close(decoded, expected)
-    sampled = vae_encode(model, image, generator=torch.Generator().manual_seed(0))
+    sampled = model.encode(image, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(sampled, latents)
 
 
-def test_vae_decode_retries_in_float32_after_half_precision_overflow(tiny_checkpoint):
+def test_decode_retries_in_float32_after_half_precision_overflow(tiny_checkpoint):
     model = load_model(tiny_checkpoint.path, dtype=torch.bfloat16, compute_hash=False)
     calls = []
     original = model.vae.decode
@@ -139,7 +134,7 @@ def test_vae_decode_retries_in_float32_after_half_precision_overflow(tiny_checkp
         return out * float("nan") if z.dtype != torch.float32 else out
 
     model.vae.decode = overflowing_decode
-    image = vae_decode(model, torch.zeros(1, 4, 8, 8))
+    image = model.decode(torch.zeros(1, 4, 8, 8))
     assert calls == [torch.bfloat16, torch.float32]
     assert torch.isfinite(image).all()
     assert model.vae_dtype == torch.float32

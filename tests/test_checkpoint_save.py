@@ -34,3 +34,14 @@ def test_tiny_components_produce_nontrivial_outputs(tiny_components):
     assert context.shape == (1, 77, 128)
     assert eps.shape == (1, 4, 8, 8) and eps.std() > 1e-3
     assert image.shape == (1, 3, 64, 64) and image.std() > 1e-3
+
+
+def test_text_encoder_keys_take_both_layouts_and_drop_position_ids():
+    from webui.models.checkpoint import text_encoder_keys
+
+    stored = ["text_model.final_layer_norm.weight", "encoder.layers.0.mlp.fc1.weight",
+              "text_model.embeddings.position_ids", "embeddings.position_ids"]
+    assert text_encoder_keys(stored) == {
+        "final_layer_norm.weight": "text_model.final_layer_norm.weight",
+        "encoder.layers.0.mlp.fc1.weight": "encoder.layers.0.mlp.fc1.weight",
+    }

@@ -35,7 +35,7 @@ def entry():
 
 @pytest.fixture(scope="module")
 def model(entry):
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return load_model(entry.path, tokenizer=entry.tokenizer, native_size=entry.native_size, name=entry.name)

@@ -7,6 +7,7 @@ are fast); serving is checked in-process with the stand-in service from test_ui.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import socket
@@ -23,6 +24,7 @@ from webui.server import (
     check_exposure,
     parse_credentials,
     read_credentials_file,
+    serve,
     start,
 )
 
@@ -96,13 +98,44 @@ def test_api_on_the_network_needs_its_own_password(tmp_path: Path):
     assert result.returncode != 0 and "--api-auth user:password" in result.stderr
 
 
-def test_unavailable_device_is_a_one_line_error(tmp_path: Path):
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_unavailable_device_is_a_one_line_error(tmp_path: Path, device: str):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = run_launch("--device", "cuda", "--models", str(tmp_path / "models.yaml"), "--port", str(free_port()))
-    assert result.returncode == 2 and "no CUDA GPU is available" in result.stderr
+    result = run_launch("--device", device, "--models", str(tmp_path / "models.yaml"), "--port", str(free_port()))
+    assert result.returncode == 2 and f"device {device!r} was requested but no CUDA GPU is available" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _launch_module():
+    spec = importlib.util.spec_from_file_location("launch_under_test", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_flag_accepts_a_cuda_index_and_refuses_other_spellings(tmp_path: Path, capsys):
+    launch = _launch_module()
+    parser = launch.build_parser()
+    assert parser.parse_args([]).device == "auto"
+    args = parser.parse_args(["--device", "CUDA:1", "--models", str(tmp_path / "models.yaml")])
+    assert args.device == "cuda:1" and launch.options_from_args(args).device == "cuda:1"
+    for bad in ("cuda:x", "cuda:0,cuda:1", "tpu"):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["--device", bad])
+        assert exit_info.value.code == 2
+        assert "argument --device: unknown device" in capsys.readouterr().err
+
+
+def test_a_cuda_index_past_the_last_gpu_is_a_one_line_error(tmp_path: Path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as a machine with two GPUs reports it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert serve(options(tmp_path, device="cuda:2")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: device 'cuda:2' does not exist: this machine has 2 CUDA GPU(s), cuda:0 to cuda:1"
+    )
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path):

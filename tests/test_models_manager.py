@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from webui.models.checkpoint import CheckpointNotFoundError, load_model
+from webui.models.errors import CheckpointNotFoundError
+from webui.models.loading import load_model
 from webui.models.manager import ModelManager
 from webui.models.registry import UnknownModelError, load_registry
 

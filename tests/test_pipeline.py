@@ -21,7 +21,7 @@ from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_checkpoint):
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
 
     return load_model(tiny_checkpoint.path, native_size=(64, 64))
 
@@ -127,9 +127,7 @@ def test_progress_reports_steps_eta_and_a_latent_preview(tiny_model, samplers):
 def test_latent_preview_fit_approximates_the_vae(tiny_model):
     previewer = fit_latent_preview(tiny_model.vae, tiny_model.scale_factor)
     latent = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(99))
-    from webui.models.checkpoint import vae_decode
-
-    decoded = torch.nn.functional.adaptive_avg_pool2d(vae_decode(tiny_model, latent), (8, 8))[0]
+    decoded = torch.nn.functional.adaptive_avg_pool2d(tiny_model.decode(latent), (8, 8))[0]
     approx = torch.from_numpy(pixels(previewer(latent)).astype(np.float32)).permute(2, 0, 1) / 127.5 - 1
     # better than predicting the mean colour
     assert float((approx - decoded).pow(2).mean()) < float((decoded - decoded.mean((1, 2), keepdim=True)).pow(2).mean())

@@ -73,7 +73,7 @@ def pipeline(cls, parts, sampler_name):
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_checkpoint):
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
 
     return load_model(tiny_checkpoint.path, native_size=(64, 64))
 

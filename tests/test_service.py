@@ -138,7 +138,7 @@ class OneModel:
 
 @pytest.fixture(scope="module")
 def service(tiny_checkpoint, tmp_path_factory):
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
 
     model = load_model(tiny_checkpoint.path, native_size=(64, 64), name="tiny")
     svc = WebUIService(manager=OneModel(model), outputs_dir=tmp_path_factory.mktemp("outputs"), version="test")

@@ -39,7 +39,7 @@ def finished(tmp_path_factory):
 
 
 def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
-    from webui.models.checkpoint import load_model
+    from webui.models.loading import load_model
     from webui.pipeline import generate, resolve_request
     from webui.pipeline.requests import GenerationRequest
     from webui.sampling import create_sampler_registry

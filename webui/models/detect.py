@@ -11,21 +11,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from webui.models.errors import CorruptCheckpointError, MissingWeightsError, UnsupportedModelError
+from webui.models.checkpoint import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, text_encoder_keys
+from webui.models.errors import ONLY_SD1, CorruptCheckpointError, MissingWeightsError, UnsupportedModelError
 from webui.models.unet import UNetConfig
 from webui.models.vae import VAEConfig
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.transformer."
-
 SD1_UNET_NUM_HEADS = 8
 CLIP_HEAD_WIDTH = 64
 SD2_CONTEXT_DIM = 1024
-
-_ONLY_SD1 = "This app runs Stable Diffusion 1.x models (such as SD 1.5 and its fine-tunes) only."
 
 
 def strip_prefix(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
@@ -34,12 +29,8 @@ def strip_prefix(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
 
 def text_encoder_shapes(shapes: Shapes) -> dict[str, tuple[int, ...]]:
     """CLIP text weights keyed as transformers 5 keys them: with or without ``text_model.`` in the file."""
-    out = {}
-    for key, shape in strip_prefix(shapes, TEXT_PREFIX).items():
-        key = key.removeprefix("text_model.")
-        if not key.endswith("position_ids"):
-            out[key] = shape
-    return out
+    text = strip_prefix(shapes, TEXT_PREFIX)
+    return {ours: text[theirs] for ours, theirs in text_encoder_keys(text).items()}
 
 
 def check_sd1(shapes: Shapes, source: str = "checkpoint") -> None:
@@ -50,20 +41,20 @@ def check_sd1(shapes: Shapes, source: str = "checkpoint") -> None:
         return any(k.startswith(prefix) for k in keys)
 
     if has("conditioner.embedders."):
-        raise UnsupportedModelError(f"{source} is a Stable Diffusion XL (SDXL) checkpoint. {_ONLY_SD1}")
-    if has(UNET_PREFIX + "joint_blocks.") or has("model.diffusion_model.x_embedder."):
-        raise UnsupportedModelError(f"{source} is a Stable Diffusion 3 checkpoint. {_ONLY_SD1}")
+        raise UnsupportedModelError(f"{source} is a Stable Diffusion XL (SDXL) checkpoint. {ONLY_SD1}")
+    if has(UNET_PREFIX + "joint_blocks.") or has(UNET_PREFIX + "x_embedder."):
+        raise UnsupportedModelError(f"{source} is a Stable Diffusion 3 checkpoint. {ONLY_SD1}")
     if has(UNET_PREFIX + "double_blocks.") or has("double_blocks."):
-        raise UnsupportedModelError(f"{source} is a Flux checkpoint. {_ONLY_SD1}")
+        raise UnsupportedModelError(f"{source} is a Flux checkpoint. {ONLY_SD1}")
     lora_marks = (".lora_", "lora_down", ".lora.", "lora_A.")
     if has("lora_unet_") or has("lora_te_") or any(t in k for k in keys for t in lora_marks):
         raise UnsupportedModelError(
-            f"{source} is a LoRA (a small add-on for a base model), not a full model. {_ONLY_SD1}"
+            f"{source} is a LoRA (a small add-on for a base model), not a full model. {ONLY_SD1}"
         )
     if has("cond_stage_model.model."):
         raise UnsupportedModelError(
             f"{source} is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder, 1024-wide context, "
-            f"v-prediction). {_ONLY_SD1}"
+            f"v-prediction). {ONLY_SD1}"
         )
     if has("down_blocks.") or has("encoder.down_blocks.") or has("text_model.encoder."):
         raise UnsupportedModelError(
@@ -73,16 +64,16 @@ def check_sd1(shapes: Shapes, source: str = "checkpoint") -> None:
     if not has(UNET_PREFIX):
         if has("encoder.conv_in.") or has("decoder.conv_in."):
             raise UnsupportedModelError(
-                f"{source} is a standalone VAE, not a full model. {_ONLY_SD1} Use a full SD 1.x checkpoint."
+                f"{source} is a standalone VAE, not a full model. {ONLY_SD1} Use a full SD 1.x checkpoint."
             )
         raise UnsupportedModelError(
             f"{source} is not a Stable Diffusion checkpoint: it has no UNet weights (model.diffusion_model.*). "
-            f"{_ONLY_SD1}"
+            f"{ONLY_SD1}"
         )
 
     unet = strip_prefix(shapes, UNET_PREFIX)
     if "label_emb.0.0.weight" in unet:
-        raise UnsupportedModelError(f"{source} has a class-conditioned UNet (SDXL / unCLIP style). {_ONLY_SD1}")
+        raise UnsupportedModelError(f"{source} has a class-conditioned UNet (SDXL / unCLIP style). {ONLY_SD1}")
     in_shape = unet.get("input_blocks.0.0.weight")
     if in_shape is None or len(in_shape) != 4:
         raise CorruptCheckpointError(f"{source}: the UNet has no valid input convolution (input_blocks.0.0.weight).")
@@ -90,12 +81,12 @@ def check_sd1(shapes: Shapes, source: str = "checkpoint") -> None:
     if in_channels == 9:
         raise UnsupportedModelError(
             f"{source} is an inpainting model (its UNet takes 9 input channels: latent, mask and masked image). "
-            f"{_ONLY_SD1} Use a regular (4-channel) SD 1.x model; the app's inpainting works with those."
+            f"{ONLY_SD1} Use a regular (4-channel) SD 1.x model; the app's inpainting works with those."
         )
     if in_channels == 8:
         raise UnsupportedModelError(
             f"{source} is an InstructPix2Pix model (its UNet takes 8 input channels: latent and source image). "
-            f"{_ONLY_SD1}"
+            f"{ONLY_SD1}"
         )
     if in_channels != 4:
         raise UnsupportedModelError(f"{source}: its UNet takes {in_channels} input channels, SD 1.x takes 4.")
@@ -104,10 +95,10 @@ def check_sd1(shapes: Shapes, source: str = "checkpoint") -> None:
     if any(len(v) == 2 for v in proj_in) or SD2_CONTEXT_DIM in context:
         raise UnsupportedModelError(
             f"{source} is a Stable Diffusion 2.x checkpoint (linear transformer projections, 1024-wide context). "
-            f"{_ONLY_SD1}"
+            f"{ONLY_SD1}"
         )
     if any(".transformer_blocks.1." in k for k in unet):
-        raise UnsupportedModelError(f"{source} has several transformer blocks per level (SDXL style). {_ONLY_SD1}")
+        raise UnsupportedModelError(f"{source} has several transformer blocks per level (SDXL style). {ONLY_SD1}")
 
     if not has(VAE_PREFIX):
         raise MissingWeightsError(
@@ -120,7 +111,7 @@ def check_sd1(shapes: Shapes, source: str = "checkpoint") -> None:
     text = text_encoder_shapes(shapes)
     width = text.get("embeddings.token_embedding.weight", (0, 0))[1]
     if width == SD2_CONTEXT_DIM:
-        raise UnsupportedModelError(f"{source} has a 1024-wide text encoder (Stable Diffusion 2.x). {_ONLY_SD1}")
+        raise UnsupportedModelError(f"{source} has a 1024-wide text encoder (Stable Diffusion 2.x). {ONLY_SD1}")
 
 
 def _get(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:

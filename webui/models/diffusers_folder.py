@@ -17,15 +17,14 @@ from pathlib import Path
 
 import torch
 
-from webui.models.detect import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
-from webui.models.errors import CheckpointError, MissingWeightsError, UnsupportedModelError
+from webui.models.checkpoint import TEXT_MODEL_PREFIX, UNET_PREFIX, VAE_PREFIX, text_encoder_keys
+from webui.models.errors import ONLY_SD1, CheckpointError, MissingWeightsError, UnsupportedModelError
 from webui.models.sources import TensorSource, open_single_file
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
            "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
                   "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
-_ONLY_SD1 = "This app runs Stable Diffusion 1.x models only."
 
 
 def _resnet(rest: str) -> str:
@@ -118,14 +117,9 @@ def _apply_rules(keys: list[str], rules: list[tuple[str, Callable[[re.Match[str]
     if unknown:
         raise UnsupportedModelError(
             f"the diffusers {what} has {len(unknown)} tensors that an SD 1.x {what} does not have, "
-            f"e.g. {unknown[:3]}. {_ONLY_SD1}"
+            f"e.g. {unknown[:3]}. {ONLY_SD1}"
         )
     return out
-
-
-def text_key_map(keys: Iterable[str]) -> dict[str, str]:
-    """CompVis text key (without ``cond_stage_model.transformer.text_model.``) -> ``text_encoder/`` key."""
-    return {k.removeprefix("text_model."): k for k in keys if not k.endswith("position_ids")}
 
 
 def _weights_file(folder: Path, stems: tuple[str, ...]) -> Path:
@@ -158,7 +152,7 @@ def _alphas_cumprod_from_scheduler(folder: Path) -> torch.Tensor | None:
     if config.get("prediction_type", "epsilon") != "epsilon":
         raise UnsupportedModelError(
             f"{folder.name} predicts {config['prediction_type']!r} (like SD 2.x 768-v models); SD 1.x predicts "
-            f"the noise (epsilon). {_ONLY_SD1}"
+            f"the noise (epsilon). {ONLY_SD1}"
         )
     steps = int(config.get("num_train_timesteps", 1000))
     start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
@@ -178,11 +172,11 @@ class DiffusersFolderSource:
         index = json.loads((folder / "model_index.json").read_text())
         kind = str(index.get("_class_name", ""))
         if "XL" in kind:
-            raise UnsupportedModelError(f"{folder.name} is a Stable Diffusion XL folder ({kind}). {_ONLY_SD1}")
+            raise UnsupportedModelError(f"{folder.name} is a Stable Diffusion XL folder ({kind}). {ONLY_SD1}")
         if "Inpaint" in kind:
-            raise UnsupportedModelError(f"{folder.name} is an inpainting model ({kind}). {_ONLY_SD1}")
+            raise UnsupportedModelError(f"{folder.name} is an inpainting model ({kind}). {ONLY_SD1}")
         if "text_encoder_2" in index:
-            raise UnsupportedModelError(f"{folder.name} has two text encoders (SDXL). {_ONLY_SD1}")
+            raise UnsupportedModelError(f"{folder.name} has two text encoders (SDXL). {ONLY_SD1}")
         for part in ("unet", "vae", "text_encoder"):
             if not (folder / part).is_dir():
                 raise MissingWeightsError(f"the diffusers folder {folder} has no {part}/ subfolder")
@@ -192,7 +186,7 @@ class DiffusersFolderSource:
         parts = (
             ("unet", ("diffusion_pytorch_model",), UNET_PREFIX, unet_key_map, None),
             ("vae", ("diffusion_pytorch_model",), VAE_PREFIX, vae_key_map, _vae_linear_to_conv),
-            ("text_encoder", ("model", "pytorch_model"), TEXT_PREFIX + "text_model.", text_key_map, None),
+            ("text_encoder", ("model", "pytorch_model"), TEXT_MODEL_PREFIX, text_encoder_keys, None),
         )
         try:
             for sub, stems, prefix, key_map, transform in parts:

@@ -3,7 +3,7 @@
 Files go into the Hugging Face cache (``cache_dir`` or the default ``~/.cache/huggingface/hub``) with
 huggingface_hub's own progress bar, and are reused afterwards. With ``HF_HUB_OFFLINE=1`` (as in the
 tests) only already-downloaded files are used. The tokenizer named by the entry is fetched the same
-way (just its small text files), so that :func:`webui.models.checkpoint.load_model` finds it offline.
+way (just its small text files), so that :func:`webui.models.loading.load_model` finds it offline.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | None = None) -> Path:
     """The local path of ``entry``'s weights: its ``path``, or the hub file, downloaded if needed."""
     if entry.path is not None:
         return entry.path
+    if entry.repo is None or entry.file is None:  # the registry refuses such entries; a hand-made one may not
+        raise DownloadError(f"model {entry.name!r} has neither a 'path' nor a 'repo' and 'file'")
     from huggingface_hub import hf_hub_download
 
     try:
@@ -39,7 +41,7 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | None = None) -> Path:
 def fetch_tokenizer(hub_id: str, cache_dir: Path | None = None) -> Path | None:
     """The local folder of ``hub_id``'s CLIP tokenizer files, downloaded if needed; None if unavailable.
 
-    A missing tokenizer is not an error here: :func:`~webui.models.checkpoint.load_model` then explains
+    A missing tokenizer is not an error here: :func:`~webui.models.loading.load_model` then explains
     exactly which files to get and where to put them.
     """
     if Path(hub_id).exists():

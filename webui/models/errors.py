@@ -6,6 +6,9 @@ seems to be), why it cannot be used, and what to do instead.
 
 from __future__ import annotations
 
+ONLY_SD1 = "This app runs Stable Diffusion 1.x models (such as SD 1.5 and its fine-tunes) only."
+"""The sentence every refusal of another model family ends with."""
+
 
 class CheckpointError(ValueError):
     """A model file or folder that cannot be loaded."""

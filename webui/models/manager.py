@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from webui.models.checkpoint import StableDiffusionModel, load_model
+from webui.models.loading import load_model
+from webui.models.model import StableDiffusionModel
 from webui.models.registry import ModelEntry, Registry, UnknownModelError
 
 Loader = Callable[..., StableDiffusionModel]

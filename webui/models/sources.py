@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -42,6 +43,7 @@ class SafetensorsSource:
         from safetensors import safe_open
 
         self.path = path
+        self._file: safe_open | None = None
         try:
             self._file = safe_open(str(path), framework="pt", device="cpu")
             self._shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in self._file.keys()}
@@ -54,6 +56,8 @@ class SafetensorsSource:
         return dict(self._shapes)
 
     def get(self, key: str) -> torch.Tensor:
+        if self._file is None:
+            raise CorruptCheckpointError(f"{self.path.name}: cannot read tensor {key!r}: the file was closed")
         try:
             return self._file.get_tensor(key)
         except Exception as exc:
@@ -85,13 +89,13 @@ class LightningCallbackState:
     pytorch_lightning code is imported or run."""
 
 
-def _harmless_globals() -> list[tuple[object, str]]:
+def _harmless_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
     """Globals that real SD 1.x ``.ckpt`` files contain besides tensors, which cannot run code.
 
     The same short list AUTOMATIC1111's restricted unpickler accepts: numpy scalars and dtypes (for
     ``global_step``) and Lightning's ``ModelCheckpoint`` (mapped to :class:`LightningCallbackState`).
     """
-    items: list[tuple[object, str]] = [
+    items: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
         (LightningCallbackState, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
     ]
     try:

@@ -169,9 +169,7 @@ def native_size(model: Any) -> tuple[int, int]:
 
 def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-scaled latents -> images, one at a time to bound memory (fp16 overflow retried in fp32 by the core)."""
-    from webui.models.checkpoint import vae_decode
-
-    return [image for z in latents for image in tensor_to_images(vae_decode(model, z[None]))]
+    return [image for z in latents for image in tensor_to_images(model.decode(z[None]))]
 
 
 def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -180,9 +178,7 @@ def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Gener
     ``mean + exp(logvar / 2) * randn(generator)``, like diffusers' ``retrieve_latents(..., "sample")``
     with one generator per image, so that img2img equals ``StableDiffusionImg2ImgPipeline``.
     """
-    from webui.models.checkpoint import vae_encode
-
-    return torch.cat([vae_encode(model, x[None], g) for x, g in zip(pixels, generators, strict=True)])
+    return torch.cat([model.encode(x[None], g) for x, g in zip(pixels, generators, strict=True)])
 
 
 def _prepare_img2img(request: ResolvedImg2Img, width: int, height: int, downscale: int) -> _Prepared:
@@ -236,7 +232,7 @@ def generate(
     """Run ``request`` on ``model``; images of batches finished before an interrupt are kept.
 
     Args:
-        model: a loaded :class:`webui.models.checkpoint.StableDiffusionModel`.
+        model: a loaded :class:`webui.models.model.StableDiffusionModel`.
         request: from :func:`webui.pipeline.resolve_request` (which checks it: nothing reaches
             generation unchecked); txt2img, or img2img (inpainting with a mask) when ``request.img2img`` is set.
         outputs_dir: where to save PNGs (``<outputs_dir>/<txt2img|img2img>/<date>/``); None saves nothing.

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bfloat16 autocast for the VAE phase, both phases or none")
     demo.add_argument("--checkpoint-every", type=int, default=250)
     demo.add_argument("--sample-every", type=int, default=500)
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    demo.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     demo.add_argument("--threads", type=int, default=2,
                       help="torch CPU threads; on a shared machine also set OMP_WAIT_POLICY=PASSIVE")
     demo.add_argument("--ship-dtype", choices=("auto", "fp32", "fp16"), default="auto")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a models.yaml name, or a checkpoint file/folder (then --size applies)")
     which_model.add_argument("--models-yaml", type=Path, default=Path("models.yaml"))
     which_model.add_argument("--size", type=int, default=64, help="native size of a model given as a path")
-    which_model.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    which_model.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     adherence = commands.add_parser("adherence", parents=[which_model],
                                     help="generate from 40 plain prompts and read the images back")
     adherence.add_argument("--prompts", choices=("target", "validation"), default="target",
@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device(text: str) -> str:
+    from webui.devices import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -94,17 +103,18 @@ def _positive_int(text: str) -> int:
 
 def load_measured_model(args: argparse.Namespace):
     """The model named by ``--model`` and its models.yaml entry (None for a path); exits with a one-line reason."""
-    from webui.models.checkpoint import load_model
+    from webui.devices import pick_device
+    from webui.models.download import fetch_model_file
+    from webui.models.loading import load_model
     from webui.models.registry import load_registry
-    from webui.train.demo import pick_device
 
     registry = load_registry(args.models_yaml) if args.models_yaml.is_file() else None
     entry = registry.get(args.model) if registry is not None and args.model in registry.names else None
-    if entry is not None:
-        path, tokenizer, size = entry.path, entry.tokenizer, entry.native_size
-    else:
-        path, tokenizer, size = Path(args.model), None, (args.size, args.size)
     try:
+        if entry is not None:  # a hub entry is downloaded on first use, as the app does
+            path, tokenizer, size = fetch_model_file(entry), entry.tokenizer, entry.native_size
+        else:
+            path, tokenizer, size = Path(args.model), None, (args.size, args.size)
         model = load_model(path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device),
                            compute_hash=False)
     except ValueError as error:  # CheckpointError and its kinds: the message names the problem
@@ -181,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ship(args.run_dir, args.ship_dir, dtype=args.ship_dtype)
         return 0
-    from webui.train.demo import pick_device, run_decoder_phase, run_demo
+    from webui.devices import pick_device
+    from webui.train.demo import run_decoder_phase, run_demo
 
     options = options_from_args(args)
     try:

@@ -33,7 +33,7 @@ class AdherencePrompt:
 def target_prompts() -> list[AdherencePrompt]:
     """40 prompts: every shape in every colour, on backgrounds that rotate; seeds 1000.."""
     names = list(data.COLOURS)
-    prompts = []
+    prompts: list[AdherencePrompt] = []
     for i, kind in enumerate(data.SHAPES):
         for j, colour in enumerate(names):
             background = names[(j + 1 + (i + j) % 7) % len(names)]
@@ -44,7 +44,7 @@ def target_prompts() -> list[AdherencePrompt]:
 def validation_prompts() -> list[AdherencePrompt]:
     """40 more prompts, every shape in every colour, on other backgrounds and seeds (7000..)."""
     names = list(data.COLOURS)
-    prompts = []
+    prompts: list[AdherencePrompt] = []
     for i, kind in enumerate(data.SHAPES):
         for j, colour in enumerate(names):
             background = names[(j + 3 + (2 * i + j) % 5) % len(names)]

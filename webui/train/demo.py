@@ -23,14 +23,17 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from torch import nn
+from tqdm import tqdm  # type: ignore[import-untyped]
 
+from webui.devices import pick_device
 from webui.models.unet import UNetConfig, UNetModel
 from webui.models.vae import AutoencoderKL, VAEConfig
 from webui.train import data
@@ -123,20 +126,14 @@ class DemoOptions:
     ship_dtype: str = "auto"
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+SaveFunction = Callable[[int, float, float | None], None]
 
 
 class Phase:
-    """Progress bar, loss log and periodic checkpoints of one training phase."""
+    """Progress bar, loss log and periodic checkpoints of one training phase: the per-step callback."""
 
-    def __init__(self, name: str, run_dir: Path, total: int, start: int, elapsed: float, every: int, save):
+    def __init__(self, name: str, run_dir: Path, total: int, start: int, elapsed: float, every: int,
+                 save: SaveFunction):
         self.name, self.run_dir, self.every, self.save = name, run_dir, every, save
         self.done = start
         self.elapsed0 = elapsed
@@ -167,6 +164,76 @@ class Phase:
         self.log.close()
 
 
+class PhaseRun:
+    """Resume, train and save one phase: ``resume()``, then ``train(loop)``, then ``finish(progress, **results)``.
+
+    Args:
+        name: the phase: the progress bar's label, the log's ``phase`` and the state file's stem.
+        run_dir: the run folder.
+        steps: the phase's total number of steps.
+        modules: state-file key -> module; all are saved, and restored on resume.
+        optimizer: saved, and restored when a resumed phase trains on.
+        config: the phase's config dataclass, stored for the record.
+        checkpoint_every: save every this many steps.
+        after_save: called after every save with ``(step, done)``, e.g. to draw sample images.
+        extend_when_done: whether a finished phase trains on when asked for more steps than it ran.
+    """
+
+    def __init__(self, name: str, run_dir: Path, steps: int, modules: Mapping[str, nn.Module],
+                 optimizer: torch.optim.Optimizer, config: Any, *, checkpoint_every: int,
+                 after_save: Callable[[int, bool], None] | None = None, extend_when_done: bool = True):
+        self.name, self.run_dir, self.steps = name, run_dir, steps
+        self.modules, self.optimizer, self.config = dict(modules), optimizer, config
+        self.checkpoint_every, self.after_save, self.extend_when_done = checkpoint_every, after_save, extend_when_done
+        self.start, self.elapsed = 0, 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / f"{self.name}.pt"
+
+    def resume(self) -> dict[str, Any] | None:
+        """Load the last checkpoint into the modules (and the optimizer, to train on), if there is one.
+
+        Returns the saved state when the phase had finished, i.e. when there is nothing left to train.
+        """
+        state = load_state(self.path)
+        if state is None:
+            return None
+        for key, module in self.modules.items():
+            module.load_state_dict(state[key])
+        if state["done"] and (state["step"] >= self.steps or not self.extend_when_done):
+            return state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start, self.elapsed = state["step"], state["elapsed"]
+        return None
+
+    def save(self, step: int, seconds: float, loss: float | None, done: bool = False, **results: float) -> None:
+        save_state(self.path, {
+            **{key: module.state_dict() for key, module in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(), "step": step, "elapsed": seconds, "loss": loss, "done": done,
+            **results, "config": asdict(self.config),
+        })
+        if self.after_save is not None:
+            self.after_save(step, done)
+
+    def train(self, loop: Callable[[int, Phase], None]) -> Phase:
+        """Run ``loop(start_step, progress)``; an interrupt (Ctrl-C; SIGTERM via the CLI) saves the last step first."""
+        progress = Phase(self.name, self.run_dir, self.steps, self.start, self.elapsed, self.checkpoint_every,
+                         self.save)
+        try:
+            loop(self.start, progress)
+        except KeyboardInterrupt:
+            self.save(progress.done, progress.elapsed, progress.smooth)
+            raise
+        finally:
+            progress.close()
+        return progress
+
+    def finish(self, progress: Phase, **results: float) -> None:
+        """Save the finished phase with its results (e.g. ``psnr=...``)."""
+        self.save(self.steps, progress.elapsed, progress.smooth, done=True, **results)
+
+
 def _check_run_dir(options: DemoOptions) -> None:
     run_dir = options.run_dir
     existing = [p for p in ("vae.pt", "text.pt", "diffusion.pt", "decoder.pt") if (run_dir / p).exists()]
@@ -192,37 +259,20 @@ def run_vae_phase(options: DemoOptions, device: torch.device) -> AutoencoderKL:
     start_nearly_deterministic(vae)
     vae = vae.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    state = load_state(run_dir / "vae.pt")
-    start, elapsed = 0, 0.0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        if state["done"]:
-            print(f"vae: done earlier ({state['step']} steps, PSNR {state['psnr']:.2f} dB)", flush=True)
-            return vae.eval()
-        optimizer.load_state_dict(state["optimizer"])
-        start, elapsed = state["step"], state["elapsed"]
-
-    def save(step: int, seconds: float, loss: float | None, done: bool = False, psnr: float = 0.0) -> None:
-        save_state(run_dir / "vae.pt", {
-            "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": seconds,
-            "loss": loss, "done": done, "psnr": psnr, "config": asdict(config),
-        })
-
-    phase = Phase("vae", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
-    try:
-        train_vae_steps(vae, optimizer, config, start, device, phase)
-    except KeyboardInterrupt:
-        save(phase.done, phase.elapsed, phase.smooth)
-        raise
-    finally:
-        phase.close()
+    # A finished VAE stays finished: its latents were normalised and the pool was encoded with them.
+    run = PhaseRun("vae", run_dir, config.steps, {"model": vae}, optimizer, config,
+                   checkpoint_every=options.checkpoint_every, extend_when_done=False)
+    if (state := run.resume()) is not None:
+        print(f"vae: done earlier ({state['step']} steps, PSNR {state['psnr']:.2f} dB)", flush=True)
+        return vae.eval()
+    progress = run.train(lambda start, on_step: train_vae_steps(vae, optimizer, config, start, device, on_step))
     images, _ = data.sample_batch(np.random.default_rng([config.seed, 7]), 256, config.image_size)
     means, _ = encode_images(vae, images, device)
     normalize_latents(vae, means)
     value = reconstruction_psnr(vae, config.seed, 64, device, config.image_size)
-    print(f"vae: {config.steps} steps in {phase.elapsed:.0f} s, loss {phase.smooth:.4f}, PSNR {value:.2f} dB",
+    print(f"vae: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}, PSNR {value:.2f} dB",
           flush=True)
-    save(config.steps, phase.elapsed, phase.smooth, done=True, psnr=value)
+    run.finish(progress, psnr=value)
     return vae
 
 
@@ -235,34 +285,17 @@ def run_decoder_phase(options: DemoOptions, device: torch.device) -> Autoencoder
     vae = AutoencoderKL(options.architecture.vae).to(device)
     vae.load_state_dict(vae_state["model"])
     optimizer = torch.optim.AdamW(decoder_parameters(vae), lr=config.lr, weight_decay=0.0)
-    state = load_state(run_dir / "decoder.pt")
-    start, elapsed = 0, 0.0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        if state["done"] and state["step"] >= config.steps:
-            return vae.eval()
-        if state["step"] < config.steps:
-            optimizer.load_state_dict(state["optimizer"])
-            start, elapsed = state["step"], state["elapsed"]
-
-    def save(step: int, seconds: float, loss: float | None, done: bool = False, psnr: float = 0.0) -> None:
-        save_state(run_dir / "decoder.pt", {
-            "model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": seconds,
-            "loss": loss, "done": done, "psnr": psnr, "config": asdict(config),
-        })
-
-    phase = Phase("decoder", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
-    try:
-        train_vae_steps(vae, optimizer, config, start, device, phase, decoder_only=True)
-    except KeyboardInterrupt:
-        save(phase.done, phase.elapsed, phase.smooth)
-        raise
-    finally:
-        phase.close()
+    run = PhaseRun("decoder", run_dir, config.steps, {"model": vae}, optimizer, config,
+                   checkpoint_every=options.checkpoint_every)
+    if run.resume() is not None:
+        return vae.eval()
+    progress = run.train(
+        lambda start, on_step: train_vae_steps(vae, optimizer, config, start, device, on_step, decoder_only=True)
+    )
     value = reconstruction_psnr(vae, config.seed, 64, device, config.image_size)
-    print(f"decoder: {config.steps} steps in {phase.elapsed:.0f} s, PSNR {value:.2f} dB "
+    print(f"decoder: {config.steps} steps in {progress.elapsed:.0f} s, PSNR {value:.2f} dB "
           f"(before: {vae_state['psnr']:.2f} dB)", flush=True)
-    save(config.steps, phase.elapsed, phase.smooth, done=True, psnr=value)
+    run.finish(progress, psnr=value)
     return vae
 
 
@@ -300,38 +333,18 @@ def run_text_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, t
     latent_size = arch.image_size // 2 ** (len(arch.vae.ch_mult) - 1)
     towers = ContrastiveTowers(arch.vae.z_channels, latent_size, arch.text_width).to(device)
     optimizer = torch.optim.AdamW([*text_model.parameters(), *towers.parameters()], lr=config.lr, weight_decay=0.01)
-    state = load_state(run_dir / "text.pt")
-    start, elapsed = 0, 0.0
-    if state is not None:
-        text_model.load_state_dict(state["text"])
-        if state["done"] and state["step"] >= config.steps:
-            print(f"text: done earlier ({state['step']} steps, shape separation {state['separation']:.0%})",
-                  flush=True)
-            return state["text"]
-        towers.load_state_dict(state["towers"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, elapsed = state["step"], state["elapsed"]
-
-    def save(step: int, seconds: float, loss: float | None, done: bool = False, separation: float = 0.0) -> None:
-        save_state(run_dir / "text.pt", {
-            "text": text_model.state_dict(), "towers": towers.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "elapsed": seconds, "loss": loss, "done": done, "separation": separation,
-            "config": asdict(config),
-        })
-
-    phase = Phase("text", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
-    try:
-        train_text_steps(text_model, towers, tokenizer, optimizer, pool, config, start, device,
-                         vae.config.scale_factor, phase)
-    except KeyboardInterrupt:
-        save(phase.done, phase.elapsed, phase.smooth)
-        raise
-    finally:
-        phase.close()
+    run = PhaseRun("text", run_dir, config.steps, {"text": text_model, "towers": towers}, optimizer, config,
+                   checkpoint_every=options.checkpoint_every)
+    if (state := run.resume()) is not None:
+        print(f"text: done earlier ({state['step']} steps, shape separation {state['separation']:.0%})", flush=True)
+        return state["text"]
+    progress = run.train(lambda start, on_step: train_text_steps(
+        text_model, towers, tokenizer, optimizer, pool, config, start, device, vae.config.scale_factor, on_step
+    ))
     separation = shape_separation(text_model, tokenizer, device)
-    print(f"text: {config.steps} steps in {phase.elapsed:.0f} s, loss {phase.smooth:.4f}, shape separation "
+    print(f"text: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}, shape separation "
           f"{separation:.0%} (chance 20%)", flush=True)
-    save(config.steps, phase.elapsed, phase.smooth, done=True, separation=separation)
+    run.finish(progress, separation=separation)
     return text_model.state_dict()
 
 
@@ -352,26 +365,9 @@ def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPo
             text_model.requires_grad_(False)  # AdamW skips parameters that get no gradient
     ema_unet, ema_text = make_ema(unet), make_ema(text_model)
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_model.parameters()], lr=config.lr, weight_decay=0.01)
-    state = load_state(run_dir / "diffusion.pt")
-    start, elapsed = 0, 0.0
-    if state is not None:
-        for module, key in ((unet, "unet"), (text_model, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
-            module.load_state_dict(state[key])
-        if state["done"] and state["step"] >= config.steps:
-            print(f"diffusion: done earlier ({state['step']} steps)", flush=True)
-            return ema_unet, ema_text
-        optimizer.load_state_dict(state["optimizer"])
-        start, elapsed = state["step"], state["elapsed"]
-
     samples = run_dir / "samples"
-    samples.mkdir(exist_ok=True)
 
-    def save(step: int, seconds: float, loss: float | None, done: bool = False) -> None:
-        save_state(run_dir / "diffusion.pt", {
-            "unet": unet.state_dict(), "text": text_model.state_dict(), "ema_unet": ema_unet.state_dict(),
-            "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "elapsed": seconds, "loss": loss, "done": done, "config": asdict(config),
-        })
+    def draw_samples(step: int, done: bool) -> None:
         if done or step % options.sample_every == 0:
             images = ddim_sample(ema_unet, ema_text, tokenizer, vae, PREVIEW_PROMPTS, steps=20,
                                  seed=config.seed, size=arch.image_size, device=device)
@@ -379,17 +375,19 @@ def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPo
             unet.train()
             text_model.train()
 
-    phase = Phase("diffusion", run_dir, config.steps, start, elapsed, options.checkpoint_every, save)
-    try:
-        train_diffusion_steps(unet, text_model, ema_unet, ema_text, tokenizer, optimizer, pool, config, start,
-                              device, vae.config.scale_factor, phase)
-    except KeyboardInterrupt:
-        save(phase.done, phase.elapsed, phase.smooth)
-        raise
-    finally:
-        phase.close()
-    print(f"diffusion: {config.steps} steps in {phase.elapsed:.0f} s, loss {phase.smooth:.4f}", flush=True)
-    save(config.steps, phase.elapsed, phase.smooth, done=True)
+    modules = {"unet": unet, "text": text_model, "ema_unet": ema_unet, "ema_text": ema_text}
+    run = PhaseRun("diffusion", run_dir, config.steps, modules, optimizer, config,
+                   checkpoint_every=options.checkpoint_every, after_save=draw_samples)
+    if (state := run.resume()) is not None:
+        print(f"diffusion: done earlier ({state['step']} steps)", flush=True)
+        return ema_unet, ema_text
+    samples.mkdir(exist_ok=True)
+    progress = run.train(lambda start, on_step: train_diffusion_steps(
+        unet, text_model, ema_unet, ema_text, tokenizer, optimizer, pool, config, start, device,
+        vae.config.scale_factor, on_step,
+    ))
+    print(f"diffusion: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}", flush=True)
+    run.finish(progress)
     return ema_unet, ema_text
 
 

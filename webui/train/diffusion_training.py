@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +30,8 @@ from webui.models.vae import AutoencoderKL
 from webui.train import data
 from webui.train.checkpointing import step_generator
 from webui.train.vae_training import encode_images, lr_at
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 CONTEXT_LENGTH = 77
 
@@ -157,13 +160,13 @@ def zero_init_unet(unet: UNetModel) -> None:
             layer = module.proj_out
         else:
             continue
-        nn.init.zeros_(layer.weight)
-        nn.init.zeros_(layer.bias)
-    nn.init.zeros_(unet.out[-1].weight)
-    nn.init.zeros_(unet.out[-1].bias)
+        for param in layer.parameters():  # weight and bias
+            nn.init.zeros_(param)
+    for param in unet.out[-1].parameters():
+        nn.init.zeros_(param)
 
 
-def make_ema(module: nn.Module) -> nn.Module:
+def make_ema(module: ModuleT) -> ModuleT:
     ema = copy.deepcopy(module)
     ema.requires_grad_(False)
     return ema.eval()

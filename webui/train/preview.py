@@ -1,10 +1,10 @@
-"""Sample images during training with a minimal deterministic DDIM loop.
+"""Sample images during training, with the app's own "DDIM" sampler.
 
-The app's own samplers (``webui.sampling``) need a loaded ``StableDiffusionModel``; during
-training the networks are still separate modules, so this is the plain DDIM update (Song et al.
-2021, arXiv 2010.02502, eq. 12 with eta = 0) with classifier-free guidance and SD's "leading"
-timestep spacing. It is for progress pictures only; the shipped model is checked with the app's
-pipeline.
+The networks are still separate modules while they train, but the app's sampling needs no loaded
+``StableDiffusionModel``: only a denoiser ``D(x; sigma)`` (:class:`webui.sampling.DiscreteEpsDenoiser`
+around the guided UNet) and the training schedule. So the progress pictures are made exactly as the
+app makes a DDIM picture (Song et al. 2021, eta = 0; SD 1.5's "leading" timesteps 951, 901, ..., 1
+ending at ``alphas_cumprod[0]``, as diffusers and AUTOMATIC1111), with classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from torch import nn
 from webui.models.noise_schedule import scaled_linear_alphas_cumprod
 from webui.models.unet import UNetModel
 from webui.models.vae import AutoencoderKL
+from webui.sampling import DiscreteEpsDenoiser, SamplerRegistry, create_sampler_registry, sample
 from webui.train.diffusion_training import tokenize
+
+PREVIEW_SAMPLER = "DDIM"
 
 PREVIEW_PROMPTS = (
     "a red circle on a blue background",
@@ -44,27 +47,31 @@ def ddim_sample(
     seed: int = 0,
     size: int = 128,
     device: torch.device | None = None,
+    samplers: SamplerRegistry | None = None,
 ) -> list[Image.Image]:
-    """Text-to-image with DDIM (eta 0) and classifier-free guidance; one image per prompt."""
+    """Text-to-image with the app's DDIM sampler (eta 0) and classifier-free guidance; one image per prompt.
+
+    ``samplers`` is the app's sampler registry (built when not given).
+    """
     device = device or torch.device("cpu")
-    alphas_cumprod = scaled_linear_alphas_cumprod().double()
-    stride = len(alphas_cumprod) // steps
-    timesteps = list(range(1, len(alphas_cumprod), stride))[::-1][:steps]  # leading spacing, offset 1
+    sampler = (samplers or create_sampler_registry()).get(PREVIEW_SAMPLER)
+    alphas_cumprod = scaled_linear_alphas_cumprod()
     b = len(prompts)
     ids = tokenize(tokenizer, [*prompts, *([""] * b)]).to(device)
-    context = text_model(input_ids=ids).last_hidden_state
+    context = text_model(input_ids=ids).last_hidden_state  # (2B, 77, D): the prompts, then B empty prompts
+
+    def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        eps_cond, eps_uncond = unet(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]), context).chunk(2)
+        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+
     h = size // vae.config.downscale
     generator = torch.Generator("cpu").manual_seed(seed)
-    x = torch.randn((b, unet.config.in_channels, h, h), generator=generator, dtype=torch.float64)
-    for i, t in enumerate(timesteps):
-        a = alphas_cumprod[t]
-        a_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, dtype=a.dtype)
-        x_in = torch.cat([x, x]).float().to(device)
-        eps_cond, eps_uncond = unet(x_in, torch.full((2 * b,), t, device=device), context).double().cpu().chunk(2)
-        eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    images = vae.decode((x / vae.config.scale_factor).float().to(device)).float().cpu()
+    # Drawn in float64 as the earlier preview loop drew it (a float32 draw is another draw), so that the grids
+    # of runs sampled before and after it changed to the app's sampler stay comparable.
+    noise = torch.randn((b, unet.config.in_channels, h, h), generator=generator, dtype=torch.float64).float()
+    latents = sample(sampler, DiscreteEpsDenoiser(eps_fn, alphas_cumprod), noise.to(device), steps=steps,
+                     alphas_cumprod=alphas_cumprod, generator=generator)
+    images = vae.decode(latents / vae.config.scale_factor).float().cpu()
     return [to_pil(image) for image in images]
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from webui.models.checkpoint import vae_encode
 from webui.train import data
 
 WORDS: tuple[str, ...] = ("shape", "colour", "background")
@@ -90,7 +89,7 @@ def measure_word_sensitivity(
         image = data.render(data.single_shape_scene(swap.kind, swap.colour, swap.background), width)
         if height != width:
             image = image.resize((width, height))
-        latent = vae_encode(model, torch.from_numpy(data.image_to_array(image))[None].to(device)).float()
+        latent = model.encode(torch.from_numpy(data.image_to_array(image))[None].to(device)).float()
         # Drawn on the CPU so that the figures are the same on every device; moved once.
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed * 1000 + index)).to(device)
         context = model.text_encoder.encode_text(swap.caption).to(dtype)

@@ -44,9 +44,9 @@ def learn_merges(texts: Iterable[str], max_merges: int = 5000) -> list[tuple[str
     counts = Counter(w for text in texts for w in WORD_PATTERN.findall(text.lower().strip()))
     words: dict[tuple[str, ...], int] = {}
     for word, n in counts.items():
-        symbols = [byte_map[b] for b in word.encode("utf-8")]
-        symbols[-1] += "</w>"
-        words[tuple(symbols)] = words.get(tuple(symbols), 0) + n
+        chars = [byte_map[b] for b in word.encode("utf-8")]
+        chars[-1] += "</w>"
+        words[tuple(chars)] = words.get(tuple(chars), 0) + n
     merges: list[tuple[str, str]] = []
     while len(merges) < max_merges:
         pairs: Counter[tuple[str, str]] = Counter()

@@ -40,6 +40,13 @@ class VAETrainConfig:
     seed: int = 0
 
 
+def _bias(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """A convolution's bias, which the VAE's 1x1 convolutions always have (torch types it as optional)."""
+    if conv.bias is None:
+        raise ValueError(f"{conv} has no bias")
+    return conv.bias
+
+
 @torch.no_grad()
 def start_nearly_deterministic(vae: AutoencoderKL, logvar: float = -10.0) -> None:
     """Start the posterior's log-variance at ``logvar`` (std 0.007) instead of 0.
@@ -51,7 +58,7 @@ def start_nearly_deterministic(vae: AutoencoderKL, logvar: float = -10.0) -> Non
     """
     c = vae.config.embed_dim
     vae.quant_conv.weight[c:] *= 0.01
-    vae.quant_conv.bias[c:] = logvar
+    _bias(vae.quant_conv)[c:] = logvar
 
 
 def vae_loss(
@@ -187,17 +194,17 @@ def normalize_latents(vae: AutoencoderKL, latents: torch.Tensor) -> None:
     k = s * vae.config.scale_factor  # z = k * z' + m
     quant = vae.quant_conv
     w = quant.weight.double()
-    b = quant.bias.double()
+    b = _bias(quant).double()
     w[:c] /= k[:, None, None, None]
     b[:c] = (b[:c] - m) / k
     b[c:] -= 2.0 * torch.log(k)  # the log-variance of z' = z / k
     quant.weight.copy_(w.float())
-    quant.bias.copy_(b.float())
+    _bias(quant).copy_(b.float())
     post = vae.post_quant_conv
     w = post.weight.double()
-    b = post.bias.double() + (w[:, :, 0, 0] @ m)
+    b = _bias(post).double() + (w[:, :, 0, 0] @ m)
     post.weight.copy_((w * k[None, :, None, None]).float())
-    post.bias.copy_(b.float())
+    _bias(post).copy_(b.float())
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

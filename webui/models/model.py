@@ -1,0 +1,87 @@
+"""A loaded Stable Diffusion 1.x model: its three networks, the noise schedule, and the VAE's two directions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from webui.models.registry import SD1_NATIVE_SIZE
+from webui.models.text_encoder import TextEncoder
+from webui.models.unet import UNetModel
+from webui.models.vae import AutoencoderKL
+
+__all__ = ["SD1_NATIVE_SIZE", "StableDiffusionModel"]
+
+
+@dataclass
+class StableDiffusionModel:
+    """A loaded SD 1.x model: three networks, the training noise schedule and where they live."""
+
+    unet: UNetModel
+    vae: AutoencoderKL
+    text_encoder: TextEncoder
+    alphas_cumprod: torch.Tensor  # (1000,) float32, on the CPU
+    name: str
+    short_hash: str | None  # first 10 hex digits of the file's sha256 (A1111's "Model hash")
+    device: torch.device
+    dtype: torch.dtype
+    vae_dtype: torch.dtype | None = None  # None: same as ``dtype``; becomes float32 after an fp16 NaN retry
+    native_size: tuple[int, int] = SD1_NATIVE_SIZE  # (width, height) the model was trained at
+    path: Path | None = None
+    sha256: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def scale_factor(self) -> float:
+        return self.vae.config.scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def downscale(self) -> int:
+        """Image pixels per latent pixel (8 for SD 1.x)."""
+        return self.vae.config.downscale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Sampler-space latents (B, 4, h, w) -> float32 images (B, 3, 8h, 8w) in [-1, 1].
+
+        Divides by the VAE's ``scale_factor`` (0.18215) first (Rombach et al. 2022, section 4.3.2).
+        """
+        images = self._run_vae(lambda vae, z: vae.decode(z), latents / self.scale_factor)
+        return images.clamp(-1.0, 1.0)
+
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> sampler-space latents, multiplied by ``scale_factor``.
+
+        With a ``generator``, the latent is sampled from the encoder's Gaussian (mean + std * noise, noise drawn
+        on the generator's device, as diffusers' img2img does); without one, the mean is used.
+        """
+
+        def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
+            mean, logvar = vae.encode(x)
+            if generator is None:
+                return mean
+            noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=torch.float32)
+            return mean + torch.exp(0.5 * logvar) * noise.to(mean.device, mean.dtype)
+
+        return self._run_vae(encode, images) * self.scale_factor
+
+    def _run_vae(self, fn: Callable[[AutoencoderKL, torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Run ``fn(vae, x)`` in the VAE's precision; if half precision overflows to NaN/inf, redo it in float32.
+
+        SD 1.x's VAE is known to overflow in fp16 on some inputs (the reason for A1111's ``--no-half-vae``).
+        After one overflow the VAE stays in float32 for the rest of the session (``vae_dtype``).
+        """
+        dtype = self.vae_dtype or self.dtype
+        with torch.no_grad():
+            out = fn(self.vae, x.to(self.device, dtype))
+            if dtype != torch.float32 and not torch.isfinite(out).all():
+                self.vae.to(torch.float32)
+                self.vae_dtype = torch.float32
+                out = fn(self.vae, x.to(self.device, torch.float32))
+        return out.float()
