@@ -15,7 +15,7 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -172,23 +172,23 @@ def check_models_file(path: Path) -> None:
     raise LaunchError(f"--models {path}: {message}; {todo}.")
 
 
-def report_models(service: Any, out: io.TextIOBase | None = None) -> None:
+def report_models(service: Any, out: TextIO | None = None) -> None:
     """Check the models' sampler/schedule recommendations against the loaded sampler plugins, and print
     every problem of ``models.yaml`` as one line ("error: ..." for what cannot be used, "warning: ..." for
     what was corrected). The same problems stay in ``service.registry.errors``/``.warnings`` for the UI."""
     from webui.sampling import SCHEDULES
 
-    out = out or sys.stderr
+    stream = out or sys.stderr
     samplers = getattr(service, "samplers", None)
     set_known = getattr(service.models, "set_known_samplers", None)
     if samplers is not None and callable(set_known):
         set_known([s.name for s in samplers], SCHEDULES, [a for s in samplers for a in s.aliases])
     registry = service.registry
     for problem in getattr(registry, "errors", None) or []:
-        print(f"error: {problem}", file=out)
+        print(f"error: {problem}", file=stream)
     for problem in getattr(registry, "warnings", None) or []:
-        print(f"warning: {problem}", file=out)
-    out.flush()
+        print(f"warning: {problem}", file=stream)
+    stream.flush()
 
 
 def log_progress_to_stderr() -> None:

@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -530,8 +531,8 @@ def fetch_tokenizer(hub_id: str, cache_dir: Path | str | None = None, *, cancel:
     folder: Path | None = None
     for name in TOKENIZER_FILES:
         try:
-            path = _download(hub_id, name, None, cache_dir, endpoint,
-                             lambda total, name=name: _Meter(hub_id, name, total, None), cancel)
+            path = _download(hub_id, name, None, cache_dir, endpoint, partial(_Meter, hub_id, name, callback=None),
+                             cancel)
         except _Failure as failure:
             if failure.kind == "missing" and name not in REQUIRED_TOKENIZER_FILES:
                 continue  # optional file

@@ -387,7 +387,7 @@ def check_recommendations(
                 registry.path or Path("models.yaml"), entry.label or repr(entry.name), field_name,
                 f"unknown {field_name} {value!r} ({hint}); the app's default is used for this model",
             ))
-            entry = replace(entry, **{field_name: None})
+            entry = replace(entry, sampler=None) if field_name == "sampler" else replace(entry, scheduler=None)
         registry.entries[i] = entry
     registry.warnings.extend(found)
     return found
