@@ -168,6 +168,13 @@ def test_broken_transfer_is_reported_once_and_nothing_partial_is_kept(hub):
     assert hub.count("GET") == 1 and not [f for f in files_under(hub.cache) if "blobs" in f]
 
 
+def test_unwritable_cache_is_a_clear_error_not_a_traceback(hub, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(DownloadError, match="writing into .*not-a-folder failed: .*set HF_HUB_CACHE to another"):
+        fetch_model_file(ENTRY, blocker)
+
+
 def test_progress_is_logged_every_few_seconds(hub, monkeypatch, caplog):
     monkeypatch.setattr(download, "LOG_EVERY", 0.3)
     caplog.set_level(logging.INFO, logger="webui.models.download")

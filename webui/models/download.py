@@ -471,7 +471,8 @@ def _fix(kind: str, entry: ModelEntry) -> str:
                 "`hf auth login` (or set HF_TOKEN), then select the model again",
         "server": "try again later",
         "broken": "select the model again (the download starts over)",
-        "disk": "free some space, or set HF_HUB_CACHE to a folder on a larger disk, then select the model again",
+        "disk": "free some space (or make the folder writable), or set HF_HUB_CACHE to another folder, then "
+                "select the model again",
         "bad-endpoint": "check HF_ENDPOINT and proxy settings",
     }.get(kind, "select the model again")
 
@@ -500,7 +501,10 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | str | None = None, *,
         return _Meter(entry.name, entry.file or "", total, progress)
 
     try:
-        path = _download(entry.repo, entry.file, entry.revision, cache_dir, endpoint, meter_for, cancel)
+        try:
+            path = _download(entry.repo, entry.file, entry.revision, cache_dir, endpoint, meter_for, cancel)
+        except OSError as exc:  # the cache folder: not writable, disk full mid-way, ...
+            raise _Failure(f"writing into {cache} failed: {exc.strerror or exc}", "disk") from None
     except DownloadCancelled as exc:
         logger.info("Model %r: %s; the partial file was removed", entry.name, exc)
         raise DownloadCancelled(f"model {entry.name!r}: {exc}") from None

@@ -246,6 +246,9 @@ class ModelManager:
             flight.error = exc
             self._set_error(entry.name, str(exc))
             raise
+        except BaseException as exc:
+            flight.error = exc
+            raise
         finally:
             with self._state_lock:
                 self._downloads.pop(entry.name, None)
@@ -255,8 +258,10 @@ class ModelManager:
         while not flight.done.wait(0.1):
             if cancel is not None and cancel.is_set():
                 raise DownloadCancelled(f"model {name!r}: stopped waiting for its download")
-        if flight.error is not None:
+        if isinstance(flight.error, DownloadError):
             raise type(flight.error)(str(flight.error))  # a fresh exception: no traceback shared between threads
+        if flight.error is not None:
+            raise DownloadError(f"model {name!r}: the download failed: {flight.error}")
         assert flight.result is not None
         return flight.result
 
