@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=HERE / "models.yaml",
         metavar="PATH",
-        help="models.yaml listing the checkpoints the UI offers.",
+        help="models.yaml listing the checkpoints the UI offers. A file that is missing or unusable stops the "
+        "start (one line says why); a problem in one entry is reported and the other entries are offered.",
     )
     run.add_argument(
         "--device",

@@ -46,6 +46,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def models_yaml(tmp_path: Path, text: str = "models:\n  - {name: m, path: m.safetensors}\n") -> Path:
+    """A models.yaml the start accepts (the start refuses a missing one; the weights are read only on use)."""
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    return path
+
+
 def options(tmp_path: Path, **kwargs) -> ServerOptions:
     return ServerOptions(models=tmp_path / "models.yaml", outputs=tmp_path / "outputs", port=free_port(), **kwargs)
 
@@ -103,7 +110,7 @@ def test_unavailable_device_is_a_one_line_error(tmp_path: Path, device: str):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = run_launch("--device", device, "--models", str(tmp_path / "models.yaml"), "--port", str(free_port()))
+    result = run_launch("--device", device, "--models", str(models_yaml(tmp_path)), "--port", str(free_port()))
     assert result.returncode == 2 and f"device {device!r} was requested but no CUDA GPU is available" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -143,8 +150,53 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_launch("--device", "cpu", "--models", str(tmp_path / "models.yaml"), "--port", str(port))
+        result = run_launch("--device", "cpu", "--models", str(models_yaml(tmp_path)), "--port", str(port))
     assert result.returncode == 2 and "error:" in result.stderr and str(port) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- the models file ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    (lambda d: d / "nope.yaml", "file not found; give the path of your models.yaml with --models PATH"),
+    (lambda d: d, "is a folder, not a YAML file; give the models.yaml file inside it"),
+    (lambda d: models_yaml(d, "models:\n  - {name: a\n"), "is not valid YAML"),
+    (lambda d: models_yaml(d, "models: []\n"), "lists no models"),
+    (lambda d: models_yaml(d, "- a list\n"), "top-level 'models:' list"),
+])
+def test_unusable_models_file_stops_the_start_with_one_line(tmp_path: Path, make, words):
+    path = make(tmp_path)
+    result = run_launch("--models", str(path), "--port", str(free_port()))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr  # exactly one line
+    assert result.stderr.startswith(f"error: --models {path}: ") and words in result.stderr, result.stderr
+    assert "Running on" not in result.stdout
+
+
+def test_every_models_yaml_problem_is_one_line_at_start(tmp_path: Path):
+    """The issue's cases: a 'pth:' typo in the default entry and 'sampler: DPM++2M' are reported before serving
+    (the port is taken so that the start ends right after the report)."""
+    path = models_yaml(tmp_path, (
+        "models:\n"
+        "  - {name: demo, pth: models/demo.safetensors, default: true}\n"
+        "  - {name: other, path: other.safetensors, sampler: DPM++2M, scheduler: karas}\n"
+    ))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_launch("--device", "cpu", "--models", str(path), "--port", str(taken.getsockname()[1]),
+                            timeout=180)
+    lines = result.stderr.splitlines()
+    assert lines[:4] == [
+        f"error: {path}, model #1 ('demo'), field 'pth': unknown field 'pth' (did you mean 'path'?)",
+        f"error: {path}, model #1 ('demo'): this entry is marked 'default: true' but is invalid (see above), so no "
+        "model is selected at start; fix the entry, or mark a valid one 'default: true'",
+        f"warning: {path}, model #2 ('other'), field 'sampler': unknown sampler 'DPM++2M' (did you mean "
+        "'DPM++ 2M'?); the app's default is used for this model",
+        f"warning: {path}, model #2 ('other'), field 'scheduler': unknown scheduler 'karas' (did you mean "
+        "'Karras'?); the app's default is used for this model",
+    ], result.stderr
     assert "Traceback" not in result.stderr
 
 

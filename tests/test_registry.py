@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from webui.models.registry import UnknownModelError, load_registry
+from webui.models.registry import UnknownModelError, check_recommendations, load_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,12 +101,14 @@ def test_duplicate_name_keeps_the_first(tmp_path):
     assert "duplicate name" in str(registry.errors[0]) and "#1" in str(registry.errors[0])
 
 
-def test_second_default_is_reported_but_loaded(tmp_path):
+def test_second_default_is_a_warning_and_the_entry_is_still_offered(tmp_path):
     registry = registry_from(
         tmp_path, "models:\n  - {name: a, path: a, default: true}\n  - {name: b, path: b, default: true}\n"
     )
     assert registry.names == ["a", "b"] and registry.default.name == "a"
-    assert len(registry.errors) == 1 and registry.errors[0].field == "default"
+    assert registry.errors == []
+    assert len(registry.warnings) == 1 and registry.warnings[0].field == "default"
+    assert "#1 ('a') is already the default" in str(registry.warnings[0])
 
 
 @pytest.mark.parametrize(
@@ -114,13 +117,36 @@ def test_second_default_is_reported_but_loaded(tmp_path):
         ("models: [\n", "not valid YAML"),
         ("- just a list\n", "top-level 'models:'"),
         ("models: {name: a}\n", "must be a list"),
-        ("models:\n  - just a string\n", "must be a mapping"),
+        ("models: []\n", "lists no models"),
+        ("models:\n", "lists no models"),
     ],
 )
 def test_broken_file_gives_one_file_level_error(tmp_path, text, words):
     registry = registry_from(tmp_path, text)
     assert registry.entries == []
-    assert len(registry.errors) == 1 and words in str(registry.errors[0])
+    assert registry.errors == [registry.file_error]
+    assert words in str(registry.file_error) and "models.yaml" in str(registry.file_error)
+
+
+def test_yaml_syntax_error_is_one_line_with_its_line_number(tmp_path):
+    registry = registry_from(tmp_path, "models:\n  - name: a\n    path: [unclosed\n")
+    line = str(registry.file_error)
+    assert "\n" not in line and "not valid YAML" in line and "line 4" in line, line
+
+
+def test_unreadable_file_and_folder_are_file_errors(tmp_path):
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    assert load_registry(folder).file_error.message == "is a folder, not a YAML file"
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert load_registry(binary).file_error.message.startswith("cannot be read")
+
+
+def test_an_invalid_entry_is_not_a_file_error(tmp_path):
+    registry = registry_from(tmp_path, "models:\n  - just a string\n  - {name: b, path: b}\n")
+    assert registry.file_error is None and registry.names == ["b"]
+    assert "must be a mapping" in str(registry.errors[0])
 
 
 def test_missing_file_is_an_error_not_an_exception(tmp_path):
@@ -135,3 +161,97 @@ def test_get_accepts_names_titles_and_file_names(tmp_path):
         assert registry.get(query).name == "Demo"
     with pytest.raises(UnknownModelError, match="available: Demo"):
         registry.get("sdxl")
+
+
+# --- the default model is never silently replaced ---------------------------------------------------
+
+
+def repository_yaml_with(tmp_path: Path, old: str, new: str) -> Path:
+    """The repository's models.yaml with one edit, in a temporary folder (paths resolve as in the repo)."""
+    text = (REPO_ROOT / "models.yaml").read_text()
+    assert old in text
+    path = tmp_path / "models.yaml"
+    path.write_text(text.replace(old, new).replace("models/demo/", f"{REPO_ROOT}/models/demo/"))
+    return path
+
+
+def test_pth_typo_in_the_default_entry_selects_no_model_and_says_why(tmp_path):
+    """The issue's case: a 'pth:' typo in the demo entry made the 4 GB hub model the default, silently."""
+    registry = load_registry(repository_yaml_with(tmp_path, "    path: models/demo", "    pth: models/demo"))
+    assert registry.names == ["v1-5-pruned-emaonly"]  # the other entry is still offered...
+    assert registry.default is None  # ...but not selected in the demo's place
+    typo = [e for e in registry.errors if e.field == "pth"]
+    assert len(typo) == 1 and typo[0].message == "unknown field 'pth' (did you mean 'path'?)"
+    assert typo[0].entry == "#1 ('demo')"
+    assert not [e for e in registry.errors if e.field == "path"]  # the typo is the one line, not also "missing"
+    assert registry.default_error in registry.errors
+    assert "#1 ('demo')" in str(registry.default_error) and "no model is selected" in str(registry.default_error)
+    assert len(registry.errors) == 2
+
+
+def test_invalid_first_entry_without_a_marked_default_selects_no_model(tmp_path):
+    registry = registry_from(tmp_path, "models:\n  - {name: a, path: a, width: 500}\n  - {name: b, path: b}\n")
+    assert registry.names == ["b"] and registry.default is None
+    assert "is the first entry" in str(registry.default_error)
+
+
+def test_marked_default_wins_over_an_invalid_entry_before_it(tmp_path):
+    registry = registry_from(
+        tmp_path, "models:\n  - {name: a, path: a, width: 500}\n  - {name: b, path: b, default: true}\n"
+    )
+    assert registry.default.name == "b" and registry.default_error is None and len(registry.errors) == 1
+
+
+def test_invalid_entry_marked_default_is_not_replaced_by_a_later_one(tmp_path):
+    registry = registry_from(tmp_path, 'models:\n  - {name: a, path: a}\n  - {name: b, default: "true"}\n')
+    assert registry.names == ["a"] and registry.default is None
+    assert "#2 ('b')" in str(registry.default_error)
+
+
+def test_problems_are_plain_records_with_a_message(tmp_path):
+    registry = registry_from(tmp_path, "models:\n  - {name: a, path: a, widht: 64}\n  - {name: b, path: b}\n")
+    problem = registry.errors[0]
+    assert dataclasses.is_dataclass(problem)
+    assert (problem.file, problem.entry, problem.field) == (tmp_path / "models.yaml", "#1 ('a')", "widht")
+    assert problem.message == "unknown field 'widht' (did you mean 'width'?)"
+    assert str(problem) == f"{tmp_path / 'models.yaml'}, model #1 ('a'), field 'widht': {problem.message}"
+    assert registry.problems == [*registry.errors, *registry.warnings]
+
+
+# --- recommendations checked against the sampler plugins ---------------------------------------------
+
+
+def test_unknown_sampler_and_schedule_are_reported_with_the_closest_name_and_dropped(tmp_path):
+    from webui.sampling import SCHEDULES, create_sampler_registry
+
+    samplers = create_sampler_registry()
+    registry = registry_from(tmp_path, """
+models:
+  - {name: a, path: a, sampler: DPM++2M, scheduler: karas, steps: 8}
+  - {name: b, path: b, sampler: dpm++ 2m, scheduler: KARRAS}
+  - {name: c, path: c, sampler: k_euler_a}
+  - {name: d, path: d, sampler: Quantum}
+""")
+    aliases = [alias for sampler in samplers for alias in sampler.aliases]
+    found = check_recommendations(registry, samplers.names, SCHEDULES, sampler_aliases=aliases)
+    assert found == registry.warnings and registry.errors == []
+    lines = [str(w) for w in found]
+    assert [(w.entry, w.field) for w in found] == [("#1 ('a')", "sampler"), ("#1 ('a')", "scheduler"),
+                                                    ("#4 ('d')", "sampler")]
+    assert "unknown sampler 'DPM++2M' (did you mean 'DPM++ 2M'?)" in lines[0]
+    assert "unknown scheduler 'karas' (did you mean 'Karras'?)" in lines[1]
+    assert "known: " in lines[2] and "Euler a" in lines[2]
+    a, b, c, d = registry.entries
+    assert (a.sampler, a.scheduler, a.steps) == (None, None, 8)  # dropped: the app's default is used
+    assert (b.sampler, b.scheduler, c.sampler, d.sampler) == ("dpm++ 2m", "KARRAS", "k_euler_a", None)
+    assert check_recommendations(registry, samplers.names, SCHEDULES, sampler_aliases=aliases) == []  # idempotent
+    assert len(registry.warnings) == 3
+
+
+def test_registry_module_does_not_import_the_sampler_plugins():
+    import subprocess
+    import sys
+
+    code = "import sys, webui.models.registry; print('webui.sampling' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert result.stdout.strip() == "False"

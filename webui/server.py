@@ -15,7 +15,7 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -148,6 +148,63 @@ def check_exposure(options: ServerOptions) -> list[str]:
     ]
 
 
+def check_models_file(path: Path) -> None:
+    """Refuse a ``--models`` file that cannot be used at all (missing, unreadable, not YAML, no models).
+
+    Raises:
+        LaunchError: one line naming the file, what is wrong and what to do. Problems inside single
+            entries do not stop the start: the server reports them and the UI shows them.
+    """
+    from webui.models.registry import load_registry
+
+    problem = load_registry(path).file_error
+    if problem is None:
+        return
+    message = problem.message
+    if message == "file not found":
+        todo = "give the path of your models.yaml with --models PATH, or leave --models out to use the bundled one"
+    elif message.startswith("is a folder"):
+        todo = "give the models.yaml file inside it with --models PATH"
+    elif message.startswith("cannot be read"):
+        todo = "make it readable for this user, or give another file with --models PATH"
+    else:
+        todo = "fix the file (the format is in the README, 'Adding a model')"
+    raise LaunchError(f"--models {path}: {message}; {todo}.")
+
+
+def report_models(service: Any, out: TextIO | None = None) -> None:
+    """Check the models' sampler/schedule recommendations against the loaded sampler plugins, and print
+    every problem of ``models.yaml`` as one line ("error: ..." for what cannot be used, "warning: ..." for
+    what was corrected). The same problems stay in ``service.registry.errors``/``.warnings`` for the UI."""
+    from webui.sampling import SCHEDULES
+
+    stream = out or sys.stderr
+    samplers = getattr(service, "samplers", None)
+    set_known = getattr(service.models, "set_known_samplers", None)
+    if samplers is not None and callable(set_known):
+        set_known([s.name for s in samplers], SCHEDULES, [a for s in samplers for a in s.aliases])
+    registry = service.registry
+    for problem in getattr(registry, "errors", None) or []:
+        print(f"error: {problem}", file=stream)
+    for problem in getattr(registry, "warnings", None) or []:
+        print(f"warning: {problem}", file=stream)
+    stream.flush()
+
+
+def log_progress_to_stderr() -> None:
+    """Show the app's own INFO lines (download progress) on stderr; library loggers keep their levels."""
+    import logging
+
+    log = logging.getLogger("webui")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def create_service(options: ServerOptions) -> Any:
     """Build the `WebUIService` (device, precision, models registry, outputs, sampler plugins)."""
     from webui.devices import pick_device, pick_dtype
@@ -249,12 +306,17 @@ def serve(options: ServerOptions) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
+        check_models_file(options.models)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log_progress_to_stderr()
+    try:
         service = create_service(options)
     except ValueError as exc:  # unknown/unavailable device, unsupported precision
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for problem in getattr(service.registry, "errors", None) or []:
-        print(f"warning: {problem}", file=sys.stderr)
+    report_models(service)
     try:
         server = start(options, service)
     except (LaunchError, OSError) as exc:  # OSError: the port is taken
