@@ -11,9 +11,9 @@ import pytest
 import torch
 from hub_server import fake_hub, use_hub
 
-from webui.models.loading import load_model
 from webui.models.download import DownloadCancelled, DownloadError, DownloadRequiredError
 from webui.models.errors import CheckpointNotFoundError, CorruptCheckpointError
+from webui.models.loading import load_model
 from webui.models.manager import ModelManager
 from webui.models.registry import UnknownModelError, load_registry
 

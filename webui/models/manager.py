@@ -25,8 +25,6 @@ from pathlib import Path
 
 import torch
 
-from webui.models.loading import load_model
-from webui.models.model import StableDiffusionModel
 from webui.models.download import (
     DownloadCancelled,
     DownloadError,
@@ -41,6 +39,8 @@ from webui.models.download import (
     plan_download,
 )
 from webui.models.errors import CheckpointNotFoundError
+from webui.models.loading import load_model
+from webui.models.model import StableDiffusionModel
 from webui.models.registry import (
     ModelEntry,
     Registry,
