@@ -21,8 +21,8 @@ import webuiapi
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
-from test_api_support import b64_png, from_b64, serve
 
+from tests.support.api import b64_png, from_b64, serve
 from webui.api import ApiLimits, mount_api
 from webui.pipeline.requests import GenerationRequest
 from webui.service import WebUIService

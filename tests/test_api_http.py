@@ -19,8 +19,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
-from test_api_support import b64_png, from_b64, serve
 
+from tests.support.api import b64_png, from_b64, serve
 from webui.api import ApiLimits, mount_api
 from webui.models.errors import CorruptCheckpointError
 from webui.models.registry import ModelEntry, Registry

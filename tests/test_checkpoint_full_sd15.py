@@ -50,7 +50,7 @@ CLIP_VOCAB_SIZE = 49408
 
 def write_clip_sized_tokenizer(folder: Path) -> Path:
     """A byte-level BPE vocabulary with exactly CLIP ViT-L's 49408 tokens (synthetic two-symbol merges)."""
-    from conftest import _bytes_to_unicode
+    from tests.conftest import _bytes_to_unicode
 
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _bytes_to_unicode()

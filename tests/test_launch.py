@@ -143,7 +143,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.fixture
 def stand_in_service():
-    from test_ui import FakeService
+    from tests.test_ui import FakeService
 
     return FakeService()
 
