@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny, seeded, random-weight Stable Diffusion 1.x model built offline.
+"""Shared fixtures: a tiny, seeded, random-weight Stable Diffusion 1.x model built offline, and where the
+browser tests put their screenshots.
 
 The model's builders live in :mod:`tests.support.tiny_model` (the benchmarks use them too). Fixtures (all
 session-scoped, built once, cheap: a few MB and well under a second to run):
@@ -9,6 +10,7 @@ session-scoped, built once, cheap: a few MB and well under a second to run):
 - ``tiny_checkpoint``: :class:`TinyCheckpoint`, those weights written as one SD 1.x single file
   ``<tmp>/tiny/tiny.safetensors`` with the tokenizer next to it in ``<tmp>/tiny/tokenizer/``, plus a
   ``models.yaml`` whose only (default) entry ``tiny`` points at it (64x64 images, 8x8 latents).
+- ``screenshots_dir``: a temporary folder, or the README's ``docs/screenshots/`` with ``--update-screenshots``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from tests.support.tiny_model import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+ROOT = Path(__file__).resolve().parents[1]
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
+
 
 def _bytes_to_unicode() -> list[str]:
     """The 256 printable stand-ins for bytes used by GPT-2/CLIP byte-level BPE, in vocabulary order."""
@@ -41,6 +46,24 @@ def _bytes_to_unicode() -> list[str]:
             codes.append(256 + extra)
             extra += 1
     return [chr(c) for c in codes]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-screenshots", action="store_true", default=False,
+        help="browser tests write their screenshots into docs/screenshots/ (the README's) instead of a temporary "
+        "folder",
+    )
+
+
+@pytest.fixture(scope="session")
+def screenshots_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save screenshots: a temporary folder, so that running the tests never changes a
+    tracked file; the README's folder only when asked with ``--update-screenshots``."""
+    if request.config.getoption("--update-screenshots"):
+        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return README_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="session")
