@@ -245,6 +245,7 @@ def test_webuiapi_with_api_auth(service: WebUIService) -> None:
             anonymous.txt2img(prompt="x", width=SIZE, height=SIZE)
 
 
+@pytest.mark.slow
 def test_refresh_checkpoints_rereads_models_yaml_and_broken_models_get_422(tiny_checkpoint, tmp_path: Path) -> None:
     models_yaml = tmp_path / "models.yaml"
     tiny = f"  - name: tiny\n    path: {tiny_checkpoint.path}\n    width: {SIZE}\n    height: {SIZE}\n"

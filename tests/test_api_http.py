@@ -486,6 +486,7 @@ def test_mount_replaces_the_apps_own_docs_and_refuses_a_second_mount() -> None:
         mount_api(app, StubService())
 
 
+@pytest.mark.slow
 def test_mounts_on_a_running_gradio_app() -> None:
     """What webui/server.py does: launch the Blocks without blocking, then add the API routes to its app."""
     import gradio as gr

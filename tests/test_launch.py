@@ -96,6 +96,7 @@ def test_api_on_the_network_needs_its_own_password(tmp_path: Path):
     assert result.returncode != 0 and "--api-auth user:password" in result.stderr
 
 
+@pytest.mark.slow
 def test_unavailable_device_is_a_one_line_error(tmp_path: Path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -105,6 +106,7 @@ def test_unavailable_device_is_a_one_line_error(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_port_in_use_is_a_clear_error(tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -198,6 +200,7 @@ def test_insecure_no_auth_serves_with_a_loud_warning(tmp_path: Path, stand_in_se
     assert "WITHOUT A PASSWORD" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_api_flag_mounts_the_rest_api_behind_its_own_password(tmp_path: Path, stand_in_service):
     pytest.importorskip("webui.api")
     opts = options(tmp_path, api=True, api_auth=(("api", "key"),))

@@ -40,6 +40,7 @@ def test_get_loads_the_default_once(manager, tiny_checkpoint):
     ]
 
 
+@pytest.mark.slow
 def test_switching_unloads_the_previous_model_and_applies_entry_dtype(manager):
     manager.get("tiny")
     model = manager.get("tiny-bf16")
@@ -108,6 +109,7 @@ def test_offline_hub_entry_fails_with_a_clear_message(tmp_path, monkeypatch):
         manager.get()
 
 
+@pytest.mark.slow
 def test_set_registry_keeps_resident_models_and_drops_removed_ones(manager, tmp_path, tiny_checkpoint):
     model = manager.get("tiny")
     same = tmp_path / "same.yaml"

@@ -416,6 +416,7 @@ def test_progress_is_streamed_while_the_job_runs(fake_service):
     assert "ETA" in running[-1] and 'data-state="done"' in statuses[-1]
 
 
+@pytest.mark.slow
 def test_interrupt_stops_only_the_callers_own_job(fake_service):
     fake_service.step_seconds = 0.03
     demo, url = _serve(fake_service)
@@ -450,6 +451,7 @@ def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
     assert fields["Negative prompt"] == "ugly"
 
 
+@pytest.mark.slow
 def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_service):
     demo, url = _serve(fake_service, auth=[("alice", "s3cret")])
     try:
