@@ -194,6 +194,7 @@ def test_api_jobs_wait_in_the_same_fifo_queue_as_ui_jobs(url: str, service: WebU
     assert ui_job.state == "interrupted"
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_requests_all_come_back_and_progress_stays_responsive(url: str) -> None:
     """8 clients each send 2 txt2img at once; meanwhile another client polls /progress."""
     latencies: list[float] = []

@@ -141,6 +141,7 @@ def test_adherence_prompts_cover_every_shape_and_colour_on_another_background():
     assert not {p.seed for p in target_prompts()} & {p.seed for p in validation_prompts()}
 
 
+@pytest.mark.slow
 def test_adherence_command_prints_the_per_prompt_table(capsys):
     import signal
 

@@ -172,6 +172,7 @@ def test_default_binds_loopback_only(tmp_path: Path, stand_in_service):
         server.close()
 
 
+@pytest.mark.slow
 def test_share_without_internet_prints_one_line_and_keeps_serving_locally(tmp_path: Path, stand_in_service):
     opts = options(tmp_path, share=True, gradio_auth=(("u", "p"),))
     out = io.StringIO()

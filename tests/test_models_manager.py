@@ -29,6 +29,7 @@ def manager(tmp_path, tiny_checkpoint) -> ModelManager:
     return ModelManager(load_registry(write_registry(tmp_path, tiny_checkpoint)), "cpu", torch.float32)
 
 
+@pytest.mark.slow
 def test_get_loads_the_default_once(manager, tiny_checkpoint):
     assert manager.current_name is None
     model = manager.get()
@@ -49,6 +50,7 @@ def test_switching_unloads_the_previous_model_and_applies_entry_dtype(manager):
     assert [s.name for s in manager.status() if s.loaded] == ["tiny-bf16"]
 
 
+@pytest.mark.slow
 def test_failed_load_is_reported_in_status_and_other_models_still_work(manager):
     with pytest.raises(CheckpointNotFoundError):
         manager.get("missing")
@@ -57,6 +59,7 @@ def test_failed_load_is_reported_in_status_and_other_models_still_work(manager):
     assert manager.get("tiny").name == "tiny"
 
 
+@pytest.mark.slow
 def test_unload_frees_and_unknown_names_are_refused(manager):
     manager.get()
     manager.unload("tiny")
@@ -89,6 +92,7 @@ def test_concurrent_gets_load_once(tmp_path, tiny_checkpoint):
     assert len(calls) == 1 and len({id(m) for m in results}) == 1
 
 
+@pytest.mark.slow
 def test_hub_entry_resolves_through_the_download_function(tmp_path, tiny_checkpoint, monkeypatch):
     """The hub code path is wired (download itself is never exercised: tests are offline)."""
     import webui.models.download as download
@@ -123,6 +127,7 @@ def test_set_registry_keeps_resident_models_and_drops_removed_ones(manager, tmp_
     assert manager.get().name == "renamed"
 
 
+@pytest.mark.slow
 def test_status_answers_while_a_model_is_loading(tmp_path, tiny_checkpoint):
     started, release = threading.Event(), threading.Event()
 

@@ -141,6 +141,7 @@ def test_latent_preview_fit_approximates_the_vae(tiny_model):
     assert float((approx - decoded).pow(2).mean()) < float((decoded - decoded.mean((1, 2), keepdim=True)).pow(2).mean())
 
 
+@pytest.mark.slow
 def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_images(
     tiny_model, samplers, tmp_path
 ):
