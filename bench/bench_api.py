@@ -8,14 +8,13 @@ test model by default, built on the fly), then measures:
 2. ``--clients`` clients each sending 2 txt2img at once while another polls ``/progress`` every 50 ms: the
    wall time for all images and the poll latency (median, 95th percentile, max).
 
-Usage: ``OMP_NUM_THREADS=1 python bench/bench_api.py [--models models.yaml] [--steps 4] [--clients 8]``.
+Usage: ``OMP_NUM_THREADS=1 python -m bench.bench_api [--models models.yaml] [--steps 4] [--clients 8]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -25,16 +24,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_models_yaml(folder: Path) -> Path:
-    """The test suite's tiny seeded model (64x64 images) written to ``folder``; returns its models.yaml."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest
-
-    components = conftest.build_tiny_components(conftest.write_tiny_tokenizer(folder / "tokenizer"))
-    return conftest.write_tiny_checkpoint(folder, components).models_yaml
+from tests.support.api import serve
 
 
 def main() -> None:
@@ -45,15 +35,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_api_support import serve
-
+    from tests.support.tiny_model import write_tiny_model
     from webui.api import mount_api
     from webui.pipeline.requests import GenerationRequest
     from webui.service import WebUIService
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = args.models or tiny_models_yaml(Path(tmp))
+        models = args.models or write_tiny_model(Path(tmp)).models_yaml
         service = WebUIService(models)
         app = FastAPI()
         mount_api(app, service)

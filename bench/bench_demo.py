@@ -4,7 +4,7 @@ Loads the default entry of ``models.yaml`` exactly as the app does, generates on
 then times ``--repeats`` more with the entry's recommended sampler, steps and CFG scale and
 prints the median. Target on the 2-core reference machine: under 2 s per image.
 
-Usage: ``OMP_NUM_THREADS=2 python bench/bench_demo.py [--repeats 5] [--threads 2]``.
+Usage: ``OMP_NUM_THREADS=2 python -m bench.bench_demo [--repeats 5] [--threads 2]``.
 """
 
 from __future__ import annotations

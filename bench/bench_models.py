@@ -2,8 +2,8 @@
 
 Usage::
 
-    python bench/bench_models.py                     # fp32; UNet batch 2 at 32x32 and 64x64 latents; VAE decode 512 px
-    python bench/bench_models.py --precision bf16 --repeats 3 --sizes 32 --vae-size 0
+    python -m bench.bench_models                     # fp32; UNet batch 2 at 32x32 and 64x64 latents; VAE decode 512 px
+    python -m bench.bench_models --precision bf16 --repeats 3 --sizes 32 --vae-size 0
 
 Both implementations hold the very same weight tensors (ours built on the meta device and filled with
 ``load_state_dict(assign=True)``; diffusers' filled with the same tensors through our diffusers <-> CompVis

@@ -13,7 +13,7 @@ The per-step figure is compared with one real SD 1.5 UNet forward at batch 2 (FA
 10.9 s on the 2-core reference machine), given with ``--unet-seconds`` or measured with
 ``--measure-unet`` (slow: builds the 859M-parameter UNet).
 
-Usage: ``OMP_NUM_THREADS=2 python bench/bench_pipeline.py [--steps 20] [--unet-seconds 10.9]``.
+Usage: ``OMP_NUM_THREADS=2 python -m bench.bench_pipeline [--steps 20] [--unet-seconds 10.9]``.
 Exit status 1 if the per-step overhead reaches 1% of the UNet step.
 """
 

@@ -7,7 +7,7 @@ is compared with one real forward of the full-size UNet (``UNetModel(UNetConfig(
 weights, batch 2 = one classifier-free-guidance step), timed in the same process, or with
 ``--unet-seconds`` (FACTS.md: about 10.9 s on the 2-core reference machine).
 
-Usage: ``OMP_NUM_THREADS=2 python bench/bench_samplers.py [--steps 20] [--unet-seconds 10.9]``.
+Usage: ``OMP_NUM_THREADS=2 python -m bench.bench_samplers [--steps 20] [--unet-seconds 10.9]``.
 Exit status 1 if any sampler's overhead reaches 1% of the UNet time.
 """
 

@@ -10,7 +10,7 @@ random-weight test model by default, built on the fly), serves it on loopback an
 3. Interrupt latency: from calling ``/txt2img_interrupt`` to the final result arriving, and how many sampling
    steps ran after the call.
 
-Usage: ``OMP_NUM_THREADS=1 python bench/bench_ui.py [--models models.yaml] [--steps 4] [--repeats 5]``.
+Usage: ``OMP_NUM_THREADS=1 python -m bench.bench_ui [--models models.yaml] [--steps 4] [--repeats 5]``.
 """
 
 from __future__ import annotations
@@ -18,21 +18,9 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_models_yaml(folder: Path) -> Path:
-    """The test suite's tiny seeded model (64x64 images) written to ``folder``; returns its models.yaml."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest
-
-    components = conftest.build_tiny_components(conftest.write_tiny_tokenizer(folder / "tokenizer"))
-    return conftest.write_tiny_checkpoint(folder, components).models_yaml
 
 
 def main() -> None:
@@ -46,12 +34,13 @@ def main() -> None:
 
     from gradio_client import Client
 
+    from tests.support.tiny_model import write_tiny_model
     from webui.pipeline.requests import GenerationRequest
     from webui.service import WebUIService
     from webui.ui import build_ui
 
     with tempfile.TemporaryDirectory() as tmp:
-        models = args.models or tiny_models_yaml(Path(tmp))
+        models = args.models or write_tiny_model(Path(tmp)).models_yaml
         service = WebUIService(models, device="cpu", outputs_dir=None)
         model = service.registry.default
         size = args.size or (model.width or 512)

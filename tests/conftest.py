@@ -1,100 +1,56 @@
-"""Shared fixtures: a tiny, seeded, random-weight Stable Diffusion 1.x model built offline.
+"""Shared fixtures: a tiny, seeded, random-weight Stable Diffusion 1.x model built offline, and where the
+browser tests put their screenshots.
 
-Fixtures (all session-scoped, built once, cheap: a few MB and well under a second to run):
+The model's builders live in :mod:`tests.support.tiny_model` (the benchmarks use them too). Fixtures (all
+session-scoped, built once, cheap: a few MB and well under a second to run):
 
-- ``tiny_tokenizer_dir``: a folder with a real byte-level CLIP BPE ``vocab.json`` / ``merges.txt``
-  (256 byte symbols, their ``</w>`` variants, a few merges such as ``the</w>``, ``cat</w>``,
-  ``dog</w>``, then ``<|startoftext|>`` and ``<|endoftext|>``); load it with
-  ``CLIPTokenizer.from_pretrained(folder, model_max_length=77)``.
+- ``tiny_tokenizer_dir``: a folder with the tiny byte-level CLIP BPE vocabulary.
 - ``tiny_components``: :class:`TinyComponents` with the UNet, VAE, CLIP text model and tokenizer
   (eval mode; do not modify them, they are shared by every test).
 - ``tiny_checkpoint``: :class:`TinyCheckpoint`, those weights written as one SD 1.x single file
   ``<tmp>/tiny/tiny.safetensors`` with the tokenizer next to it in ``<tmp>/tiny/tokenizer/``, plus a
   ``models.yaml`` whose only (default) entry ``tiny`` points at it (64x64 images, 8x8 latents).
-
-The sizes follow the head-count rules in :mod:`webui.models.checkpoint` (UNet 8 heads, CLIP
-width // 64 heads) so that the file loads back into identical modules.
+- ``screenshots_dir``: a temporary folder, or the README's ``docs/screenshots/`` with ``--update-screenshots``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.support.tiny_model import (
+    TinyCheckpoint,
+    TinyComponents,
+    build_tiny_components,
+    write_tiny_checkpoint,
+    write_tiny_tokenizer,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TINY_MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>")]
-TINY_IMAGE_SIZE = 64
+ROOT = Path(__file__).resolve().parents[1]
+README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
-def write_tiny_tokenizer(folder: Path) -> Path:
-    """Write a byte-level CLIP BPE vocabulary (every string is encodable) into ``folder``."""
-    from webui.train.tokenizer import bytes_to_unicode
-
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(bytes_to_unicode().values())  # the 256 byte symbols in vocabulary order
-    tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in TINY_MERGES)]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in TINY_MERGES))
-    return folder
-
-
-@dataclass
-class TinyComponents:
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_model: torch.nn.Module
-    tokenizer: object
-    tokenizer_dir: Path
-    unet_config: object
-    vae_config: object
-
-
-@dataclass
-class TinyCheckpoint:
-    path: Path  # the .safetensors single file
-    tokenizer_dir: Path  # <folder>/tokenizer, next to the file
-    models_yaml: Path  # a registry with one default entry "tiny"
-    components: TinyComponents
-    image_size: int = TINY_IMAGE_SIZE
-
-
-def build_tiny_components(tokenizer_dir: Path, seed: int = 0) -> TinyComponents:
-    """Seeded random weights; every parameter gets a little normal noise so no two norms are equal."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from webui.models.unet import UNetConfig, UNetModel
-    from webui.models.vae import AutoencoderKL, VAEConfig
-
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
-    unet_config = UNetConfig(
-        model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(1, 2), num_heads=8,
-        context_dim=128,
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-screenshots", action="store_true", default=False,
+        help="browser tests write their screenshots into docs/screenshots/ (the README's) instead of a temporary "
+        "folder",
     )
-    vae_config = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet, vae, text_model = UNetModel(unet_config), AutoencoderKL(vae_config), CLIPTextModel(text_config)
-        with torch.no_grad():
-            for module in (unet, vae, text_model):
-                for p in module.parameters():
-                    p.add_(torch.randn_like(p) * 0.02)
-    return TinyComponents(
-        unet=unet.eval(), vae=vae.eval(), text_model=text_model.eval(), tokenizer=tokenizer,
-        tokenizer_dir=tokenizer_dir, unet_config=unet_config, vae_config=vae_config,
-    )
+
+
+@pytest.fixture(scope="session")
+def screenshots_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save screenshots: a temporary folder, so that running the tests never changes a
+    tracked file; the README's folder only when asked with ``--update-screenshots``."""
+    if request.config.getoption("--update-screenshots"):
+        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return README_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="session")
@@ -105,26 +61,6 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_components(tiny_tokenizer_dir: Path) -> TinyComponents:
     return build_tiny_components(tiny_tokenizer_dir)
-
-
-def write_tiny_checkpoint(root: Path, components: TinyComponents) -> TinyCheckpoint:
-    """Write ``components`` under ``root`` as a user would have them: ``tiny/tiny.safetensors`` in the SD 1.x
-    layout, its ``tokenizer/`` folder, and a ``models.yaml`` whose only (default) entry is ``tiny``."""
-    from webui.models.checkpoint import save_single_file
-
-    folder = root / "tiny"
-    path = save_single_file(folder / "tiny.safetensors", components.unet, components.vae, components.text_model)
-    tokenizer_dir = write_tiny_tokenizer(folder / "tokenizer")
-    models_yaml = root / "models.yaml"
-    models_yaml.write_text(
-        "models:\n"
-        "  - name: tiny\n"
-        f"    path: {path.relative_to(root).as_posix()}\n"
-        "    default: true\n"
-        f"    width: {TINY_IMAGE_SIZE}\n"
-        f"    height: {TINY_IMAGE_SIZE}\n"
-    )
-    return TinyCheckpoint(path=path, tokenizer_dir=tokenizer_dir, models_yaml=models_yaml, components=components)
 
 
 @pytest.fixture(scope="session")

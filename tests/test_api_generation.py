@@ -21,8 +21,8 @@ import webuiapi
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
-from test_api_support import b64_png, from_b64, serve
 
+from tests.support.api import b64_png, from_b64, serve
 from webui.api import ApiLimits, mount_api
 from webui.pipeline.requests import GenerationRequest
 from webui.service import WebUIService
@@ -194,6 +194,7 @@ def test_api_jobs_wait_in_the_same_fifo_queue_as_ui_jobs(url: str, service: WebU
     assert ui_job.state == "interrupted"
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_requests_all_come_back_and_progress_stays_responsive(url: str) -> None:
     """8 clients each send 2 txt2img at once; meanwhile another client polls /progress."""
     latencies: list[float] = []
@@ -245,6 +246,7 @@ def test_webuiapi_with_api_auth(service: WebUIService) -> None:
             anonymous.txt2img(prompt="x", width=SIZE, height=SIZE)
 
 
+@pytest.mark.slow
 def test_refresh_checkpoints_rereads_models_yaml_and_broken_models_get_422(tiny_checkpoint, tmp_path: Path) -> None:
     models_yaml = tmp_path / "models.yaml"
     tiny = f"  - name: tiny\n    path: {tiny_checkpoint.path}\n    width: {SIZE}\n    height: {SIZE}\n"

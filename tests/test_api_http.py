@@ -19,8 +19,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
-from test_api_support import b64_png, from_b64, serve
 
+from tests.support.api import b64_png, from_b64, serve
 from webui.api import ApiLimits, mount_api
 from webui.models.errors import CorruptCheckpointError
 from webui.models.registry import ModelEntry, Registry
@@ -485,6 +485,7 @@ def test_mount_replaces_the_apps_own_docs_and_refuses_a_second_mount() -> None:
         mount_api(app, StubService())
 
 
+@pytest.mark.slow
 def test_mounts_on_a_running_gradio_app() -> None:
     """What webui/server.py does: launch the Blocks without blocking, then add the API routes to its app."""
     import gradio as gr

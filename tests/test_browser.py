@@ -2,8 +2,9 @@
 `gradio_client`.
 
 The model is the bundled demo model when `models.yaml` lists it and its files exist, else the random-weight
-`tiny_checkpoint` fixture (64x64 images): either way generation takes seconds on a CPU. Screenshots go to
-docs/screenshots/. Every server started here is killed in a ``finally``.
+`tiny_checkpoint` fixture (64x64 images): either way generation takes seconds on a CPU. Screenshots go to a
+temporary folder; ``--update-screenshots`` writes them into docs/screenshots/ for the README instead. Every
+server started here is killed in a ``finally``.
 
 Run: ``OMP_NUM_THREADS=1 pytest tests/test_browser.py -m "browser or slow" -x -q``
 """
@@ -17,7 +18,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +31,6 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -219,7 +218,7 @@ def assert_not_blank(image: Image.Image) -> None:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(server, page):
+def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(server, page, screenshots_dir):
     page.goto(server.url)
     # A prompt the bundled demo model knows, with its recommended sampler (the screenshot is in the README).
     info = generate_in_browser(page, "a yellow star on a blue background", "DPM++ 2M", steps=8)
@@ -228,8 +227,7 @@ def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(serv
     image = gallery_image(page)
     assert_not_blank(image)
     assert "Done" in page.locator("#txt2img_progress").inner_text()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "txt2img.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "txt2img.png"), full_page=True)
     saved = list((server.outputs / "txt2img").rglob("*.png"))
     assert saved, "the image was not saved under --outputs"
     # With the model loaded, the prompt box counts tokens while typing (A1111's "n/75").
@@ -241,13 +239,12 @@ def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(serv
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_login_page_then_generate(auth_server, page):
+def test_browser_login_page_then_generate(auth_server, page, screenshots_dir):
     assert httpx.get(auth_server.url + "config").status_code == 401
     page.goto(auth_server.url)
     page.get_by_label("username").fill(USER)
     page.get_by_label("password").fill(PASSWORD)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "login.png"))
+    page.screenshot(path=str(screenshots_dir / "login.png"))
     page.get_by_role("button", name="Login").click()
     page.locator("#txt2img_prompt textarea").wait_for(timeout=30_000)
     info = generate_in_browser(page, "a blue dog", "Euler")
@@ -257,7 +254,7 @@ def test_browser_login_page_then_generate(auth_server, page):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
+def test_browser_interrupt_stops_a_long_run_within_a_step(server, page, screenshots_dir):
     page.goto(server.url)
     page.locator("#txt2img_prompt textarea").fill("a long run")
     # A large image makes every step slow enough (about a second) to see where the run stops.
@@ -270,8 +267,7 @@ def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
         "el => /Step ([2-9]|\\d\\d+)\\//.test(el.innerText)", arg=progress.element_handle(), timeout=120_000
     )
     page.locator("#txt2img_preview img").wait_for(timeout=10_000)  # the live preview is shown
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "progress.png"))
+    page.screenshot(path=str(screenshots_dir / "progress.png"))
     clicked_at = time.monotonic()
     step_at_click = int(re.search(r"Step (\d+)/", progress.inner_text()).group(1))
     page.locator("#txt2img_interrupt").click()
@@ -292,7 +288,7 @@ def test_browser_interrupt_stops_a_long_run_within_a_step(server, page):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
+def test_browser_send_to_img2img_png_info_and_inpaint(server, page, screenshots_dir, tmp_path):
     page.goto(server.url)
     info = generate_in_browser(page, "a green tree", "Euler")
     # Gallery -> Send to img2img: image and parameters arrive in the img2img tab.
@@ -307,8 +303,7 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
     page.wait_for_function("el => el.value.includes('Denoising strength: 0.6')",
                            arg=img2img_info.element_handle(), timeout=30_000)
     assert_not_blank(gallery_image(page, "img2img"))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "img2img.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "img2img.png"), full_page=True)
 
     # PNG Info: drop a saved output, read its parameters, send them to txt2img.
     saved = sorted((server.outputs / "txt2img").rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
@@ -319,7 +314,7 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
     parameters = page.locator("#pnginfo_parameters textarea")
     page.wait_for_function("el => el.value.includes('Steps:')", arg=parameters.element_handle(), timeout=30_000)
     assert parameters.input_value() == info
-    page.screenshot(path=str(SCREENSHOTS / "png_info.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "png_info.png"), full_page=True)
     page.locator("#pnginfo_send_to_txt2img").click()
     txt2img_prompt = page.locator("#txt2img_prompt textarea")
     page.wait_for_function("el => el.value === 'a green tree'", arg=txt2img_prompt.element_handle(),
@@ -354,12 +349,12 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
         )
         if "Mask blur" in img2img_info.input_value():
             break
-        page.screenshot(path=str(Path(tempfile.gettempdir()) / f"inpaint-attempt-{attempt}.png"))
+        page.screenshot(path=str(tmp_path / f"inpaint-attempt-{attempt}.png"))  # to see why it was lost
         page.get_by_text("Paint the area to repaint").first.wait_for(state="detached", timeout=30_000)
     if "Mask blur" not in img2img_info.input_value():
         # On a heavily loaded machine the editor sometimes never takes the upload; the other way users give a
         # mask, uploading it (white = repaint) over the image sent to img2img, must then work.
-        mask_path = Path(tempfile.gettempdir()) / "browser-test-mask.png"
+        mask_path = tmp_path / "mask.png"
         mask = Image.new("L", Image.open(saved).size, 0)
         mask.paste(255, (0, 0, mask.width // 2, mask.height // 2))
         mask.save(mask_path)
@@ -370,7 +365,7 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page):
                                timeout=120_000)
     assert "Mask blur" in img2img_info.input_value(), "neither the painted nor the uploaded mask reached the server"
     assert "Done" in page.locator("#img2img_progress").inner_text()
-    page.screenshot(path=str(SCREENSHOTS / "inpaint.png"), full_page=True)
+    page.screenshot(path=str(screenshots_dir / "inpaint.png"), full_page=True)
 
 
 @pytest.mark.browser
@@ -414,7 +409,7 @@ def test_closing_a_tab_mid_run_does_not_break_the_queue(server, browser):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_browser_models_tab_lists_status_and_loads_unloads(server, page):
+def test_browser_models_tab_lists_status_and_loads_unloads(server, page, screenshots_dir):
     page.goto(server.url)
     page.get_by_role("tab", name="Models").click()
     table = page.locator("#models_table")
@@ -431,8 +426,7 @@ def test_browser_models_tab_lists_status_and_loads_unloads(server, page):
     page.locator("#models_refresh").click()
     page.wait_for_function("(el) => el.innerText.includes('Re-read models.yaml: 1 model')",
                            arg=message.element_handle(), timeout=30_000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "models.png"))
+    page.screenshot(path=str(screenshots_dir / "models.png"))
 
 
 # --- gradio_client against the real server --------------------------------------------------------------

@@ -97,6 +97,7 @@ def test_diffusers_folder_vae_matches_diffusers(diffusers_folder, diffusers_mode
         assert relative_error(model.vae.decode(z), reference.decode(z).sample) < 1e-4
 
 
+@pytest.mark.slow
 def test_diffusers_folder_text_encoder_and_tokenizer_are_used(diffusers_folder, tiny_components):
     model = load_model(diffusers_folder)
     for key, value in tiny_components.text_model.state_dict().items():

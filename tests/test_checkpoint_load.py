@@ -123,6 +123,7 @@ def test_model_encode_and_decode_scale_latents(tiny_checkpoint):
     assert not torch.equal(sampled, latents)
 
 
+@pytest.mark.slow
 def test_decode_retries_in_float32_after_half_precision_overflow(tiny_checkpoint):
     model = load_model(tiny_checkpoint.path, dtype=torch.bfloat16, compute_hash=False)
     calls = []

@@ -76,6 +76,7 @@ def _fresh_reconstruction(model):
         return x, mean, vae.decode(mean)
 
 
+@pytest.mark.slow
 def test_latents_times_the_sd_scale_factor_have_about_unit_variance(model):
     _, mean, _ = _fresh_reconstruction(model)
     scaled = mean * model.vae.config.scale_factor
@@ -84,6 +85,7 @@ def test_latents_times_the_sd_scale_factor_have_about_unit_variance(model):
     assert 0.7 < float(scaled.std()) < 1.4 and abs(float(scaled.mean())) < 0.3
 
 
+@pytest.mark.slow
 def test_vae_reconstruction_psnr_on_fresh_images_is_at_least_28_db(model):
     from webui.train.vae_training import psnr
 
@@ -93,6 +95,7 @@ def test_vae_reconstruction_psnr_on_fresh_images_is_at_least_28_db(model):
     assert value >= 28.0
 
 
+@pytest.mark.slow
 def test_prompt_adherence_on_generated_images(model, entry):
     """40 plain prompts, the model's recommended sampler, steps and CFG (``python -m webui.train adherence``)."""
     from webui.sampling import create_sampler_registry
@@ -139,6 +142,7 @@ def test_adherence_prompts_cover_every_shape_and_colour_on_another_background():
     assert not {p.seed for p in target_prompts()} & {p.seed for p in validation_prompts()}
 
 
+@pytest.mark.slow
 def test_adherence_command_prints_the_per_prompt_table(capsys):
     import signal
 
@@ -165,6 +169,7 @@ def test_adherence_command_names_a_model_it_cannot_load_and_refuses_a_zero_limit
     assert "--limit: must be 1 or more" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_word_sensitivity_sees_the_words_the_model_reads_and_nothing_without_cross_attention(model):
     """``python -m webui.train sensitivity``: swapping a colour word moves the noise prediction; a UNet
     whose cross-attention outputs are zeroed cannot read any word, and the measure says exactly 0."""
@@ -204,6 +209,7 @@ def test_word_swaps_change_exactly_one_word_of_the_named_kind():
                 assert after in data.COLOURS and after not in (swap.colour, swap.background)
 
 
+@pytest.mark.slow
 def test_sensitivity_command_prints_one_row_per_kind_of_word(capsys):
     from webui.train.__main__ import main
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_server import fake_hub, use_hub
 
+from tests.support.hub_server import fake_hub, use_hub
 from webui.models import download
 from webui.models.download import (
     DownloadCancelled,

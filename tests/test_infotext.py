@@ -121,10 +121,22 @@ def test_img2img_round_trip_keeps_base_images_and_reads_denoising_strength(sampl
     assert not hasattr(request_from_infotext(text), "denoising_strength")
 
 
-def test_garbage_never_raises():
-    for text in ["", "\n\n", "Steps: x, Sampler: , CFG scale: nan-ish, Seed: -", "Negative prompt:"]:
-        parsed = parse_infotext(text)
-        request_from_infotext(parsed)
+@pytest.mark.parametrize("text", ["", "\n\n", "Negative prompt:"])
+def test_text_without_parameters_gives_empty_prompts_and_the_default_request(text):
+    assert parse_infotext(text) == {"Prompt": "", "Negative prompt": ""}
+    assert request_from_infotext(text) == GenerationRequest(prompt="", negative_prompt="")
+
+
+def test_unreadable_values_are_kept_as_text_and_the_request_falls_back_to_defaults():
+    text = "Steps: x, Sampler: , CFG scale: nan-ish, Seed: -"
+    parsed = parse_infotext(text)
+    assert parsed == {"Prompt": "", "Negative prompt": "", "Steps": "x", "Sampler": "", "CFG scale": "nan-ish",
+                      "Seed": "-"}
+    request = request_from_infotext(parsed)
+    default = GenerationRequest()
+    assert (request.steps, request.cfg_scale, request.seed) == (default.steps, default.cfg_scale, default.seed)
+    # An empty sampler name is a string like any other: it is kept, and validation at submission rejects it.
+    assert request.sampler_name == ""
 
 
 def test_legacy_sampler_names_with_the_schedule_folded_in_are_split():

@@ -105,6 +105,7 @@ def test_api_on_the_network_needs_its_own_password(tmp_path: Path):
     assert result.returncode != 0 and "--api-auth user:password" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_unavailable_device_is_a_one_line_error(tmp_path: Path, device: str):
     torch = pytest.importorskip("torch")
@@ -145,6 +146,7 @@ def test_a_cuda_index_past_the_last_gpu_is_a_one_line_error(tmp_path: Path, monk
     )
 
 
+@pytest.mark.slow
 def test_port_in_use_is_a_clear_error(tmp_path: Path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -228,7 +230,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.fixture
 def stand_in_service():
-    from test_ui import FakeService
+    from tests.test_ui import FakeService
 
     return FakeService()
 
@@ -255,6 +257,7 @@ def test_default_binds_loopback_only(tmp_path: Path, stand_in_service):
         server.close()
 
 
+@pytest.mark.slow
 def test_share_without_internet_prints_one_line_and_keeps_serving_locally(tmp_path: Path, stand_in_service):
     opts = options(tmp_path, share=True, gradio_auth=(("u", "p"),))
     out = io.StringIO()
@@ -283,6 +286,7 @@ def test_insecure_no_auth_serves_with_a_loud_warning(tmp_path: Path, stand_in_se
     assert "WITHOUT A PASSWORD" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_api_flag_mounts_the_rest_api_behind_its_own_password(tmp_path: Path, stand_in_service):
     pytest.importorskip("webui.api")
     opts = options(tmp_path, api=True, api_auth=(("api", "key"),))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_server import fake_hub, use_hub
 
+from tests.support.hub_server import fake_hub, use_hub
 from webui.models.download import DownloadCancelled, DownloadError, DownloadRequiredError
 from webui.models.errors import CheckpointNotFoundError, CorruptCheckpointError
 from webui.models.loading import load_model
@@ -34,6 +34,7 @@ def manager(tmp_path, tiny_checkpoint) -> ModelManager:
     return ModelManager(load_registry(write_registry(tmp_path, tiny_checkpoint)), "cpu", torch.float32)
 
 
+@pytest.mark.slow
 def test_get_loads_the_default_once(manager, tiny_checkpoint):
     assert manager.current_name is None
     model = manager.get()
@@ -45,6 +46,7 @@ def test_get_loads_the_default_once(manager, tiny_checkpoint):
     ]
 
 
+@pytest.mark.slow
 def test_switching_unloads_the_previous_model_and_applies_entry_dtype(manager):
     manager.get("tiny")
     model = manager.get("tiny-bf16")
@@ -53,6 +55,7 @@ def test_switching_unloads_the_previous_model_and_applies_entry_dtype(manager):
     assert [s.name for s in manager.status() if s.loaded] == ["tiny-bf16"]
 
 
+@pytest.mark.slow
 def test_failed_load_is_reported_in_status_and_other_models_still_work(manager):
     with pytest.raises(CheckpointNotFoundError):
         manager.get("missing")
@@ -61,6 +64,7 @@ def test_failed_load_is_reported_in_status_and_other_models_still_work(manager):
     assert manager.get("tiny").name == "tiny"
 
 
+@pytest.mark.slow
 def test_unload_frees_and_unknown_names_are_refused(manager):
     manager.get()
     manager.unload("tiny")
@@ -105,6 +109,7 @@ def test_offline_hub_entry_fails_at_once_with_a_clear_message(tmp_path):
     assert "unset HF_HUB_OFFLINE" in {s.name: s.error for s in manager.status()}["hub"]
 
 
+@pytest.mark.slow
 def test_set_registry_keeps_resident_models_and_drops_removed_ones(manager, tmp_path, tiny_checkpoint):
     model = manager.get("tiny")
     same = tmp_path / "same.yaml"
@@ -118,6 +123,7 @@ def test_set_registry_keeps_resident_models_and_drops_removed_ones(manager, tmp_
     assert manager.get().name == "renamed"
 
 
+@pytest.mark.slow
 def test_status_answers_while_a_model_is_loading(tmp_path, tiny_checkpoint):
     started, release = threading.Event(), threading.Event()
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import struct
 import threading
+import zlib
 
 from PIL import Image
 
-from webui.pipeline.outputs import next_counter, read_infotext, save_image
+from webui.pipeline.outputs import next_counter, read_infotext, read_text_chunks, save_image
 
 NOW = dt.datetime(2026, 11, 26, 17, 30)
 
@@ -59,3 +62,26 @@ def test_concurrent_saves_get_distinct_complete_files(tmp_path):
         with Image.open(p) as image:
             image.load()
             assert image.info["parameters"].startswith("n")
+
+
+def _png_with_chunks_after_the_pixels(path, chunks: dict[str, str]) -> None:
+    """A PNG whose tEXt chunks follow the image data (allowed by the PNG spec; some tools write them there)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buffer, format="PNG", icc_profile=b"\0binary profile")
+    data = buffer.getvalue()
+    iend = data.rindex(b"IEND") - 4  # the chunk starts with its 4-byte length
+    extra = b""
+    for key, value in chunks.items():
+        body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
+        extra += struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    path.write_bytes(data[:iend] + extra + data[iend:])
+
+
+def test_text_chunks_after_the_pixel_data_are_read_and_binary_entries_left_out(tmp_path):
+    path = tmp_path / "late.png"
+    _png_with_chunks_after_the_pixels(path, {"parameters": "a cat\nSteps: 3, Sampler: Euler, Seed: 1", "x": "y"})
+    assert read_infotext(path) == "a cat\nSteps: 3, Sampler: Euler, Seed: 1"
+    assert read_text_chunks(path) == {"parameters": "a cat\nSteps: 3, Sampler: Euler, Seed: 1", "x": "y"}
+    with Image.open(path) as image:
+        assert "icc_profile" in image.info  # there is a binary entry to leave out
+        assert read_infotext(image) == "a cat\nSteps: 3, Sampler: Euler, Seed: 1"

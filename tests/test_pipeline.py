@@ -104,12 +104,24 @@ def test_cfg_is_one_batched_unet_call_per_step(tiny_model, samplers):
     assert calls.batches == [1, 1]
 
 
-def test_prompt_weight_and_clip_skip_change_the_image(tiny_model, samplers):
-    base = pixels(resolve_and_generate(tiny_model, samplers, req(prompt="the cat dog")).images[0])
-    weighted = pixels(resolve_and_generate(tiny_model, samplers, req(prompt="the (cat:1.8) dog")).images[0])
-    skipped = pixels(resolve_and_generate(tiny_model, samplers, req(prompt="the cat dog", clip_skip=2)).images[0])
-    assert not np.array_equal(base, weighted)
-    assert not np.array_equal(base, skipped)
+@pytest.mark.parametrize(("prompt", "clip_skip"), [("the (cat:1.8) dog", 1), ("the cat dog", 2)])
+def test_prompt_weight_and_clip_skip_reach_the_unet_as_its_context(tiny_model, samplers, prompt, clip_skip):
+    """Every UNet call is conditioned on [negative; prompt] encoded with the request's weights and clip skip."""
+    from webui.pipeline.conditioning import encode_prompt
+
+    contexts: list[torch.Tensor] = []
+    hook = tiny_model.unet.register_forward_pre_hook(lambda _m, args: contexts.append(args[2]))
+    try:
+        resolve_and_generate(tiny_model, samplers, req(prompt=prompt, negative_prompt="dog", clip_skip=clip_skip))
+    finally:
+        hook.remove()
+    encoder = tiny_model.text_encoder
+    expected = torch.cat([encode_prompt(encoder, "dog", clip_skip), encode_prompt(encoder, prompt, clip_skip)])
+    assert len(contexts) == 3  # one call per step
+    for context in contexts:
+        torch.testing.assert_close(context, expected, rtol=0, atol=0)
+    # The weight (or the skip) really changed the conditioning, so the check above could tell them apart.
+    assert (expected[1] - encode_prompt(encoder, "the cat dog")[0]).abs().max() > 0.1
 
 
 def test_progress_reports_steps_eta_and_a_latent_preview(tiny_model, samplers):
@@ -133,6 +145,7 @@ def test_latent_preview_fit_approximates_the_vae(tiny_model):
     assert float((approx - decoded).pow(2).mean()) < float((decoded - decoded.mean((1, 2), keepdim=True)).pow(2).mean())
 
 
+@pytest.mark.slow
 def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_images(
     tiny_model, samplers, tmp_path
 ):

@@ -89,7 +89,10 @@ def max_pixel_difference(a: Image.Image, b: Image.Image) -> int:
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
-@pytest.mark.parametrize("sampler_name", ["DDIM", "Euler", "Euler a", "DDPM", "DPM++ 2M"])
+@pytest.mark.parametrize("sampler_name", [
+    "DDIM", "Euler", pytest.param("Euler a", marks=pytest.mark.slow), "DDPM",
+    pytest.param("DPM++ 2M", marks=pytest.mark.slow),
+])
 def test_txt2img_equals_stable_diffusion_pipeline(diffusers_parts, tiny_model, samplers, sampler_name):
     pipe = pipeline(diffusers.StableDiffusionPipeline, diffusers_parts, sampler_name)
     with torch.no_grad():
@@ -125,6 +128,7 @@ def test_img2img_at_strength_0_6_equals_img2img_pipeline(diffusers_parts, tiny_m
     assert max_pixel_difference(ours.images[0], init) > 10
 
 
+@pytest.mark.slow
 def test_inpainting_with_an_ordinary_model_equals_the_inpaint_pipeline(diffusers_parts, tiny_model, samplers):
     """diffusers blends the re-noised original into the kept region after every step, as we do."""
     rng = np.random.default_rng(2)

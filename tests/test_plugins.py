@@ -302,6 +302,7 @@ def installed_example(tmp_path):
         importlib.invalidate_caches()
 
 
+@pytest.mark.slow  # pip builds, installs and uninstalls a package: several seconds
 def test_pip_installed_plugin_is_listed_and_generates(installed_example):
     registry = create_sampler_registry()
     assert registry.warnings == []

@@ -38,6 +38,7 @@ def finished(tmp_path_factory):
     return options, demo.run_demo(options)
 
 
+@pytest.mark.slow
 def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
     from webui.models.loading import load_model
     from webui.pipeline import generate, resolve_request
@@ -58,6 +59,7 @@ def test_run_writes_logs_samples_and_ships_a_file_the_app_loads(finished):
     assert generate(model, resolve_request(request, create_sampler_registry(), (32, 32))).images[0].size == (64, 64)
 
 
+@pytest.mark.slow
 def test_the_pretrained_text_encoder_stays_fixed_while_the_unet_trains(finished):
     options, _ = finished
     pretrained = load_state(options.run_dir / "text.pt")["text"]
@@ -67,6 +69,7 @@ def test_the_pretrained_text_encoder_stays_fixed_while_the_unet_trains(finished)
     assert state["optimizer"]["state"]  # the UNet did train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["vae", "text", "diffusion"])
 def test_an_interrupted_run_resumes_to_the_same_weights(finished, tmp_path, monkeypatch, phase):
     options = tiny_options(tmp_path, ship_dir=None)

@@ -62,6 +62,7 @@ def tiny_setup(tmp_path_factory):
     return architecture, tokenizer, vae, pool
 
 
+@pytest.mark.slow
 def test_pretraining_teaches_the_text_encoder_to_find_its_scene_among_others(tiny_setup):
     """Held-out scenes, fresh captions: retrieval in a batch of 32 goes from chance (1 in 32) to many
     times that, and the pooled text state separates the shape classes better than at initialisation."""

@@ -393,6 +393,7 @@ def test_invalid_settings_become_a_readable_error_and_the_ui_keeps_working(ui_ur
     assert len(gallery) == 2
 
 
+@pytest.mark.slow
 def test_a_failing_job_ends_with_its_message_and_the_queue_goes_on(ui_url):
     client = gradio_client.Client(ui_url, verbose=False)
     with pytest.raises(Exception, match="the VAE decoded NaNs; try --precision fp32"):
@@ -401,6 +402,7 @@ def test_a_failing_job_ends_with_its_message_and_the_queue_goes_on(ui_url):
     assert len(gallery) == 2 and 'data-state="done"' in status
 
 
+@pytest.mark.slow
 def test_progress_is_streamed_while_the_job_runs(fake_service):
     fake_service.step_seconds = 0.05
     demo, url = _serve(fake_service)
@@ -416,6 +418,7 @@ def test_progress_is_streamed_while_the_job_runs(fake_service):
     assert "ETA" in running[-1] and 'data-state="done"' in statuses[-1]
 
 
+@pytest.mark.slow
 def test_interrupt_stops_only_the_callers_own_job(fake_service):
     fake_service.step_seconds = 0.03
     demo, url = _serve(fake_service)
@@ -436,6 +439,7 @@ def test_interrupt_stops_only_the_callers_own_job(fake_service):
     assert gallery == []
 
 
+@pytest.mark.slow
 def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
     from PIL.PngImagePlugin import PngInfo
 
@@ -450,6 +454,7 @@ def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
     assert fields["Negative prompt"] == "ugly"
 
 
+@pytest.mark.slow
 def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_service):
     demo, url = _serve(fake_service, auth=[("alice", "s3cret")])
     try:
@@ -470,6 +475,7 @@ def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_se
     assert len(gallery) == 2 and len(gallery_img2img) == 1
 
 
+@pytest.mark.slow
 def test_two_clients_at_once_both_get_their_images(fake_service):
     fake_service.step_seconds = 0.02
     demo, url = _serve(fake_service)

@@ -18,7 +18,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture
 def stand_in():
-    from test_ui import FakeService
+    from tests.test_ui import FakeService
 
     service = FakeService(step_seconds=0.01)
     demo = build_ui(service, poll_interval=0.02)
@@ -98,7 +98,7 @@ def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, pag
 
 @pytest.mark.browser
 def test_models_tab_refresh_rereads_models_yaml_and_updates_the_dropdowns(stand_in, page):
-    from test_ui import FakeEntry
+    from tests.test_ui import FakeEntry
 
     service, url = stand_in
     page.goto(url)

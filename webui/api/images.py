@@ -52,8 +52,3 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=png_bytes_info(infotext))
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def text_chunks(image: Image.Image) -> dict[str, str]:
-    """The text metadata of an image (PNG tEXt/iTXt chunks), leaving out binary entries such as ICC profiles."""
-    return {key: value for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}

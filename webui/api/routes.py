@@ -27,7 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from webui.api.errors import field_error
-from webui.api.images import decode_image, encode_png, text_chunks
+from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
 from webui.api.models import (
     GenerationFields,
@@ -47,7 +47,7 @@ from webui.api.security import SECURITY_SCHEME, AsciiJSONResponse, guarded_route
 from webui.models.errors import CheckpointError
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
-from webui.pipeline.outputs import INFOTEXT_KEY
+from webui.pipeline.outputs import INFOTEXT_KEY, read_text_chunks
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 from webui.sampling.schedules import KARRAS_RHO, SCHEDULES, normalize_schedule
 
@@ -312,7 +312,7 @@ class SdApi:
 
     def _png_info(self, data: str) -> dict[str, Any]:
         image = decode_image(data, "image", max_pixels=self.limits.max_image_pixels)
-        items = text_chunks(image)
+        items = read_text_chunks(image)
         info = items.pop(INFOTEXT_KEY, "")
         return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
 

@@ -87,9 +87,20 @@ def _link_no_overwrite(source: Path, target: Path) -> None:
         os.replace(source, target)
 
 
-def read_infotext(path_or_image: Path | str | Image.Image) -> str | None:
-    """The ``parameters`` text of a PNG (A1111's PNG Info), or None."""
+def read_text_chunks(path_or_image: Path | str | Image.Image) -> dict[str, str]:
+    """Every text entry of an image's metadata (PNG tEXt/zTXt/iTXt chunks), leaving out binary entries such
+    as ICC profiles. Raises ``OSError`` for a file that is missing or not an image."""
     if isinstance(path_or_image, Image.Image):
-        return path_or_image.info.get(INFOTEXT_KEY)
+        return _text_entries(path_or_image)
     with Image.open(path_or_image) as image:
-        return image.info.get(INFOTEXT_KEY)
+        return _text_entries(image)
+
+
+def _text_entries(image: Image.Image) -> dict[str, str]:
+    image.load()  # a PNG may put its text chunks after the pixel data: Pillow reads those only with the pixels
+    return {key: value for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}
+
+
+def read_infotext(path_or_image: Path | str | Image.Image) -> str | None:
+    """The ``parameters`` text of an image (what A1111's PNG Info shows), or None when it has none."""
+    return read_text_chunks(path_or_image).get(INFOTEXT_KEY)

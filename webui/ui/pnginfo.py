@@ -6,24 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from webui.pipeline.infotext import parse_infotext
+from webui.pipeline.outputs import read_infotext
 
 
 def read_parameters(path: str | Path | None) -> str:
-    """The generation parameters stored in an image (PNG ``parameters`` text chunk), or ``""``."""
+    """The generation parameters stored in an image (PNG ``parameters`` text chunk), or ``""`` when there are
+    none or the file cannot be read as an image."""
     if not path:
         return ""
     try:
-        with Image.open(path) as image:
-            image.load()
-            info = dict(image.info)
-            text_chunks = getattr(image, "text", None) or {}
+        return read_infotext(path) or ""
     except OSError:
         return ""
-    value = info.get("parameters") or text_chunks.get("parameters") or ""
-    return value if isinstance(value, str) else ""
 
 
 @dataclass

@@ -1,7 +1,5 @@
-"""Helpers for the API tests: serve a FastAPI app with uvicorn on a free loopback port, in a thread.
-
-(No tests here; the name only keeps the file among the API's.)
-"""
+"""Helpers for the API tests and ``bench/bench_api.py``: serve a FastAPI app with uvicorn on a free loopback
+port, in a thread; encode and decode the base64 PNGs the API speaks."""
 
 from __future__ import annotations
 
@@ -42,12 +40,14 @@ def serve(app: FastAPI, *, timeout: float = 20.0) -> Iterator[str]:
 
 
 def b64_png(image: Image.Image) -> str:
+    """``image`` as a base64 PNG, as API clients send it."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def from_b64(data: str) -> Image.Image:
+    """The image a base64 string holds (loaded, so the data may be dropped)."""
     image = Image.open(io.BytesIO(base64.b64decode(data)))
     image.load()
     return image

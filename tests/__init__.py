@@ -1,0 +1,1 @@
+"""The test suite. A package so that its helpers import as ``tests.support`` from tests and benchmarks alike."""
