@@ -1,10 +1,10 @@
 """The generation service shared by the Gradio UI and the REST API.
 
 :class:`WebUIService` owns the :class:`~webui.models.manager.ModelManager` and the sampler
-registry and runs generation jobs one at a time, in submission order, on one worker thread
-(one device, one generation at a time). Each :class:`Job` has an id, a state, a queue
-position, its latest :class:`~webui.pipeline.generate.Progress` (with a cheap preview) and,
-when finished, its result or error. A failing job stores its error and the queue goes on.
+registry and runs generation jobs one at a time, in submission order, on the
+:class:`~webui.jobs.JobQueue`'s worker thread (one device, one generation at a time). Each
+:class:`~webui.jobs.Job` has an id, a state, a queue position, its latest progress (with a cheap
+preview) and, when finished, its result or error.
 
 Nothing starts at import: the worker thread starts with the first submitted job and stops
 with :meth:`WebUIService.close`.
@@ -14,27 +14,21 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
-from webui.pipeline.generate import GenerationControl, Progress, check_request, generate, native_size
+from webui.jobs import Job, JobQueue, JobState
+from webui.pipeline.generate import Progress, check_request, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult
 
 logger = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, ERROR, INTERRUPTED = "queued", "running", "done", "error", "interrupted"
-JOB_STATES = (QUEUED, RUNNING, DONE, ERROR, INTERRUPTED)
-FINISHED_STATES = (DONE, ERROR, INTERRUPTED)
-KEEP_FINISHED_JOBS = 64
+IDLE = "idle"  # ProgressSnapshot.state when no job runs
 SMALL_MODEL_BYTES = 256 * 2**20
 # ModelEntry field -> GenerationRequest field, for default_request().
 _ENTRY_DEFAULTS = {
@@ -43,190 +37,12 @@ _ENTRY_DEFAULTS = {
 }
 
 
-class Job:
-    """One queued generation. Thread-safe to read from any thread; created by ``submit``."""
-
-    def __init__(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
-                 queue: JobQueue | None = None, job_id: str | None = None):
-        self.id = job_id or uuid.uuid4().hex
-        self.request = request
-        self.model_name = model_name
-        self.save = save
-        self.state = QUEUED
-        self.progress: Progress | None = None
-        self.error: BaseException | None = None
-        self.created_at = time.time()
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.control = GenerationControl()
-        self._result: GenerationResult | None = None
-        self._done = threading.Event()
-        self._queue = queue
-
-    def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, state={self.state!r}, queue_position={self.queue_position!r})"
-
-    @property
-    def queue_position(self) -> int | None:
-        """1 for the next job to run, 2 for the one after...; 0 while running; None when finished."""
-        if self.state == RUNNING:
-            return 0
-        if self.state != QUEUED or self._queue is None:
-            return None
-        return self._queue.position(self)
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def error_message(self) -> str | None:
-        return None if self.error is None else str(self.error) or type(self.error).__name__
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job has finished (any way); False on timeout."""
-        return self._done.wait(timeout)
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """The job's result, waiting for it; re-raises the job's error; TimeoutError on timeout."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} still {self.state} after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        assert self._result is not None
-        return self._result
-
-    def interrupt(self) -> None:
-        """Stop now: a queued job is dropped, a running one stops within one step keeping finished images."""
-        self.control.interrupt()
-        if self._queue is not None:
-            self._queue.cancel(self)
-
-    def skip(self) -> None:
-        """Abandon the batch being sampled and go on with the job's next batch."""
-        self.control.skip()
-
-    def _finish(self, state: str, result: GenerationResult | None, error: BaseException | None) -> None:
-        self.state, self._result, self.error = state, result, error
-        self.finished_at = time.time()
-        self._done.set()
-
-
-class JobQueue:
-    """FIFO of jobs run by ``run(job)`` on one lazily started worker thread."""
-
-    def __init__(self, run: Callable[[Job], GenerationResult], *, name: str = "webui-generation"):
-        self._run = run
-        self._name = name
-        self._cond = threading.Condition()
-        self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def submit(self, job: Job) -> Job:
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the generation queue is closed")
-            job._queue = self
-            self._waiting.append(job)
-            self._jobs[job.id] = job
-            self._forget_old()
-            if self._thread is None or not self._thread.is_alive():
-                # (Re)start the worker: lazily, and again should a fatal error ever have ended it.
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-        return job
-
-    def position(self, job: Job) -> int | None:
-        with self._cond:
-            for i, waiting in enumerate(self._waiting, start=1):
-                if waiting is job:
-                    return i
-        return None
-
-    def cancel(self, job: Job) -> bool:
-        """Drop a job that has not started; True if it was waiting."""
-        with self._cond:
-            try:
-                self._waiting.remove(job)
-            except ValueError:
-                return False
-        job._finish(INTERRUPTED, GenerationResult(interrupted=True, request=job.request), None)
-        return True
-
-    @property
-    def running(self) -> Job | None:
-        return self._running
-
-    @property
-    def waiting(self) -> list[Job]:
-        with self._cond:
-            return list(self._waiting)
-
-    def get(self, job_id: str) -> Job:
-        with self._cond:
-            try:
-                return self._jobs[job_id]
-            except KeyError:
-                raise KeyError(f"no job with id {job_id!r}") from None
-
-    @property
-    def jobs(self) -> list[Job]:
-        with self._cond:
-            return list(self._jobs.values())
-
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Drop waiting jobs, interrupt the running one and stop the worker."""
-        with self._cond:
-            self._closed = True
-            waiting, self._waiting = list(self._waiting), deque()
-            running = self._running
-            self._cond.notify_all()
-        for job in waiting:
-            job.control.interrupt()
-            job._finish(INTERRUPTED, GenerationResult(interrupted=True, request=job.request), None)
-        if running is not None:
-            running.control.interrupt()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _forget_old(self) -> None:
-        finished = [jid for jid, job in self._jobs.items() if job.done]
-        for jid in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:
-            del self._jobs[jid]
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closed:
-                    self._cond.wait()
-                if not self._waiting:
-                    return
-                job = self._waiting.popleft()
-                self._running = job
-                job.state = RUNNING
-                job.started_at = time.time()
-            try:
-                result = self._run(job)
-            except BaseException as err:  # noqa: BLE001 - stored on the job; the queue must go on
-                job._finish(ERROR, None, err)
-            else:
-                job._finish(INTERRUPTED if result.interrupted else DONE, result, None)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._cond.notify_all()
-
-
 @dataclass
 class ProgressSnapshot:
     """What a progress bar needs, for one job (or the idle service)."""
 
     job_id: str | None
-    state: str  # a job state, or "idle"
+    state: JobState | Literal["idle"]  # IDLE when no job runs
     queue_position: int | None
     queue_size: int  # jobs waiting to start
     progress: float  # 0..1 over the whole job
@@ -240,11 +56,11 @@ class ProgressSnapshot:
 
     @property
     def textinfo(self) -> str:
-        if self.state == QUEUED:
+        if self.state == JobState.QUEUED:
             return f"In queue: position {self.queue_position}"
-        if self.state == RUNNING:
+        if self.state == JobState.RUNNING:
             return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
-        if self.state == ERROR:
+        if self.state == JobState.ERROR:
             return f"Error: {self.error}"
         return self.state.capitalize()
 
@@ -336,12 +152,12 @@ class WebUIService:
         job = self.get_job(job_id) if job_id is not None else self._queue.running
         waiting = len(self._queue.waiting)
         if job is None:
-            return ProgressSnapshot(None, "idle", None, waiting, 0.0, None)
+            return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
         p = job.progress
-        fraction = 1.0 if job.state == DONE else (p.fraction if p is not None else 0.0)
+        fraction = 1.0 if job.state == JobState.DONE else (p.fraction if p is not None else 0.0)
         return ProgressSnapshot(
             job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=waiting,
-            progress=fraction, eta_seconds=p.eta_seconds if p is not None and job.state == RUNNING else None,
+            progress=fraction, eta_seconds=p.eta_seconds if p is not None and job.state == JobState.RUNNING else None,
             step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
             images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
             error=job.error_message,

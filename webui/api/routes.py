@@ -44,6 +44,7 @@ from webui.api.models import (
     _GenerationFields,
 )
 from webui.api.security import SECURITY_SCHEME, AsciiJSONResponse, guarded_route_class
+from webui.jobs import ACTIVE_STATES, FINISHED_STATES, JobState
 from webui.models.errors import CheckpointError
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
@@ -213,7 +214,7 @@ class SdApi:
             state = self.service.get_job(job_id).state
         except KeyError:
             return
-        if state in ("queued", "running"):
+        if state in ACTIVE_STATES:
             raise field_error("force_task_id", f"task {forced!r} is still {state}")
 
     # ---------------------------------------------------------------- progress and control
@@ -321,7 +322,7 @@ class SdApi:
 def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) -> dict[str, Any]:
     """A1111's ``ProgressResponse`` from the service's ``ProgressSnapshot`` (``state`` "idle" when nothing runs)."""
     state = snapshot.state
-    running = state == "running"
+    running = state == JobState.RUNNING
     preview = snapshot.preview if running and not skip_current_image else None
     return {
         "progress": float(snapshot.progress),
@@ -329,7 +330,7 @@ def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) 
         # The keys of A1111's shared.state.dict(), which clients such as webuiapi.util_wait_for_ready read.
         "state": {
             "skipped": False,
-            "interrupted": state == "interrupted",
+            "interrupted": state == JobState.INTERRUPTED,
             "stopping_generation": False,
             "job": snapshot.job_id or "",
             "job_count": snapshot.queue_size + int(running),
@@ -341,9 +342,9 @@ def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) 
         "current_image": encode_png(preview) if preview is not None else None,
         "textinfo": snapshot.textinfo,
         "id_task": task_id,
-        "queued": state == "queued",
+        "queued": state == JobState.QUEUED,
         "active": running,
-        "completed": state in ("done", "error", "interrupted"),
+        "completed": state in FINISHED_STATES,
         "queue_position": snapshot.queue_position,
     }
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-ACTIVE_STATES = ("queued", "running")
+from webui.jobs import ACTIVE_STATES, JobState
 
 
 @dataclass
@@ -40,12 +40,12 @@ def format_seconds(seconds: float | None) -> str:
 def describe(job: Any) -> JobUpdate:
     """Turn the job's state and latest pipeline `Progress` into an HTML status line (and the preview image)."""
     state = job.state
-    if state == "queued":
+    if state == JobState.QUEUED:
         position = job.queue_position
         text = f"In queue: position {position}" if position else "In queue"
-        return JobUpdate(state, _status_html(text, None, state), step_key=("queued", position))
+        return JobUpdate(state, _status_html(text, None, state), step_key=(state, position))
     progress = job.progress
-    if state == "running" and progress is not None:
+    if state == JobState.RUNNING and progress is not None:
         parts = [f"Step {progress.step}/{progress.total_steps}"]
         if progress.images_total > 1:
             parts.append(f"image {min(progress.image_index + 1, progress.images_total)}/{progress.images_total}")
@@ -54,9 +54,9 @@ def describe(job: Any) -> JobUpdate:
             state,
             _status_html(" · ".join(parts), progress.fraction, state),
             preview=progress.preview,
-            step_key=("running", progress.step, progress.image_index, progress.preview is not None),
+            step_key=(state, progress.step, progress.image_index, progress.preview is not None),
         )
-    if state == "running":
+    if state == JobState.RUNNING:
         return JobUpdate(state, _status_html("Starting…", 0.0, state), step_key=("starting",))
     return JobUpdate(state, _status_html(state, None, state), step_key=(state,))
 
@@ -88,8 +88,8 @@ def done_html(result: Any, seconds: float, progress: Any | None = None) -> str:
     if getattr(result, "interrupted", False):
         where = f" at step {progress.step}/{progress.total_steps}" if progress is not None else ""
         text = f"Interrupted{where} after {format_seconds(seconds)} ({count} image{'s' if count != 1 else ''} kept)"
-        return _status_html(text, None, "interrupted")
-    return _status_html(f"Done: {count} image{'s' if count != 1 else ''} in {seconds:.1f} s", None, "done")
+        return _status_html(text, None, JobState.INTERRUPTED)
+    return _status_html(f"Done: {count} image{'s' if count != 1 else ''} in {seconds:.1f} s", None, JobState.DONE)
 
 
 class JobTracker:
@@ -131,7 +131,7 @@ class JobTracker:
             with self._lock:
                 if self._jobs.get(key) is job:
                     del self._jobs[key]
-            if not finished and job.state == "queued":
+            if not finished and job.state == JobState.QUEUED:
                 job.interrupt()
 
     def job_of(self, session: str | None) -> Any | None:
