@@ -9,8 +9,10 @@ browser live in test_browser.py.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +79,7 @@ class FakeModels:
             raise ValueError("broken.safetensors: not a Stable Diffusion 1.x checkpoint")
         self.current_name = name
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str | None) -> None:
         self.current_name = None
 
     def status(self) -> list[FakeStatus]:
@@ -143,6 +145,9 @@ class FakeService:
 
     def select_model(self, name: str) -> None:
         self.models.load(name)
+
+    def unload_model(self, name: str | None = None) -> None:
+        self.models.unload(name)
 
     def reload_registry(self) -> FakeRegistry:
         """Stands for re-reading models.yaml: picks up entries queued in ``added_entries``."""
@@ -303,6 +308,46 @@ def test_token_counter_appears_once_the_model_is_loaded(fake_service):
     assert token_counter_text(fake_service, "tiny", "a red cat", "", 20) == ""
     fake_service.select_model("tiny")
     assert token_counter_text(fake_service, "tiny", "a red cat", "ugly", 20) == "Prompt: 3/75 · Negative: 1/75 tokens"
+
+
+# --- the UI's calls into a real service ------------------------------------------------------------
+
+
+@pytest.fixture
+def real_service(tiny_checkpoint):
+    from webui.service import WebUIService
+
+    service = WebUIService(tiny_checkpoint.models_yaml, outputs_dir=None)
+    yield service
+    service.close()
+
+
+def test_unload_from_the_models_tab_frees_the_model(real_service):
+    from webui.ui.backend import unload_model
+
+    real_service.run(GenerationRequest(prompt="a cat", steps=2, seed=1), timeout=60)  # loads it, fits its preview
+    model = weakref.ref(real_service.models.loaded()["tiny"])
+    unload_model(real_service, "tiny")
+    gc.collect()
+    still_referenced = model() is not None
+    assert not still_referenced, "the unloaded model's memory is not freed"
+    assert real_service.models.loaded() == {}
+
+
+def test_unload_from_the_models_tab_waits_for_the_running_generation(real_service):
+    from webui.ui.backend import unload_model
+
+    job = real_service.submit(GenerationRequest(prompt="p", steps=150, seed=1, n_iter=3, sampler_name="Euler"))
+    while job.progress is None:
+        assert job.wait(0.01) is False, job.error
+    unloaded = threading.Event()
+    thread = threading.Thread(target=lambda: (unload_model(real_service, "tiny"), unloaded.set()))
+    thread.start()
+    assert not unloaded.wait(0.3), "unloaded the model under the running generation"
+    assert "tiny" in real_service.models.loaded()
+    job.interrupt()
+    thread.join(60)
+    assert unloaded.is_set() and job.result(60).interrupted and real_service.models.loaded() == {}
 
 
 # --- through a running Gradio server ------------------------------------------------------------

@@ -115,7 +115,8 @@ def load_model(service: Any, name: str) -> None:
 
 
 def unload_model(service: Any, name: str) -> None:
-    service.models.unload(name)
+    """Free ``name``; waits for the running generation (the service's device lock) and drops its preview map."""
+    service.unload_model(name)
 
 
 def token_counter_text(service: Any, model_name: str | None, prompt: str, negative: str, steps: int) -> str:
