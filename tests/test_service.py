@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -223,6 +225,25 @@ def test_service_built_from_models_yaml_uses_the_entry_native_size_and_reports_h
         defaults = svc.default_request()
         assert (defaults.width, defaults.height, defaults.steps, defaults.cfg_scale) == (64, 64, 20, 7.0)
         assert result.paths[0].parent.parent.name == "txt2img"
+    finally:
+        svc.close()
+
+
+def test_switching_models_frees_the_previous_one(tiny_checkpoint, tmp_path):
+    models_yaml = tmp_path / "models.yaml"
+    models_yaml.write_text("".join(["models:\n"] + [
+        f"  - name: {name}\n    path: {tiny_checkpoint.path}\n    width: 64\n    height: 64\n" for name in ("a", "b")
+    ]))
+    svc = WebUIService(models_yaml, outputs_dir=None)
+    try:
+        svc.run(GenerationRequest(prompt="the cat", steps=2, seed=1), "a", timeout=TIMEOUT)  # fits a's preview map
+        first = weakref.ref(svc.models.loaded()["a"])
+        svc.select_model("b")
+        gc.collect()
+        still_referenced = first() is not None
+        assert not still_referenced, "model a stays in memory after the switch to b"
+        assert list(svc.models.loaded()) == ["b"]
+        assert svc.run(GenerationRequest(prompt="the cat", steps=2, seed=1), timeout=TIMEOUT).images
     finally:
         svc.close()
 

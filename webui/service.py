@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -107,7 +108,9 @@ class WebUIService:
         self.samplers = samplers
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.version = version
-        self._previews: dict[int, tuple[Any, LatentPreview | None]] = {}
+        # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
+        # unloaded or evicted for another one; the model's fitted preview map).
+        self._previews: dict[int, tuple[weakref.ReferenceType[Any], LatentPreview | None]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
@@ -230,8 +233,9 @@ class WebUIService:
         return self._hashes[key]
 
     def _loaded_model(self, name: str) -> Any | None:
-        for cached_model, _ in self._previews.values():
-            if getattr(cached_model, "name", None) == name:
+        for ref, _ in self._previews.values():
+            cached_model = ref()
+            if cached_model is not None and getattr(cached_model, "name", None) == name:
                 return cached_model
         loaded = getattr(self.models, "loaded", None)
         if callable(loaded):
@@ -283,7 +287,7 @@ class WebUIService:
         """The model's fitted latent->RGB preview map, fitted once per loaded model (None if that failed)."""
         key = id(model)
         cached = self._previews.get(key)
-        if cached is None or cached[0] is not model:
+        if cached is None or cached[0]() is not model:
             self._previews.clear()  # one resident model: forget the previous one's map
             try:
                 fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
@@ -291,7 +295,7 @@ class WebUIService:
                 logger.warning("could not fit the live-preview map for %s", getattr(model, "name", model),
                                exc_info=True)
                 fitted = None
-            cached = (model, fitted)
+            cached = (weakref.ref(model), fitted)
             self._previews[key] = cached
         return cached[1]
 
