@@ -166,10 +166,8 @@ def create_service(options: ServerOptions) -> Any:
 
 def mount_rest_api(app: FastAPI, service: Any, options: ServerOptions) -> None:
     """Add the AUTOMATIC1111-compatible REST routes (``/sdapi/v1/*``) to the running app."""
-    try:
-        from webui.api import mount_api
-    except ImportError as exc:
-        raise LaunchError(f"--api: the REST API (webui.api.mount_api) is not available in this build: {exc}") from exc
+    from webui.api import mount_api
+
     mount_api(app, service, api_auth=list(options.api_auth) or None)
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webui.sampling import SCHEDULES
+
 DEFAULT_SIZE = 512
-DEFAULT_SCHEDULES = ("Automatic", "Karras", "Exponential")
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,6 @@ def sampler_names(service: Any) -> list[str]:
 
 def schedule_names() -> list[str]:
     """The schedule types the sampling package knows ("Automatic", "Karras", ...)."""
-    try:
-        from webui.sampling import SCHEDULES
-    except ImportError:
-        return list(DEFAULT_SCHEDULES)
     return list(SCHEDULES)
 
 
