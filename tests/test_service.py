@@ -8,6 +8,7 @@ import time
 import weakref
 
 import pytest
+from support.fakes import FakeService, interface_gaps
 
 from webui.jobs import Job, JobQueue, JobState
 from webui.pipeline.errors import InvalidRequest
@@ -135,29 +136,23 @@ def test_job_states_read_as_their_values_and_only_move_forward():
         queue.close()
 
 
-class OneModel:
-    """A stand-in ModelManager that serves one loaded model (or fails for other names)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def get(self, name=None):
-        if name not in (None, "tiny"):
-            raise KeyError(f"unknown model {name!r}")
-        return self.model
-
-    def load(self, name):
-        return self.get(name)
-
-
 @pytest.fixture(scope="module")
 def service(tiny_checkpoint, tmp_path_factory):
-    from webui.models.checkpoint import load_model
-
-    model = load_model(tiny_checkpoint.path, native_size=(64, 64), name="tiny")
-    svc = WebUIService(manager=OneModel(model), outputs_dir=tmp_path_factory.mktemp("outputs"), version="test")
+    svc = WebUIService(tiny_checkpoint.models_yaml, outputs_dir=tmp_path_factory.mktemp("outputs"), version="test")
     yield svc
     svc.close()
+
+
+def test_the_service_and_its_stand_in_offer_the_whole_interface_the_ui_and_api_use(service):
+    assert interface_gaps(service) == []
+    assert interface_gaps(FakeService()) == []
+
+    class RenamedParameter(FakeService):
+        def submit(self, request: GenerationRequest, model: str | None = None, *, save: bool = True) -> Job:
+            return super().submit(request, model, save=save)
+
+    assert [gap.split(":")[0] for gap in interface_gaps(RenamedParameter())] == ["submit"]
+    assert "close: missing" in interface_gaps(object())
 
 
 def test_service_generates_saves_and_reports_progress(service):

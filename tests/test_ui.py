@@ -1,9 +1,9 @@
 """The Gradio UI as an adapter: widget values -> typed requests -> service jobs -> gallery/parameters.
 
 These tests run the real `build_ui` on a real Gradio server in this process, driven through
-`gradio_client` (the same named endpoints a user's script calls), against a small stand-in for
-`WebUIService` that follows its contract (submit/Job/Progress) but draws random pixels instead of
-running a model, so that they take about a second each. End-to-end tests with a real model and a real
+`gradio_client` (the same named endpoints a user's script calls), against `support.fakes.FakeService`:
+the whole service interface with real jobs on a real queue, but random pixels instead of a model, so that
+they take about a second each. End-to-end tests with a real model and a real
 browser live in test_browser.py.
 """
 
@@ -13,7 +13,6 @@ import gc
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -25,9 +24,10 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from gradio_client.exceptions import AuthenticationError  # noqa: E402
+from support.fakes import FakeService  # noqa: E402
 
-from webui.pipeline.errors import InvalidRequest  # noqa: E402
-from webui.pipeline.generate import Progress  # noqa: E402
+from webui.jobs import Job, JobQueue, JobState  # noqa: E402
+from webui.pipeline import Progress  # noqa: E402
 from webui.pipeline.infotext import parse_infotext  # noqa: E402
 from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest  # noqa: E402
 from webui.ui import build_ui  # noqa: E402
@@ -36,186 +36,14 @@ from webui.ui.jobs import describe, format_seconds  # noqa: E402
 from webui.ui.pnginfo import read_parameters  # noqa: E402
 from webui.ui.txt2img import txt2img_request  # noqa: E402
 
-# --- a stand-in service following webui.service's contract ------------------------------------
-
-
-@dataclass
-class FakeEntry:
-    name: str
-    width: int = 64
-    height: int = 64
-    sampler: str | None = None
-    steps: int | None = None
-    scheduler: str | None = None
-    cfg_scale: float | None = None
-
-
-@dataclass
-class FakeRegistry:
-    entries: list[FakeEntry]
-    errors: list = field(default_factory=list)
-
-    @property
-    def default(self) -> FakeEntry:
-        return self.entries[0]
-
-
-@dataclass
-class FakeStatus:
-    name: str
-    loaded: bool
-    error: str | None = None
-
-
-class FakeModels:
-    def __init__(self, registry: FakeRegistry):
-        self.registry = registry
-        self.current_name: str | None = None
-
-    def load(self, name: str) -> None:
-        if name not in [e.name for e in self.registry.entries]:
-            raise KeyError(f"unknown model {name!r}")
-        if name == "broken":
-            raise ValueError("broken.safetensors: not a Stable Diffusion 1.x checkpoint")
-        self.current_name = name
-
-    def unload(self, name: str | None) -> None:
-        self.current_name = None
-
-    def status(self) -> list[FakeStatus]:
-        return [FakeStatus(e.name, e.name == self.current_name) for e in self.registry.entries]
-
-
-@dataclass
-class FakeSampler:
-    name: str
-    aliases: tuple[str, ...] = ()
-    options: dict = field(default_factory=dict)
-
-
-class FakeSamplers:
-    samplers = [FakeSampler("Euler a"), FakeSampler("Euler"), FakeSampler("DDIM")]
-
-
-class FakeJob:
-    def __init__(self, request: GenerationRequest, model_name: str | None, step_seconds: float):
-        self.request, self.model_name, self.step_seconds = request, model_name, step_seconds
-        self.state = "queued"
-        self.progress: Progress | None = None
-        self.position: int | None = 1
-        self.interrupted = threading.Event()
-        self.finished = threading.Event()
-        self._result: GenerationResult | None = None
-        self.error: BaseException | None = None
-
-    @property
-    def queue_position(self) -> int | None:
-        return self.position
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.finished.wait(timeout)
-
-    def interrupt(self) -> None:
-        self.interrupted.set()
-
-    def skip(self) -> None:
-        pass
-
-    def result(self) -> GenerationResult:
-        self.finished.wait()
-        if self.error is not None:
-            raise self.error
-        assert self._result is not None
-        return self._result
-
-
-class FakeService:
-    """One worker thread, FIFO, random-pixel images whose seed decides the pixels."""
-
-    def __init__(self, step_seconds: float = 0.01):
-        self.models = FakeModels(FakeRegistry([
-            FakeEntry("tiny", sampler="Euler", steps=6, scheduler="Karras", cfg_scale=5.5), FakeEntry("big", 128, 96),
-            FakeEntry("broken"),
-        ]))
-        self.samplers = FakeSamplers()
-        self.added_entries: list[FakeEntry] = []
-        self.step_seconds = step_seconds
-        self.submitted: list[FakeJob] = []
-        self._lock = threading.Lock()
-
-    def select_model(self, name: str) -> None:
-        self.models.load(name)
-
-    def unload_model(self, name: str | None = None) -> None:
-        self.models.unload(name)
-
-    def reload_registry(self) -> FakeRegistry:
-        """Stands for re-reading models.yaml: picks up entries queued in ``added_entries``."""
-        self.models.registry.entries.extend(self.added_entries)
-        self.added_entries = []
-        return self.models.registry
-
-    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
-        if self.models.current_name is None:
-            return None
-        return len(prompt.split()), 75
-
-    def submit(self, request: GenerationRequest, model_name: str | None = None) -> FakeJob:
-        request.validate()
-        if request.sampler_name not in [s.name for s in self.samplers.samplers]:
-            raise InvalidRequest("sampler_name", f"unknown sampler {request.sampler_name!r}")
-        job = FakeJob(request, model_name, self.step_seconds)
-        self.submitted.append(job)
-        threading.Thread(target=self._run, args=(job,), daemon=True).start()
-        return job
-
-    def _run(self, job: FakeJob) -> None:
-        with self._lock:
-            job.state, job.position = "running", 0
-            request = job.request
-            if request.prompt == "explode":
-                time.sleep(job.step_seconds)
-                job.error = RuntimeError("the VAE decoded NaNs; try --precision fp32")
-                job.state = "error"
-                job.finished.set()
-                return
-            seed = 1000 if request.seed == -1 else request.seed
-            images, seeds, infotexts = [], [], []
-            total = request.steps * request.total_images
-            for i in range(request.total_images):
-                for s in range(request.steps):
-                    if job.interrupted.is_set():
-                        break
-                    time.sleep(job.step_seconds)
-                    done = i * request.steps + s + 1
-                    job.progress = Progress(
-                        step=done, total_steps=total, image_index=i, images_total=request.total_images,
-                        sampling_step=s + 1, sampling_steps=request.steps,
-                        eta_seconds=(total - done) * job.step_seconds, elapsed_seconds=done * job.step_seconds,
-                        preview=Image.new("RGB", (8, 8), (done * 10 % 256, 0, 0)),
-                    )
-                if job.interrupted.is_set():
-                    break
-                rng = np.random.default_rng(seed + i)
-                pixels = rng.integers(0, 256, (request.height, request.width, 3), dtype=np.uint8)
-                images.append(Image.fromarray(pixels))
-                seeds.append(seed + i)
-                infotexts.append(
-                    f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, "
-                    f"CFG scale: {request.cfg_scale:g}, Seed: {seed + i}, Size: {request.width}x{request.height}"
-                )
-            interrupted = job.interrupted.is_set()
-            job._result = GenerationResult(images, seeds, infotexts, [], interrupted, request)
-            job.state = "interrupted" if interrupted else "done"
-            job.finished.set()
-
-
 # --- fixtures -------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def fake_service() -> FakeService:
-    return FakeService()
+def fake_service():
+    service = FakeService()
+    yield service
+    service.close()
 
 
 def _serve(service: FakeService, **launch_kwargs):
@@ -291,13 +119,19 @@ def test_img2img_request_carries_mask_only_in_inpaint_mode():
 
 
 def test_progress_line_shows_queue_position_then_step_total_eta():
-    job = FakeJob(GenerationRequest(steps=10), None, 0.0)
-    job.position = 3
-    assert "In queue: position 3" in describe(job).html
-    job.state = "running"
-    job.progress = Progress(step=4, total_steps=20, image_index=1, images_total=2, sampling_step=4,
-                            sampling_steps=10, eta_seconds=75, elapsed_seconds=1.0, preview=None)
-    text = describe(job).html
+    release = threading.Event()
+    queue = JobQueue(lambda job: GenerationResult(request=job.request, interrupted=not release.wait(60)))
+    try:
+        running, *_, fourth = [queue.submit(Job(GenerationRequest(steps=10))) for _ in range(4)]
+        while running.state != JobState.RUNNING:
+            time.sleep(0.005)
+        assert "In queue: position 3" in describe(fourth).html
+        running.progress = Progress(step=4, total_steps=20, image_index=1, images_total=2, sampling_step=4,
+                                    sampling_steps=10, eta_seconds=75, elapsed_seconds=1.0, preview=None)
+        text = describe(running).html
+    finally:
+        release.set()
+        queue.close()
     assert "Step 4/20" in text and "image 2/2" in text and "ETA 1:15" in text and 'value="20"' in text
     assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
 
@@ -471,7 +305,7 @@ def test_interrupt_stops_only_the_callers_own_job(fake_service):
             time.sleep(0.01)
         stranger.predict(api_name="/txt2img_interrupt")  # another browser's Interrupt: not this job
         time.sleep(0.1)
-        assert not fake_service.submitted[-1].interrupted.is_set()
+        assert not fake_service.submitted[-1].control.interrupted
         owner.predict(api_name="/txt2img_interrupt")
         gallery, _, status, _ = job.result(timeout=30)
     finally:

@@ -15,11 +15,13 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
+
+    from webui.service import Service, WebUIService
 
 Credentials = tuple[tuple[str, str], ...]
 
@@ -148,7 +150,7 @@ def check_exposure(options: ServerOptions) -> list[str]:
     ]
 
 
-def create_service(options: ServerOptions) -> Any:
+def create_service(options: ServerOptions) -> WebUIService:
     """Build the `WebUIService` (device, precision, models registry, outputs, sampler plugins)."""
     from webui.devices import pick_device, pick_dtype
     from webui.service import WebUIService
@@ -164,7 +166,7 @@ def create_service(options: ServerOptions) -> Any:
     )
 
 
-def mount_rest_api(app: FastAPI, service: Any, options: ServerOptions) -> None:
+def mount_rest_api(app: FastAPI, service: Service, options: ServerOptions) -> None:
     """Add the AUTOMATIC1111-compatible REST routes (``/sdapi/v1/*``) to the running app."""
     from webui.api import mount_api
 
@@ -188,7 +190,7 @@ class RunningServer:
         self.demo.block_thread()
 
 
-def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = None) -> RunningServer:
+def start(options: ServerOptions, service: Service, *, out: TextIO | None = None) -> RunningServer:
     """Build the UI for ``service``, start serving it (non-blocking) and mount the REST API if asked.
 
     The share tunnel is best effort: when it cannot be created (no internet) one line says so and the app
@@ -251,7 +253,7 @@ def serve(options: ServerOptions) -> int:
     except ValueError as exc:  # unknown/unavailable device, unsupported precision
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for problem in getattr(service.registry, "errors", None) or []:
+    for problem in service.registry.errors:
         print(f"warning: {problem}", file=sys.stderr)
     try:
         server = start(options, service)

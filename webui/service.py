@@ -17,7 +17,7 @@ import threading
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from PIL import Image
@@ -27,15 +27,16 @@ from webui.pipeline.generate import Progress, check_request, generate, native_si
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult
 
+if TYPE_CHECKING:
+    from webui.models.checkpoint import StableDiffusionModel
+    from webui.models.manager import ModelManager, ModelStatus
+    from webui.models.registry import Registry
+    from webui.sampling.registry import SamplerRegistry
+
 logger = logging.getLogger(__name__)
 
 IDLE = "idle"  # ProgressSnapshot.state when no job runs
 SMALL_MODEL_BYTES = 256 * 2**20
-# ModelEntry field -> GenerationRequest field, for default_request().
-_ENTRY_DEFAULTS = {
-    "sampler": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg_scale",
-    "clip_skip": "clip_skip", "width": "width", "height": "height",
-}
 
 
 @dataclass
@@ -65,9 +66,96 @@ class ProgressSnapshot:
             return f"Error: {self.error}"
         return self.state.capitalize()
 
+    @classmethod
+    def of(cls, job: Job, queue_size: int) -> ProgressSnapshot:
+        """The snapshot of ``job``, with ``queue_size`` jobs waiting to start."""
+        p = job.progress
+        running = job.state == JobState.RUNNING
+        return cls(
+            job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=queue_size,
+            progress=1.0 if job.state == JobState.DONE else (p.fraction if p is not None else 0.0),
+            eta_seconds=p.eta_seconds if p is not None and running else None,
+            step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
+            images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
+            error=job.error_message,
+        )
+
+
+class Service(Protocol):
+    """Everything the UI (``webui.ui``) and the REST API (``webui.api``) may ask of the service.
+
+    :class:`WebUIService` implements it; so do the test stand-ins (``tests/support/fakes.py``), and so will a
+    service whose jobs run elsewhere (cluster workers): the web layers depend on this contract, not on how a
+    service holds its models. Models are reached only through these methods, never through the
+    ``ModelManager``, so that loading and unloading always take the service's device lock.
+    """
+
+    @property
+    def samplers(self) -> SamplerRegistry:
+        """The registered sampler plugins (names, aliases, options)."""
+        ...
+
+    @property
+    def registry(self) -> Registry:
+        """The models listed in ``models.yaml`` (and its problems)."""
+        ...
+
+    @property
+    def current_model_name(self) -> str | None:
+        """The model that a job without a model name uses; None before the first load."""
+        ...
+
+    def model_status(self) -> list[ModelStatus]:
+        """One row per registry entry: loaded, current, default, last load error; never waits for a load."""
+        ...
+
+    def model_sha256(self, name: str) -> str | None:
+        """The sha256 of a model's file when known without a long read."""
+        ...
+
+    def select_model(self, name: str) -> None:
+        """Load ``name`` (after the running job) and make it current."""
+        ...
+
+    def unload_model(self, name: str | None = None) -> None:
+        """Free ``name`` (None: every model) after the running job."""
+        ...
+
+    def reload_registry(self) -> Registry:
+        """Re-read ``models.yaml``."""
+        ...
+
+    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
+        """``(tokens, capacity)`` of ``prompt``; None while the model is not loaded."""
+        ...
+
+    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+        """Queue a request; raises ``InvalidRequest`` at once for a bad one."""
+        ...
+
+    def get_job(self, job_id: str) -> Job:
+        """A queued, running or recent job; KeyError if unknown."""
+        ...
+
+    def progress(self, job_id: str | None = None) -> ProgressSnapshot:
+        """Progress of ``job_id``, or of the running job; KeyError if unknown."""
+        ...
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Interrupt ``job_id`` or the running job; False if there was nothing to interrupt."""
+        ...
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """Skip the current batch of ``job_id`` or of the running job; False if nothing runs."""
+        ...
+
+    def close(self) -> None:
+        """Interrupt everything and stop working."""
+        ...
+
 
 class WebUIService:
-    """Models, samplers and the generation queue: the one object the UI and the API talk to.
+    """Models, samplers and the generation queue: the one object the UI and the API talk to (:class:`Service`).
 
     Args:
         registry_path: ``models.yaml``; ignored when ``manager`` is given.
@@ -86,8 +174,8 @@ class WebUIService:
         outputs_dir: str | Path | None = None,
         samplers_dir: str | Path | None = None,
         *,
-        manager: Any | None = None,
-        samplers: Any | None = None,
+        manager: ModelManager | None = None,
+        samplers: SamplerRegistry | None = None,
         version: str | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
@@ -110,7 +198,7 @@ class WebUIService:
         self.version = version
         # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
         # unloaded or evicted for another one; the model's fitted preview map).
-        self._previews: dict[int, tuple[weakref.ReferenceType[Any], LatentPreview | None]] = {}
+        self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
@@ -156,15 +244,7 @@ class WebUIService:
         waiting = len(self._queue.waiting)
         if job is None:
             return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
-        p = job.progress
-        fraction = 1.0 if job.state == JobState.DONE else (p.fraction if p is not None else 0.0)
-        return ProgressSnapshot(
-            job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=waiting,
-            progress=fraction, eta_seconds=p.eta_seconds if p is not None and job.state == JobState.RUNNING else None,
-            step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
-            images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
-            error=job.error_message,
-        )
+        return ProgressSnapshot.of(job, waiting)
 
     def interrupt(self, job_id: str | None = None) -> bool:
         """Interrupt ``job_id`` or the running job; False if there was nothing to interrupt."""
@@ -189,21 +269,26 @@ class WebUIService:
     # --- models -----------------------------------------------------------------------------
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         """The model registry (``models.yaml`` entries) the manager loads from."""
-        return getattr(self.models, "registry", None)
+        return self.models.registry
 
-    def reload_registry(self) -> Any:
+    @property
+    def current_model_name(self) -> str | None:
+        return self.models.current_name
+
+    def model_status(self) -> list[ModelStatus]:
+        """One row per registry entry (the Models tab); never waits for a load in progress."""
+        return self.models.status()
+
+    def reload_registry(self) -> Registry:
         """Re-read ``models.yaml`` (A1111's "refresh checkpoints"); loaded models stay loaded."""
         if self.registry_path is None:
             return self.registry
         from webui.models.registry import load_registry
 
         registry = load_registry(self.registry_path)
-        if hasattr(self.models, "set_registry"):
-            self.models.set_registry(registry)
-        else:
-            self.models.registry = registry
+        self.models.set_registry(registry)
         return registry
 
     def model_sha256(self, name: str, *, max_bytes_to_hash: int = SMALL_MODEL_BYTES) -> str | None:
@@ -213,41 +298,31 @@ class WebUIService:
         ``max_bytes_to_hash`` (A1111 likewise shows hashes only once it has computed them).
         """
         model = self._loaded_model(name)
-        if model is not None and getattr(model, "sha256", None):
+        if model is not None and model.sha256:
             return model.sha256
         try:
-            entry = self.registry.get(name) if self.registry is not None else None
-        except (LookupError, ValueError):
-            entry = None
-        path = getattr(entry, "path", None)
-        if path is None or not Path(path).is_file():
+            path = self.registry.get(name).path
+        except LookupError:
             return None
-        stat = Path(path).stat()
+        if path is None or not path.is_file():
+            return None
+        stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
             if stat.st_size > max_bytes_to_hash:
                 return None
             from webui.models.checkpoint import file_sha256
 
-            self._hashes[key] = file_sha256(Path(path))
+            self._hashes[key] = file_sha256(path)
         return self._hashes[key]
 
-    def _loaded_model(self, name: str) -> Any | None:
-        for ref, _ in self._previews.values():
-            cached_model = ref()
-            if cached_model is not None and getattr(cached_model, "name", None) == name:
-                return cached_model
-        loaded = getattr(self.models, "loaded", None)
-        if callable(loaded):
-            loaded = loaded()
-        if isinstance(loaded, dict):
-            return loaded.get(name)
-        return None
+    def _loaded_model(self, name: str) -> StableDiffusionModel | None:
+        return self.models.loaded().get(name)
 
-    def select_model(self, name: str) -> Any:
+    def select_model(self, name: str) -> None:
         """Make ``name`` the current model, loading it if needed; waits for the running job first."""
         with self._device_lock:
-            return self.models.get(name)
+            self.models.get(name)
 
     def unload_model(self, name: str | None = None) -> None:
         """Free ``name`` (None: every model); waits for the running job first."""
@@ -260,19 +335,17 @@ class WebUIService:
 
         For filling a form; nothing loads. Fields the entry leaves out keep A1111's defaults.
         """
-        entry_of = getattr(self.models, "entry", None)
-        entry = entry_of(model_name) if callable(entry_of) else None
-        defaults: dict[str, Any] = {}
-        for entry_field, request_field in _ENTRY_DEFAULTS.items():
-            value = getattr(entry, entry_field, None)
-            if value is not None:
-                defaults[request_field] = value
-        return GenerationRequest(**defaults)
+        entry = self.models.entry(model_name)
+        suggested: dict[str, Any] = {
+            "sampler_name": entry.sampler, "scheduler": entry.scheduler, "steps": entry.steps,
+            "cfg_scale": entry.cfg_scale, "clip_skip": entry.clip_skip, "width": entry.width, "height": entry.height,
+        }
+        return GenerationRequest(**{field: value for field, value in suggested.items() if value is not None})
 
     def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
         """``(tokens, capacity)`` of ``prompt`` for the prompt box counter ("12/75"), or None when the
         model is not loaded (counting never loads a model)."""
-        model = self._loaded_model(model_name or getattr(self.models, "current_name", None) or "")
+        model = self._loaded_model(model_name or self.models.current_name or "")
         if model is None:
             return None
         from webui.pipeline.conditioning import count_tokens
@@ -283,7 +356,7 @@ class WebUIService:
         """The (width, height) a request with width/height None gets for that model."""
         return native_size(self.models.get(model_name))
 
-    def previewer(self, model: Any) -> LatentPreview | None:
+    def previewer(self, model: StableDiffusionModel) -> LatentPreview | None:
         """The model's fitted latent->RGB preview map, fitted once per loaded model (None if that failed)."""
         key = id(model)
         cached = self._previews.get(key)
@@ -292,8 +365,7 @@ class WebUIService:
             try:
                 fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
             except Exception:  # noqa: BLE001 - previews are a nicety; generation goes on without them
-                logger.warning("could not fit the live-preview map for %s", getattr(model, "name", model),
-                               exc_info=True)
+                logger.warning("could not fit the live-preview map for %s", model.name, exc_info=True)
                 fitted = None
             cached = (weakref.ref(model), fitted)
             self._previews[key] = cached
@@ -308,5 +380,5 @@ class WebUIService:
             return generate(
                 model, self.samplers, job.request, outputs_dir=self.outputs_dir if job.save else None,
                 progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
-                model_name=getattr(model, "name", None) or job.model_name,
+                model_name=model.name,
             )

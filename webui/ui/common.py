@@ -15,6 +15,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest
+from webui.service import Service
 from webui.ui import backend
 from webui.ui.jobs import JobTracker, _status_html
 
@@ -105,7 +106,7 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
 
 
 def build_settings(
-    tab: str, service: Any, model: backend.ModelChoice | None
+    tab: str, service: Service, model: backend.ModelChoice | None
 ) -> dict[str, gr.components.Component]:
     """Sampler, schedule, steps, CFG, size, seed and batch widgets, labelled as in AUTOMATIC1111."""
     samplers = backend.sampler_names(service)
@@ -248,7 +249,7 @@ def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:
     tab.gallery.select(select, tab.results, [tab.selected, tab.info], **quiet)
 
 
-def wire_token_counter(tab: GenerationTab, service: Any, model: gr.Dropdown) -> None:
+def wire_token_counter(tab: GenerationTab, service: Service, model: gr.Dropdown) -> None:
     """Show "Prompt: 12/75 tokens" (A1111's counter) while typing; blank until the model is loaded."""
 
     def count(model_name: str | None, prompt: str, negative: str, steps: float) -> str:
