@@ -17,7 +17,7 @@ import threading
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import torch
 from PIL import Image
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IDLE = "idle"  # ProgressSnapshot.state when no job runs
+IDLE: Final = "idle"  # ProgressSnapshot.state when no job runs
 SMALL_MODEL_BYTES = 256 * 2**20
 
 

@@ -11,7 +11,7 @@ from webui.pipeline.infotext import request_from_infotext
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 from webui.service import Service
 from webui.ui import backend
-from webui.ui.common import GenerationTab, ShownResult, request_widget_values
+from webui.ui.common import QUIET, GenerationTab, ShownResult, request_widget_values
 from webui.ui.img2img import build_img2img_tab
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
@@ -102,7 +102,6 @@ def _wire_send_to(
 ) -> None:
     """Send to img2img (from a gallery) and Send to txt2img/img2img (from PNG Info)."""
     samplers = backend.sampler_names(service)
-    hidden = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
 
     def gallery_to_img2img(shown: ShownResult, index: int) -> list[Any]:
         image = shown.image(index)
@@ -115,7 +114,7 @@ def _wire_send_to(
 
     targets = [tabs, init_image, *img2img.parameter_components()]
     for source in (txt2img, img2img):
-        source.send_to_img2img.click(gallery_to_img2img, [source.results, source.selected], targets, **hidden)
+        source.send_to_img2img.click(gallery_to_img2img, [source.results, source.selected], targets, **QUIET)
 
     def png_to(tab_id: str, request_type: type[GenerationRequest]) -> Callable[[str | None, str], list[Any]]:
         def send(path: str | None, text: str) -> list[Any]:
@@ -129,9 +128,9 @@ def _wire_send_to(
 
     pnginfo.send_to_txt2img.click(
         png_to("txt2img", GenerationRequest), [pnginfo.image, pnginfo.parameters],
-        [tabs, *txt2img.parameter_components()], **hidden,
+        [tabs, *txt2img.parameter_components()], **QUIET,
     )
     pnginfo.send_to_img2img.click(
         png_to("img2img", Img2ImgRequest), [pnginfo.image, pnginfo.parameters],
-        [tabs, init_image, *img2img.parameter_components()], **hidden,
+        [tabs, init_image, *img2img.parameter_components()], **QUIET,
     )
