@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,16 @@ from fastapi import FastAPI
 from PIL import Image
 
 from tests.support.api import b64_png, from_b64, serve
+from tests.support.fakes import interface_gaps
 from webui.api import ApiLimits, mount_api
+from webui.jobs import Job, JobQueue
 from webui.models.errors import CorruptCheckpointError
+from webui.models.manager import ModelStatus
 from webui.models.registry import ModelEntry, Registry
 from webui.pipeline.errors import OutOfMemory
 from webui.pipeline.requests import GenerationResult, resolve_request
 from webui.sampling.registry import create_sampler_registry
-from webui.service import ProgressSnapshot
+from webui.service import IDLE, ProgressSnapshot
 
 USER, PASSWORD = "alice", "s3cret:with:colons"
 # Prompts that make the stub's job fail the way a real job can.
@@ -38,23 +42,16 @@ FAILURES = {
 }
 
 
-@dataclass
-class StubJob:
-    id: str
-    request: Any
-    state: str = "done"
-    queue_position: int = 0
-    progress: Any = None
-
-    def result(self) -> GenerationResult:
-        if self.request.prompt in FAILURES:
-            raise FAILURES[self.request.prompt]
-        request = self.request
-        seeds = request.seeds()
-        images = [Image.new("RGB", (request.width, request.height), (s % 256, 0, 0)) for s in seeds]
-        infotexts = [f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, Seed: {s}"
-                     for s in seeds]
-        return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, request=request)
+def stub_result(job: Job) -> GenerationResult:
+    """What a stub job produces at once: one solid-colour image per seed (red = seed % 256), or its failure."""
+    if job.request.prompt in FAILURES:
+        raise FAILURES[job.request.prompt]
+    request = job.request  # resolved by submit(), as the real service does
+    seeds = request.seeds()
+    images = [Image.new("RGB", (request.width, request.height), (s % 256, 0, 0)) for s in seeds]
+    infotexts = [f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, Seed: {s}"
+                 for s in seeds]
+    return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, request=request)
 
 
 @dataclass
@@ -68,51 +65,76 @@ class StubModels:
 
 
 class StubService:
+    """The whole ``webui.service.Service`` interface; jobs run on a real queue and finish at once."""
+
     def __init__(self) -> None:
         self.samplers = create_sampler_registry()
         self.registry = Registry(None, [ModelEntry("tiny", Path("/models/tiny.safetensors")),
                                         ModelEntry("Other-Model", Path("/models/other.ckpt"))])
         self.models = StubModels()
         self.submitted: list[tuple[Any, str | None]] = []
-        self.jobs: dict[str, StubJob] = {}
         self.calls: list[str] = []
+        self._queue = JobQueue(stub_result, name="stub-generation")
 
-    def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> StubJob:
+    @property
+    def current_model_name(self) -> str | None:
+        return self.models.current_name
+
+    def model_status(self) -> list[ModelStatus]:
+        return [ModelStatus(e.name, e.name == self.models.current_name, e.name == self.models.current_name,
+                            e.name == "tiny", None, None) for e in self.registry.entries]
+
+    def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> Job:
         resolved = resolve_request(request, self.samplers, (64, 64))  # what the real service does before queueing
         self.submitted.append((request, model_name))
-        job = StubJob(id=f"job{len(self.jobs)}", request=resolved)
-        self.jobs[job.id] = job
-        return job
+        return self._queue.submit(Job(resolved, model_name, save=save))
 
-    def get_job(self, job_id: str) -> StubJob:
-        return self.jobs[job_id]
+    def get_job(self, job_id: str) -> Job:
+        return self._queue.get(job_id)
 
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
-        job = self.jobs[job_id] if job_id is not None else None
-        return ProgressSnapshot(job_id=job_id, state=job.state if job else "idle", queue_position=None, queue_size=0,
-                                progress=1.0 if job else 0.0, eta_seconds=None)
+        if job_id is None:  # jobs finish at once: idle between requests
+            return ProgressSnapshot(None, IDLE, None, 0, 0.0, None)
+        return ProgressSnapshot.of(self.get_job(job_id), 0)
 
-    def interrupt(self) -> bool:
+    def interrupt(self, job_id: str | None = None) -> bool:
         self.calls.append("interrupt")
         return False
 
-    def skip(self) -> bool:
+    def skip(self, job_id: str | None = None) -> bool:
         self.calls.append("skip")
         return False
 
     def select_model(self, name: str) -> None:
         self.models.load(name)
 
+    def unload_model(self, name: str | None = None) -> None:
+        self.calls.append("unload")
+        self.models.current_name = None
+
     def model_sha256(self, name: str) -> str | None:
         return "ab" * 32 if name == "tiny" else None
 
-    def reload_registry(self) -> None:
+    def reload_registry(self) -> Registry:
         self.calls.append("reload")
+        return self.registry
+
+    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
+        return None
+
+    def close(self) -> None:
+        self._queue.close()
+
+
+def test_the_stub_offers_the_whole_service_interface() -> None:
+    assert interface_gaps(StubService()) == []
 
 
 @pytest.fixture(scope="module")
-def stub() -> StubService:
-    return StubService()
+def stub() -> Iterator[StubService]:
+    service = StubService()
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")

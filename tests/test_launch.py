@@ -2,7 +2,7 @@
 tunnel that cannot be created (no internet here) costs one line and the app keeps serving locally.
 
 Refusals are checked on the real ``python launch.py`` (they happen before any model is loaded, so they
-are fast); serving is checked in-process with the stand-in service from test_ui.py.
+are fast); serving is checked in-process with the stand-in service from support/fakes.py.
 """
 
 from __future__ import annotations
@@ -230,9 +230,11 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.fixture
 def stand_in_service():
-    from tests.test_ui import FakeService
+    from tests.support.fakes import FakeService
 
-    return FakeService()
+    service = FakeService()
+    yield service
+    service.close()
 
 
 def test_listen_binds_all_interfaces(tmp_path: Path, stand_in_service):

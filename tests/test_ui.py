@@ -1,17 +1,18 @@
 """The Gradio UI as an adapter: widget values -> typed requests -> service jobs -> gallery/parameters.
 
 These tests run the real `build_ui` on a real Gradio server in this process, driven through
-`gradio_client` (the same named endpoints a user's script calls), against a small stand-in for
-`WebUIService` that follows its contract (submit/Job/Progress) but draws random pixels instead of
-running a model, so that they take about a second each. End-to-end tests with a real model and a real
+`gradio_client` (the same named endpoints a user's script calls), against `support.fakes.FakeService`:
+the whole service interface with real jobs on a real queue, but random pixels instead of a model, so that
+they take about a second each. End-to-end tests with a real model and a real
 browser live in test_browser.py.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
 from pathlib import Path
 
 import httpx
@@ -24,8 +25,9 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from gradio_client.exceptions import AuthenticationError  # noqa: E402
 
-from webui.pipeline.errors import InvalidRequest  # noqa: E402
-from webui.pipeline.generation import Progress  # noqa: E402
+from tests.support.fakes import FakeService  # noqa: E402
+from webui.jobs import Job, JobQueue, JobState  # noqa: E402
+from webui.pipeline import Progress  # noqa: E402
 from webui.pipeline.infotext import parse_infotext  # noqa: E402
 from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest  # noqa: E402
 from webui.ui import build_ui  # noqa: E402
@@ -34,183 +36,14 @@ from webui.ui.jobs import describe, format_seconds  # noqa: E402
 from webui.ui.pnginfo import read_parameters  # noqa: E402
 from webui.ui.txt2img import txt2img_request  # noqa: E402
 
-# --- a stand-in service following webui.service's contract ------------------------------------
-
-
-@dataclass
-class FakeEntry:
-    name: str
-    width: int = 64
-    height: int = 64
-    sampler: str | None = None
-    steps: int | None = None
-    scheduler: str | None = None
-    cfg_scale: float | None = None
-
-
-@dataclass
-class FakeRegistry:
-    entries: list[FakeEntry]
-    errors: list = field(default_factory=list)
-
-    @property
-    def default(self) -> FakeEntry:
-        return self.entries[0]
-
-
-@dataclass
-class FakeStatus:
-    name: str
-    loaded: bool
-    error: str | None = None
-
-
-class FakeModels:
-    def __init__(self, registry: FakeRegistry):
-        self.registry = registry
-        self.current_name: str | None = None
-
-    def load(self, name: str) -> None:
-        if name not in [e.name for e in self.registry.entries]:
-            raise KeyError(f"unknown model {name!r}")
-        if name == "broken":
-            raise ValueError("broken.safetensors: not a Stable Diffusion 1.x checkpoint")
-        self.current_name = name
-
-    def unload(self, name: str) -> None:
-        self.current_name = None
-
-    def status(self) -> list[FakeStatus]:
-        return [FakeStatus(e.name, e.name == self.current_name) for e in self.registry.entries]
-
-
-@dataclass
-class FakeSampler:
-    name: str
-    aliases: tuple[str, ...] = ()
-    options: dict = field(default_factory=dict)
-
-
-class FakeSamplers:
-    samplers = [FakeSampler("Euler a"), FakeSampler("Euler"), FakeSampler("DDIM")]
-
-
-class FakeJob:
-    def __init__(self, request: GenerationRequest, model_name: str | None, step_seconds: float):
-        self.request, self.model_name, self.step_seconds = request, model_name, step_seconds
-        self.state = "queued"
-        self.progress: Progress | None = None
-        self.position: int | None = 1
-        self.interrupted = threading.Event()
-        self.finished = threading.Event()
-        self._result: GenerationResult | None = None
-        self.error: BaseException | None = None
-
-    @property
-    def queue_position(self) -> int | None:
-        return self.position
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.finished.wait(timeout)
-
-    def interrupt(self) -> None:
-        self.interrupted.set()
-
-    def skip(self) -> None:
-        pass
-
-    def result(self) -> GenerationResult:
-        self.finished.wait()
-        if self.error is not None:
-            raise self.error
-        assert self._result is not None
-        return self._result
-
-
-class FakeService:
-    """One worker thread, FIFO, random-pixel images whose seed decides the pixels."""
-
-    def __init__(self, step_seconds: float = 0.01):
-        self.models = FakeModels(FakeRegistry([
-            FakeEntry("tiny", sampler="Euler", steps=6, scheduler="Karras", cfg_scale=5.5), FakeEntry("big", 128, 96),
-            FakeEntry("broken"),
-        ]))
-        self.samplers = FakeSamplers()
-        self.added_entries: list[FakeEntry] = []
-        self.step_seconds = step_seconds
-        self.submitted: list[FakeJob] = []
-        self._lock = threading.Lock()
-
-    def select_model(self, name: str) -> None:
-        self.models.load(name)
-
-    def reload_registry(self) -> FakeRegistry:
-        """Stands for re-reading models.yaml: picks up entries queued in ``added_entries``."""
-        self.models.registry.entries.extend(self.added_entries)
-        self.added_entries = []
-        return self.models.registry
-
-    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
-        if self.models.current_name is None:
-            return None
-        return len(prompt.split()), 75
-
-    def submit(self, request: GenerationRequest, model_name: str | None = None) -> FakeJob:
-        request.validate()
-        if request.sampler_name not in [s.name for s in self.samplers.samplers]:
-            raise InvalidRequest("sampler_name", f"unknown sampler {request.sampler_name!r}")
-        job = FakeJob(request, model_name, self.step_seconds)
-        self.submitted.append(job)
-        threading.Thread(target=self._run, args=(job,), daemon=True).start()
-        return job
-
-    def _run(self, job: FakeJob) -> None:
-        with self._lock:
-            job.state, job.position = "running", 0
-            request = job.request
-            if request.prompt == "explode":
-                time.sleep(job.step_seconds)
-                job.error = RuntimeError("the VAE decoded NaNs; try --precision fp32")
-                job.state = "error"
-                job.finished.set()
-                return
-            seed = 1000 if request.seed == -1 else request.seed
-            images, seeds, infotexts = [], [], []
-            total = request.steps * request.total_images
-            for i in range(request.total_images):
-                for s in range(request.steps):
-                    if job.interrupted.is_set():
-                        break
-                    time.sleep(job.step_seconds)
-                    done = i * request.steps + s + 1
-                    job.progress = Progress(
-                        step=done, total_steps=total, image_index=i, images_total=request.total_images,
-                        sampling_step=s + 1, sampling_steps=request.steps,
-                        eta_seconds=(total - done) * job.step_seconds, elapsed_seconds=done * job.step_seconds,
-                        preview=Image.new("RGB", (8, 8), (done * 10 % 256, 0, 0)),
-                    )
-                if job.interrupted.is_set():
-                    break
-                rng = np.random.default_rng(seed + i)
-                pixels = rng.integers(0, 256, (request.height, request.width, 3), dtype=np.uint8)
-                images.append(Image.fromarray(pixels))
-                seeds.append(seed + i)
-                infotexts.append(
-                    f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, "
-                    f"CFG scale: {request.cfg_scale:g}, Seed: {seed + i}, Size: {request.width}x{request.height}"
-                )
-            interrupted = job.interrupted.is_set()
-            job._result = GenerationResult(images, seeds, infotexts, [], interrupted, request)
-            job.state = "interrupted" if interrupted else "done"
-            job.finished.set()
-
-
 # --- fixtures -------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def fake_service() -> FakeService:
-    return FakeService()
+def fake_service():
+    service = FakeService()
+    yield service
+    service.close()
 
 
 def _serve(service: FakeService, **launch_kwargs):
@@ -286,13 +119,19 @@ def test_img2img_request_carries_mask_only_in_inpaint_mode():
 
 
 def test_progress_line_shows_queue_position_then_step_total_eta():
-    job = FakeJob(GenerationRequest(steps=10), None, 0.0)
-    job.position = 3
-    assert "In queue: position 3" in describe(job).html
-    job.state = "running"
-    job.progress = Progress(step=4, total_steps=20, image_index=1, images_total=2, sampling_step=4,
-                            sampling_steps=10, eta_seconds=75, elapsed_seconds=1.0, preview=None)
-    text = describe(job).html
+    release = threading.Event()
+    queue = JobQueue(lambda job: GenerationResult(request=job.request, interrupted=not release.wait(60)))
+    try:
+        running, *_, fourth = [queue.submit(Job(GenerationRequest(steps=10))) for _ in range(4)]
+        while running.state != JobState.RUNNING:
+            time.sleep(0.005)
+        assert "In queue: position 3" in describe(fourth).html
+        running.progress = Progress(step=4, total_steps=20, image_index=1, images_total=2, sampling_step=4,
+                                    sampling_steps=10, eta_seconds=75, elapsed_seconds=1.0, preview=None)
+        text = describe(running).html
+    finally:
+        release.set()
+        queue.close()
     assert "Step 4/20" in text and "image 2/2" in text and "ETA 1:15" in text and 'value="20"' in text
     assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
 
@@ -303,6 +142,46 @@ def test_token_counter_appears_once_the_model_is_loaded(fake_service):
     assert token_counter_text(fake_service, "tiny", "a red cat", "", 20) == ""
     fake_service.select_model("tiny")
     assert token_counter_text(fake_service, "tiny", "a red cat", "ugly", 20) == "Prompt: 3/75 · Negative: 1/75 tokens"
+
+
+# --- the UI's calls into a real service ------------------------------------------------------------
+
+
+@pytest.fixture
+def real_service(tiny_checkpoint):
+    from webui.service import WebUIService
+
+    service = WebUIService(tiny_checkpoint.models_yaml, outputs_dir=None)
+    yield service
+    service.close()
+
+
+def test_unload_from_the_models_tab_frees_the_model(real_service):
+    from webui.ui.backend import unload_model
+
+    real_service.run(GenerationRequest(prompt="a cat", steps=2, seed=1), timeout=60)  # loads it, fits its preview
+    model = weakref.ref(real_service.models.loaded()["tiny"])
+    unload_model(real_service, "tiny")
+    gc.collect()
+    still_referenced = model() is not None
+    assert not still_referenced, "the unloaded model's memory is not freed"
+    assert real_service.models.loaded() == {}
+
+
+def test_unload_from_the_models_tab_waits_for_the_running_generation(real_service):
+    from webui.ui.backend import unload_model
+
+    job = real_service.submit(GenerationRequest(prompt="p", steps=150, seed=1, n_iter=3, sampler_name="Euler"))
+    while job.progress is None:
+        assert job.wait(0.01) is False, job.error
+    unloaded = threading.Event()
+    thread = threading.Thread(target=lambda: (unload_model(real_service, "tiny"), unloaded.set()))
+    thread.start()
+    assert not unloaded.wait(0.3), "unloaded the model under the running generation"
+    assert "tiny" in real_service.models.loaded()
+    job.interrupt()
+    thread.join(60)
+    assert unloaded.is_set() and job.result(60).interrupted and real_service.models.loaded() == {}
 
 
 # --- through a running Gradio server ------------------------------------------------------------
@@ -424,18 +303,19 @@ def test_interrupt_stops_only_the_callers_own_job(fake_service):
     demo, url = _serve(fake_service)
     try:
         owner, stranger = gradio_client.Client(url, verbose=False), gradio_client.Client(url, verbose=False)
-        job = owner.submit(**(TXT2IMG | {"steps": 40, "batch_size": 1}), api_name="/txt2img")
+        # 150 steps (4.5 s): room for two round trips through Gradio on a loaded machine.
+        job = owner.submit(**(TXT2IMG | {"steps": 150, "batch_size": 1}), api_name="/txt2img")
         while fake_service.submitted == [] or fake_service.submitted[-1].progress is None:
             time.sleep(0.01)
         stranger.predict(api_name="/txt2img_interrupt")  # another browser's Interrupt: not this job
         time.sleep(0.1)
-        assert not fake_service.submitted[-1].interrupted.is_set()
+        assert not fake_service.submitted[-1].control.interrupted
         owner.predict(api_name="/txt2img_interrupt")
         gallery, _, status, _ = job.result(timeout=30)
     finally:
         demo.close(verbose=False)
     stopped = fake_service.submitted[-1].progress.step
-    assert 'data-state="interrupted"' in status and f"at step {stopped}/40" in status and stopped < 40
+    assert 'data-state="interrupted"' in status and f"at step {stopped}/150" in status and stopped < 150
     assert gallery == []
 
 

@@ -1,4 +1,4 @@
-"""UI behaviours in a real Chromium, on the stand-in service of test_ui.py (no model: seconds per test):
+"""UI behaviours in a real Chromium, on the stand-in service of support/fakes.py (no model: seconds per test):
 the checkpoint dropdown loads a model and applies its native size or shows its load error, and the seed
 buttons (🎲 random, ♻️ reuse the selected image's seed) work.
 """
@@ -18,7 +18,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture
 def stand_in():
-    from tests.test_ui import FakeService
+    from tests.support.fakes import FakeService
 
     service = FakeService(step_seconds=0.01)
     demo = build_ui(service, poll_interval=0.02)
@@ -28,6 +28,7 @@ def stand_in():
         yield service, url
     finally:
         demo.close(verbose=False)
+        service.close()
 
 
 @pytest.fixture
@@ -59,12 +60,12 @@ def test_checkpoint_dropdown_loads_the_model_and_applies_its_size_or_shows_the_e
     page.goto(url)
     _choose_model(page, "big")
     _wait_text(page, "#model_status", "Loaded big")
-    assert service.models.current_name == "big"
+    assert service.current_model_name == "big"
     assert page.locator("#txt2img_width input[type=number]").input_value() == "128"
     assert page.locator("#txt2img_height input[type=number]").input_value() == "96"
     _choose_model(page, "broken")
     _wait_text(page, "#model_status", "not a Stable Diffusion 1.x checkpoint")
-    assert service.models.current_name == "big"  # the previous model stays usable
+    assert service.current_model_name == "big"  # the previous model stays usable
 
 
 @pytest.mark.browser
@@ -98,13 +99,13 @@ def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, pag
 
 @pytest.mark.browser
 def test_models_tab_refresh_rereads_models_yaml_and_updates_the_dropdowns(stand_in, page):
-    from tests.test_ui import FakeEntry
+    from webui.models.registry import ModelEntry
 
     service, url = stand_in
     page.goto(url)
     page.get_by_role("tab", name="Models").click()
     assert "fresh" not in page.locator("#models_table").inner_text()
-    service.added_entries.append(FakeEntry("fresh", 256, 256))
+    service.added_entries.append(ModelEntry("fresh", width=256, height=256))
     page.locator("#models_refresh").click()
     _wait_text(page, "#models_message", "Re-read models.yaml: 4 models")
     _wait_text(page, "#models_table", "fresh")

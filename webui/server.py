@@ -15,11 +15,13 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import gradio as gr
     from fastapi import FastAPI
+
+    from webui.service import Service, WebUIService
 
 Credentials = tuple[tuple[str, str], ...]
 
@@ -172,21 +174,15 @@ def check_models_file(path: Path) -> None:
     raise LaunchError(f"--models {path}: {message}; {todo}.")
 
 
-def report_models(service: Any, out: TextIO | None = None) -> None:
-    """Check the models' sampler/schedule recommendations against the loaded sampler plugins, and print
-    every problem of ``models.yaml`` as one line ("error: ..." for what cannot be used, "warning: ..." for
-    what was corrected). The same problems stay in ``service.registry.errors``/``.warnings`` for the UI."""
-    from webui.sampling import SCHEDULES
-
+def report_models(service: WebUIService, out: TextIO | None = None) -> None:
+    """Print every problem of ``models.yaml`` as one line: "error: ..." for what cannot be used,
+    "warning: ..." for what was corrected (the service checked the entries' sampler/schedule
+    recommendations against the loaded plugins). The same problems stay in ``service.registry.errors``
+    and ``.warnings`` for the UI."""
     stream = out or sys.stderr
-    samplers = getattr(service, "samplers", None)
-    set_known = getattr(service.models, "set_known_samplers", None)
-    if samplers is not None and callable(set_known):
-        set_known([s.name for s in samplers], SCHEDULES, [a for s in samplers for a in s.aliases])
-    registry = service.registry
-    for problem in getattr(registry, "errors", None) or []:
+    for problem in service.registry.errors:
         print(f"error: {problem}", file=stream)
-    for problem in getattr(registry, "warnings", None) or []:
+    for problem in service.registry.warnings:
         print(f"warning: {problem}", file=stream)
     stream.flush()
 
@@ -205,7 +201,7 @@ def log_progress_to_stderr() -> None:
         log.propagate = False
 
 
-def create_service(options: ServerOptions) -> Any:
+def create_service(options: ServerOptions) -> WebUIService:
     """Build the `WebUIService` (device, precision, models registry, outputs, sampler plugins)."""
     from webui.devices import pick_device, pick_dtype
     from webui.service import WebUIService
@@ -221,12 +217,10 @@ def create_service(options: ServerOptions) -> Any:
     )
 
 
-def mount_rest_api(app: FastAPI, service: Any, options: ServerOptions) -> None:
+def mount_rest_api(app: FastAPI, service: Service, options: ServerOptions) -> None:
     """Add the AUTOMATIC1111-compatible REST routes (``/sdapi/v1/*``) to the running app."""
-    try:
-        from webui.api import mount_api
-    except ImportError as exc:
-        raise LaunchError(f"--api: the REST API (webui.api.mount_api) is not available in this build: {exc}") from exc
+    from webui.api import mount_api
+
     mount_api(app, service, api_auth=list(options.api_auth) or None)
 
 
@@ -247,7 +241,7 @@ class RunningServer:
         self.demo.block_thread()
 
 
-def start(options: ServerOptions, service: Any, *, out: io.TextIOBase | None = None) -> RunningServer:
+def start(options: ServerOptions, service: Service, *, out: TextIO | None = None) -> RunningServer:
     """Build the UI for ``service``, start serving it (non-blocking) and mount the REST API if asked.
 
     The share tunnel is best effort: when it cannot be created (no internet) one line says so and the app

@@ -1,10 +1,10 @@
 """The generation service shared by the Gradio UI and the REST API.
 
 :class:`WebUIService` owns the :class:`~webui.models.manager.ModelManager` and the sampler
-registry and runs generation jobs one at a time, in submission order, on one worker thread
-(one device, one generation at a time). Each :class:`Job` has an id, a state, a queue
-position, its latest :class:`~webui.pipeline.generation.Progress` (with a cheap preview) and,
-when finished, its result or error. A failing job stores its error and the queue goes on.
+registry and runs generation jobs one at a time, in submission order, on the
+:class:`~webui.jobs.JobQueue`'s worker thread (one device, one generation at a time). Each
+:class:`~webui.jobs.Job` has an id, a state, a queue position, its latest progress (with a cheap
+preview) and, when finished, its result or error.
 
 Nothing starts at import: the worker thread starts with the first submitted job and stops
 with :meth:`WebUIService.close`.
@@ -14,212 +14,30 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import torch
 from PIL import Image
 
+from webui.jobs import Job, JobQueue, JobState
 from webui.models.registry import SD1_NATIVE_SIZE
-from webui.pipeline.generation import GenerationControl, Progress, generate, native_size
+from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
 
+if TYPE_CHECKING:
+    from webui.models.manager import ModelManager, ModelStatus
+    from webui.models.model import StableDiffusionModel
+    from webui.models.registry import Registry
+    from webui.sampling.registry import SamplerRegistry
+
 logger = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, ERROR, INTERRUPTED = "queued", "running", "done", "error", "interrupted"
-JOB_STATES = (QUEUED, RUNNING, DONE, ERROR, INTERRUPTED)
-FINISHED_STATES = (DONE, ERROR, INTERRUPTED)
-KEEP_FINISHED_JOBS = 64
+IDLE: Final = "idle"  # ProgressSnapshot.state when no job runs
 SMALL_MODEL_BYTES = 256 * 2**20
-# ModelEntry field -> GenerationRequest field, for default_request().
-_ENTRY_DEFAULTS = {
-    "sampler": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg_scale",
-    "clip_skip": "clip_skip", "width": "width", "height": "height",
-}
-
-
-class Job:
-    """One queued generation. Thread-safe to read from any thread; created by ``submit``."""
-
-    def __init__(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
-                 queue: JobQueue | None = None, job_id: str | None = None):
-        self.id = job_id or uuid.uuid4().hex
-        self.request = request
-        self.model_name = model_name
-        self.save = save
-        self.state = QUEUED
-        self.progress: Progress | None = None
-        self.error: BaseException | None = None
-        self.created_at = time.time()
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.control = GenerationControl()
-        self._result: GenerationResult | None = None
-        self._done = threading.Event()
-        self._queue = queue
-
-    def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, state={self.state!r}, queue_position={self.queue_position!r})"
-
-    @property
-    def queue_position(self) -> int | None:
-        """1 for the next job to run, 2 for the one after...; 0 while running; None when finished."""
-        if self.state == RUNNING:
-            return 0
-        if self.state != QUEUED or self._queue is None:
-            return None
-        return self._queue.position(self)
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def error_message(self) -> str | None:
-        return None if self.error is None else str(self.error) or type(self.error).__name__
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job has finished (any way); False on timeout."""
-        return self._done.wait(timeout)
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """The job's result, waiting for it; re-raises the job's error; TimeoutError on timeout."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} still {self.state} after {timeout} s")
-        if self.error is not None:
-            raise self.error
-        assert self._result is not None
-        return self._result
-
-    def interrupt(self) -> None:
-        """Stop now: a queued job is dropped, a running one stops within one step keeping finished images."""
-        self.control.interrupt()
-        if self._queue is not None:
-            self._queue.cancel(self)
-
-    def skip(self) -> None:
-        """Abandon the batch being sampled and go on with the job's next batch."""
-        self.control.skip()
-
-    def _finish(self, state: str, result: GenerationResult | None, error: BaseException | None) -> None:
-        self.state, self._result, self.error = state, result, error
-        self.finished_at = time.time()
-        self._done.set()
-
-
-class JobQueue:
-    """FIFO of jobs run by ``run(job)`` on one lazily started worker thread."""
-
-    def __init__(self, run: Callable[[Job], GenerationResult], *, name: str = "webui-generation"):
-        self._run = run
-        self._name = name
-        self._cond = threading.Condition()
-        self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def submit(self, job: Job) -> Job:
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the generation queue is closed")
-            job._queue = self
-            self._waiting.append(job)
-            self._jobs[job.id] = job
-            self._forget_old()
-            if self._thread is None or not self._thread.is_alive():
-                # (Re)start the worker: lazily, and again should a fatal error ever have ended it.
-                self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-        return job
-
-    def position(self, job: Job) -> int | None:
-        with self._cond:
-            for i, waiting in enumerate(self._waiting, start=1):
-                if waiting is job:
-                    return i
-        return None
-
-    def cancel(self, job: Job) -> bool:
-        """Drop a job that has not started; True if it was waiting."""
-        with self._cond:
-            try:
-                self._waiting.remove(job)
-            except ValueError:
-                return False
-        job._finish(INTERRUPTED, GenerationResult(interrupted=True, request=job.request), None)
-        return True
-
-    @property
-    def running(self) -> Job | None:
-        return self._running
-
-    @property
-    def waiting(self) -> list[Job]:
-        with self._cond:
-            return list(self._waiting)
-
-    def get(self, job_id: str) -> Job:
-        with self._cond:
-            try:
-                return self._jobs[job_id]
-            except KeyError:
-                raise KeyError(f"no job with id {job_id!r}") from None
-
-    @property
-    def jobs(self) -> list[Job]:
-        with self._cond:
-            return list(self._jobs.values())
-
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Drop waiting jobs, interrupt the running one and stop the worker."""
-        with self._cond:
-            self._closed = True
-            waiting, self._waiting = list(self._waiting), deque()
-            running = self._running
-            self._cond.notify_all()
-        for job in waiting:
-            job.control.interrupt()
-            job._finish(INTERRUPTED, GenerationResult(interrupted=True, request=job.request), None)
-        if running is not None:
-            running.control.interrupt()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _forget_old(self) -> None:
-        finished = [jid for jid, job in self._jobs.items() if job.done]
-        for jid in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:
-            del self._jobs[jid]
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closed:
-                    self._cond.wait()
-                if not self._waiting:
-                    return
-                job = self._waiting.popleft()
-                self._running = job
-                job.state = RUNNING
-                job.started_at = time.time()
-            try:
-                result = self._run(job)
-            except BaseException as err:  # noqa: BLE001 - stored on the job; the queue must go on
-                job._finish(ERROR, None, err)
-            else:
-                job._finish(INTERRUPTED if result.interrupted else DONE, result, None)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._cond.notify_all()
 
 
 @dataclass
@@ -227,7 +45,7 @@ class ProgressSnapshot:
     """What a progress bar needs, for one job (or the idle service)."""
 
     job_id: str | None
-    state: str  # a job state, or "idle"
+    state: JobState | Literal["idle"]  # IDLE when no job runs
     queue_position: int | None
     queue_size: int  # jobs waiting to start
     progress: float  # 0..1 over the whole job
@@ -241,17 +59,104 @@ class ProgressSnapshot:
 
     @property
     def textinfo(self) -> str:
-        if self.state == QUEUED:
+        if self.state == JobState.QUEUED:
             return f"In queue: position {self.queue_position}"
-        if self.state == RUNNING:
+        if self.state == JobState.RUNNING:
             return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
-        if self.state == ERROR:
+        if self.state == JobState.ERROR:
             return f"Error: {self.error}"
         return self.state.capitalize()
 
+    @classmethod
+    def of(cls, job: Job, queue_size: int) -> ProgressSnapshot:
+        """The snapshot of ``job``, with ``queue_size`` jobs waiting to start."""
+        p = job.progress
+        running = job.state == JobState.RUNNING
+        return cls(
+            job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=queue_size,
+            progress=1.0 if job.state == JobState.DONE else (p.fraction if p is not None else 0.0),
+            eta_seconds=p.eta_seconds if p is not None and running else None,
+            step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
+            images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
+            error=job.error_message,
+        )
+
+
+class Service(Protocol):
+    """Everything the UI (``webui.ui``) and the REST API (``webui.api``) may ask of the service.
+
+    :class:`WebUIService` implements it; so do the test stand-ins (``tests/support/fakes.py``), and so will a
+    service whose jobs run elsewhere (cluster workers): the web layers depend on this contract, not on how a
+    service holds its models. Models are reached only through these methods, never through the
+    ``ModelManager``, so that loading and unloading always take the service's device lock.
+    """
+
+    @property
+    def samplers(self) -> SamplerRegistry:
+        """The registered sampler plugins (names, aliases, options)."""
+        ...
+
+    @property
+    def registry(self) -> Registry:
+        """The models listed in ``models.yaml`` (and its problems)."""
+        ...
+
+    @property
+    def current_model_name(self) -> str | None:
+        """The model that a job without a model name uses; None before the first load."""
+        ...
+
+    def model_status(self) -> list[ModelStatus]:
+        """One row per registry entry: loaded, current, default, last load error; never waits for a load."""
+        ...
+
+    def model_sha256(self, name: str) -> str | None:
+        """The sha256 of a model's file when known without a long read."""
+        ...
+
+    def select_model(self, name: str) -> None:
+        """Load ``name`` (after the running job) and make it current."""
+        ...
+
+    def unload_model(self, name: str | None = None) -> None:
+        """Free ``name`` (None: every model) after the running job."""
+        ...
+
+    def reload_registry(self) -> Registry:
+        """Re-read ``models.yaml``."""
+        ...
+
+    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
+        """``(tokens, capacity)`` of ``prompt``; None while the model is not loaded."""
+        ...
+
+    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+        """Queue a request; raises ``InvalidRequest`` at once for a bad one."""
+        ...
+
+    def get_job(self, job_id: str) -> Job:
+        """A queued, running or recent job; KeyError if unknown."""
+        ...
+
+    def progress(self, job_id: str | None = None) -> ProgressSnapshot:
+        """Progress of ``job_id``, or of the running job; KeyError if unknown."""
+        ...
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        """Interrupt ``job_id`` or the running job; False if there was nothing to interrupt."""
+        ...
+
+    def skip(self, job_id: str | None = None) -> bool:
+        """Skip the current batch of ``job_id`` or of the running job; False if nothing runs."""
+        ...
+
+    def close(self) -> None:
+        """Interrupt everything and stop working."""
+        ...
+
 
 class WebUIService:
-    """Models, samplers and the generation queue: the one object the UI and the API talk to.
+    """Models, samplers and the generation queue: the one object the UI and the API talk to (:class:`Service`).
 
     Args:
         registry_path: ``models.yaml``; ignored when ``manager`` is given.
@@ -270,8 +175,8 @@ class WebUIService:
         outputs_dir: str | Path | None = None,
         samplers_dir: str | Path | None = None,
         *,
-        manager: Any | None = None,
-        samplers: Any | None = None,
+        manager: ModelManager | None = None,
+        samplers: SamplerRegistry | None = None,
         version: str | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
@@ -288,11 +193,20 @@ class WebUIService:
             from webui.sampling import create_sampler_registry
 
             samplers = create_sampler_registry(Path(samplers_dir) if samplers_dir is not None else None)
+        # The service is where both the sampler plugins and models.yaml are known: the entries'
+        # sampler/schedule recommendations are checked here, and again on every reload_registry().
+        from webui.sampling import SCHEDULES
+
+        manager.set_known_samplers(
+            [s.name for s in samplers.samplers], SCHEDULES, [a for s in samplers.samplers for a in s.aliases]
+        )
         self.models = manager
         self.samplers = samplers
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.version = version
-        self._previews: dict[int, tuple[Any, LatentPreview | None]] = {}
+        # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
+        # unloaded or evicted for another one; the model's fitted preview map).
+        self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
@@ -358,16 +272,8 @@ class WebUIService:
         job = self.get_job(job_id) if job_id is not None else self._queue.running
         waiting = len(self._queue.waiting)
         if job is None:
-            return ProgressSnapshot(None, "idle", None, waiting, 0.0, None)
-        p = job.progress
-        fraction = 1.0 if job.state == DONE else (p.fraction if p is not None else 0.0)
-        return ProgressSnapshot(
-            job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=waiting,
-            progress=fraction, eta_seconds=p.eta_seconds if p is not None and job.state == RUNNING else None,
-            step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
-            images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
-            error=job.error_message,
-        )
+            return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
+        return ProgressSnapshot.of(job, waiting)
 
     def interrupt(self, job_id: str | None = None) -> bool:
         """Interrupt ``job_id`` or the running job; False if there was nothing to interrupt."""
@@ -392,21 +298,26 @@ class WebUIService:
     # --- models -----------------------------------------------------------------------------
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         """The model registry (``models.yaml`` entries) the manager loads from."""
-        return getattr(self.models, "registry", None)
+        return self.models.registry
 
-    def reload_registry(self) -> Any:
+    @property
+    def current_model_name(self) -> str | None:
+        return self.models.current_name
+
+    def model_status(self) -> list[ModelStatus]:
+        """One row per registry entry (the Models tab); never waits for a load in progress."""
+        return self.models.status()
+
+    def reload_registry(self) -> Registry:
         """Re-read ``models.yaml`` (A1111's "refresh checkpoints"); loaded models stay loaded."""
         if self.registry_path is None:
             return self.registry
         from webui.models.registry import load_registry
 
         registry = load_registry(self.registry_path)
-        if hasattr(self.models, "set_registry"):
-            self.models.set_registry(registry)
-        else:
-            self.models.registry = registry
+        self.models.set_registry(registry)
         return registry
 
     def model_sha256(self, name: str, *, max_bytes_to_hash: int = SMALL_MODEL_BYTES) -> str | None:
@@ -416,40 +327,31 @@ class WebUIService:
         ``max_bytes_to_hash`` (A1111 likewise shows hashes only once it has computed them).
         """
         model = self._loaded_model(name)
-        if model is not None and getattr(model, "sha256", None):
+        if model is not None and model.sha256:
             return model.sha256
         try:
-            entry = self.registry.get(name) if self.registry is not None else None
-        except (LookupError, ValueError):
-            entry = None
-        path = getattr(entry, "path", None)
-        if path is None or not Path(path).is_file():
+            path = self.registry.get(name).path
+        except LookupError:
             return None
-        stat = Path(path).stat()
+        if path is None or not path.is_file():
+            return None
+        stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
             if stat.st_size > max_bytes_to_hash:
                 return None
-            from webui.models.hashing import file_sha256
+            from webui.models.checkpoint import file_sha256
 
-            self._hashes[key] = file_sha256(Path(path))
+            self._hashes[key] = file_sha256(path)
         return self._hashes[key]
 
-    def _loaded_model(self, name: str) -> Any | None:
-        for cached_model, _ in self._previews.values():
-            if getattr(cached_model, "name", None) == name:
-                return cached_model
-        loaded = getattr(self.models, "loaded", None)
-        if callable(loaded):
-            loaded = loaded()
-        if isinstance(loaded, dict):
-            return loaded.get(name)
-        return None
+    def _loaded_model(self, name: str) -> StableDiffusionModel | None:
+        return self.models.loaded().get(name)
 
-    def select_model(self, name: str) -> Any:
+    def select_model(self, name: str) -> None:
         """Make ``name`` the current model, loading it if needed; waits for the running job first."""
         with self._device_lock:
-            return self.models.get(name)
+            self.models.get(name)
 
     def unload_model(self, name: str | None = None) -> None:
         """Free ``name`` (None: every model); waits for the running job first."""
@@ -462,19 +364,17 @@ class WebUIService:
 
         For filling a form; nothing loads. Fields the entry leaves out keep A1111's defaults.
         """
-        entry_of = getattr(self.models, "entry", None)
-        entry = entry_of(model_name) if callable(entry_of) else None
-        defaults: dict[str, Any] = {}
-        for entry_field, request_field in _ENTRY_DEFAULTS.items():
-            value = getattr(entry, entry_field, None)
-            if value is not None:
-                defaults[request_field] = value
-        return GenerationRequest(**defaults)
+        entry = self.models.entry(model_name)
+        suggested: dict[str, Any] = {
+            "sampler_name": entry.sampler, "scheduler": entry.scheduler, "steps": entry.steps,
+            "cfg_scale": entry.cfg_scale, "clip_skip": entry.clip_skip, "width": entry.width, "height": entry.height,
+        }
+        return GenerationRequest(**{field: value for field, value in suggested.items() if value is not None})
 
     def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
         """``(tokens, capacity)`` of ``prompt`` for the prompt box counter ("12/75"), or None when the
         model is not loaded (counting never loads a model)."""
-        model = self._loaded_model(model_name or getattr(self.models, "current_name", None) or "")
+        model = self._loaded_model(model_name or self.models.current_name or "")
         if model is None:
             return None
         from webui.pipeline.conditioning import count_tokens
@@ -485,19 +385,18 @@ class WebUIService:
         """The (width, height) a request with width/height None gets for that model."""
         return native_size(self.models.get(model_name))
 
-    def previewer(self, model: Any) -> LatentPreview | None:
+    def previewer(self, model: StableDiffusionModel) -> LatentPreview | None:
         """The model's fitted latent->RGB preview map, fitted once per loaded model (None if that failed)."""
         key = id(model)
         cached = self._previews.get(key)
-        if cached is None or cached[0] is not model:
+        if cached is None or cached[0]() is not model:
             self._previews.clear()  # one resident model: forget the previous one's map
             try:
                 fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
             except Exception:  # noqa: BLE001 - previews are a nicety; generation goes on without them
-                logger.warning("could not fit the live-preview map for %s", getattr(model, "name", model),
-                               exc_info=True)
+                logger.warning("could not fit the live-preview map for %s", model.name, exc_info=True)
                 fitted = None
-            cached = (model, fitted)
+            cached = (weakref.ref(model), fitted)
             self._previews[key] = cached
         return cached[1]
 
@@ -510,5 +409,5 @@ class WebUIService:
             return generate(
                 model, job.request, outputs_dir=self.outputs_dir if job.save else None,
                 progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
-                model_name=getattr(model, "name", None) or job.model_name,
+                model_name=model.name,
             )

@@ -1,6 +1,7 @@
 """The AUTOMATIC1111-compatible REST API (``/sdapi/v1/*``), mounted on the server that serves the Gradio UI.
 
-Every route calls only :class:`webui.service.WebUIService`, so API jobs wait in the same FIFO queue as the UI's.
+Every route calls only the service (:class:`webui.service.Service`), so API jobs wait in the same FIFO queue as the
+UI's.
 A generation request is checked (pydantic types, :class:`ApiLimits`, sampler, schedule and model names, then the
 pipeline's own validation inside ``service.submit``) before it is queued, so that bad input is answered with a 422
 naming the field and never leaves a job behind. Waiting for a job happens in a worker thread, so the event loop
@@ -44,12 +45,16 @@ from webui.api.models import (
     TextToImageResponse,
 )
 from webui.api.security import SECURITY_SCHEME, AsciiJSONResponse, guarded_route_class
+from webui.jobs import ACTIVE_STATES, FINISHED_STATES, Job, JobState
 from webui.models.errors import CheckpointError
+from webui.models.registry import ModelEntry
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
 from webui.pipeline.outputs import INFOTEXT_KEY, read_text_chunks
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 from webui.sampling.schedules import KARRAS_RHO, SCHEDULES, normalize_schedule
+from webui.sampling.types import Sampler
+from webui.service import ProgressSnapshot, Service
 
 API_PREFIX = "/sdapi/v1"
 DOCS_PATHS = ("/docs", "/openapi.json")
@@ -61,7 +66,7 @@ MAX_CONCURRENT_WAITS = 64
 class SdApi:
     """The route handlers; one instance per mounted app, holding the job ids it handed out."""
 
-    def __init__(self, service: Any, limits: ApiLimits):
+    def __init__(self, service: Service, limits: ApiLimits):
         self.service = service
         self.limits = limits
         self._forced_ids: OrderedDict[str, str] = OrderedDict()  # client's force_task_id -> service job id
@@ -146,7 +151,7 @@ class SdApi:
                 what = "length" if name.endswith("prompt") else "value"
                 raise field_error(name, f"{what} {value} is above this server's limit of {highest:g}")
 
-    def _sampler(self, name: str) -> Any:
+    def _sampler(self, name: str) -> Sampler:
         try:
             return self.service.samplers.get(name)
         except ValueError as exc:
@@ -183,7 +188,7 @@ class SdApi:
         return await anyio.to_thread.run_sync(self._finish, job, task_id, req.send_images, parameters,
                                               limiter=self._waits)
 
-    def _finish(self, job: Any, task_id: str, send_images: bool, parameters: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, job: Job, task_id: str, send_images: bool, parameters: dict[str, Any]) -> dict[str, Any]:
         """Wait for ``job`` (in a worker thread) and build A1111's response body."""
         try:
             result = job.result()
@@ -212,7 +217,7 @@ class SdApi:
             state = self.service.get_job(job_id).state
         except KeyError:
             return
-        if state in ("queued", "running"):
+        if state in ACTIVE_STATES:
             raise field_error("force_task_id", f"task {forced!r} is still {state}")
 
     # ---------------------------------------------------------------- progress and control
@@ -258,7 +263,7 @@ class SdApi:
         # In a thread: the service may read a small model file once to hash it.
         return await anyio.to_thread.run_sync(lambda: [self._model_item(e) for e in self.service.registry.entries])
 
-    def _model_item(self, entry: Any) -> dict[str, Any]:
+    def _model_item(self, entry: ModelEntry) -> dict[str, Any]:
         sha256 = self._sha256(entry.name)
         return {
             "title": entry.name,
@@ -283,7 +288,7 @@ class SdApi:
 
     async def get_options(self) -> dict[str, Any]:
         default = self.service.registry.default
-        name = self.service.models.current_name or (default.name if default is not None else None)
+        name = self.service.current_model_name or (default.name if default is not None else None)
         sha256 = await anyio.to_thread.run_sync(self._sha256, name) if name else None
         return {"sd_model_checkpoint": name, "sd_checkpoint_hash": sha256, "samples_format": "png"}
 
@@ -317,10 +322,10 @@ class SdApi:
         return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
 
 
-def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) -> dict[str, Any]:
+def progress_body(snapshot: ProgressSnapshot, task_id: str | None, skip_current_image: bool) -> dict[str, Any]:
     """A1111's ``ProgressResponse`` from the service's ``ProgressSnapshot`` (``state`` "idle" when nothing runs)."""
     state = snapshot.state
-    running = state == "running"
+    running = state == JobState.RUNNING
     preview = snapshot.preview if running and not skip_current_image else None
     return {
         "progress": float(snapshot.progress),
@@ -328,7 +333,7 @@ def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) 
         # The keys of A1111's shared.state.dict(), which clients such as webuiapi.util_wait_for_ready read.
         "state": {
             "skipped": False,
-            "interrupted": state == "interrupted",
+            "interrupted": state == JobState.INTERRUPTED,
             "stopping_generation": False,
             "job": snapshot.job_id or "",
             "job_count": snapshot.queue_size + int(running),
@@ -340,9 +345,9 @@ def progress_body(snapshot: Any, task_id: str | None, skip_current_image: bool) 
         "current_image": encode_png(preview) if preview is not None else None,
         "textinfo": snapshot.textinfo,
         "id_task": task_id,
-        "queued": state == "queued",
+        "queued": state == JobState.QUEUED,
         "active": running,
-        "completed": state in ("done", "error", "interrupted"),
+        "completed": state in FINISHED_STATES,
         "queue_position": snapshot.queue_position,
     }
 
@@ -363,7 +368,7 @@ def build_openapi(routes: Sequence[Any], *, secured: bool) -> dict[str, Any]:
 
 def mount_api(
     app: FastAPI,
-    service: Any,
+    service: Service,
     *,
     api_auth: Sequence[tuple[str, str]] | None = None,
     limits: ApiLimits | None = None,

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 from webui.pipeline.infotext import request_from_infotext
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+from webui.service import Service
 from webui.ui import backend
-from webui.ui.common import GenerationTab, ShownResult, request_widget_values
+from webui.ui.common import QUIET, GenerationTab, ShownResult, request_widget_values
 from webui.ui.img2img import build_img2img_tab
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
-from webui.ui.pnginfo import build_pnginfo_tab
+from webui.ui.pnginfo import PngInfoTab, build_pnginfo_tab
 from webui.ui.txt2img import build_txt2img_tab
 
 TITLE = "Stable Diffusion web UI"
@@ -40,7 +42,7 @@ JS = """
 """
 
 
-def build_ui(service: Any, *, poll_interval: float = 0.1) -> gr.Blocks:
+def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
     """Build the Gradio app for ``service`` (a `webui.service.WebUIService`). Nothing runs until launched.
 
     Named API endpoints (usable from ``gradio_client``): ``/txt2img``, ``/img2img`` and ``/png_info``.
@@ -69,7 +71,7 @@ def build_ui(service: Any, *, poll_interval: float = 0.1) -> gr.Blocks:
     return demo
 
 
-def _wire_model_dropdown(service: Any, model: gr.Dropdown, status: gr.Markdown, tabs: list[GenerationTab]) -> None:
+def _wire_model_dropdown(service: Service, model: gr.Dropdown, status: gr.Markdown, tabs: list[GenerationTab]) -> None:
     """Choosing a checkpoint loads it (errors shown next to it) and sets its native width/height."""
 
     def choose(name: str | None) -> list[Any]:
@@ -95,11 +97,11 @@ def _wire_model_dropdown(service: Any, model: gr.Dropdown, status: gr.Markdown, 
 
 
 def _wire_send_to(
-    service: Any, tabs: gr.Tabs, txt2img: GenerationTab, img2img: GenerationTab, init_image: gr.Image, pnginfo: Any
+    service: Service, tabs: gr.Tabs, txt2img: GenerationTab, img2img: GenerationTab, init_image: gr.Image,
+    pnginfo: PngInfoTab,
 ) -> None:
     """Send to img2img (from a gallery) and Send to txt2img/img2img (from PNG Info)."""
     samplers = backend.sampler_names(service)
-    hidden = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
 
     def gallery_to_img2img(shown: ShownResult, index: int) -> list[Any]:
         image = shown.image(index)
@@ -112,9 +114,9 @@ def _wire_send_to(
 
     targets = [tabs, init_image, *img2img.parameter_components()]
     for source in (txt2img, img2img):
-        source.send_to_img2img.click(gallery_to_img2img, [source.results, source.selected], targets, **hidden)
+        source.send_to_img2img.click(gallery_to_img2img, [source.results, source.selected], targets, **QUIET)
 
-    def png_to(tab_id: str, request_type: type) -> Any:
+    def png_to(tab_id: str, request_type: type[GenerationRequest]) -> Callable[[str | None, str], list[Any]]:
         def send(path: str | None, text: str) -> list[Any]:
             if not text:
                 raise gr.Error("Drop a PNG with generation parameters first.")
@@ -126,9 +128,9 @@ def _wire_send_to(
 
     pnginfo.send_to_txt2img.click(
         png_to("txt2img", GenerationRequest), [pnginfo.image, pnginfo.parameters],
-        [tabs, *txt2img.parameter_components()], **hidden,
+        [tabs, *txt2img.parameter_components()], **QUIET,
     )
     pnginfo.send_to_img2img.click(
         png_to("img2img", Img2ImgRequest), [pnginfo.image, pnginfo.parameters],
-        [tabs, init_image, *img2img.parameter_components()], **hidden,
+        [tabs, init_image, *img2img.parameter_components()], **QUIET,
     )

@@ -1,14 +1,16 @@
 """Everything the UI asks the service, in one place (no gradio here, so it is testable without a browser).
 
-The UI talks only to `webui.service.WebUIService`; these helpers turn its answers into the plain lists and
-strings that the widgets display.
+The UI talks to the service only through `webui.service.Service` (what `WebUIService` implements); these
+helpers turn its answers into the plain lists and strings that the widgets display.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+
+from webui.models.registry import ModelEntry
+from webui.sampling import SCHEDULES
+from webui.service import Service
 
 
 @dataclass(frozen=True)
@@ -24,51 +26,37 @@ class ModelChoice:
     cfg_scale: float | None = None
 
 
-def registry(service: Any) -> Any:
-    """The parsed models.yaml (``ModelManager.registry``)."""
-    return getattr(service.models, "registry", None) or service.registry
-
-
-def model_choices(service: Any) -> list[ModelChoice]:
+def model_choices(service: Service) -> list[ModelChoice]:
     """Every valid models.yaml entry, in file order."""
     return [
         ModelChoice(
-            name=entry.name,
-            width=getattr(entry, "width", None),
-            height=getattr(entry, "height", None),
-            sampler=getattr(entry, "sampler", None),
-            scheduler=getattr(entry, "scheduler", None),
-            steps=getattr(entry, "steps", None),
-            cfg_scale=getattr(entry, "cfg_scale", None),
+            name=entry.name, width=entry.width, height=entry.height, sampler=entry.sampler,
+            scheduler=entry.scheduler, steps=entry.steps, cfg_scale=entry.cfg_scale,
         )
-        for entry in registry(service).entries
+        for entry in service.registry.entries
     ]
 
 
-def default_model(service: Any) -> str | None:
+def default_model(service: Service) -> str | None:
     """The model selected when the page opens: the loaded one, else the registry default, else the first."""
-    current = getattr(service.models, "current_name", None)
+    current = service.current_model_name
     if current:
         return current
-    default = registry(service).default
-    if default is not None:
-        return default if isinstance(default, str) else default.name
-    entries = model_choices(service)
-    return entries[0].name if entries else None
+    default = service.registry.default  # the default entry, else the first one
+    return default.name if default is not None else None
 
 
-def find_model(service: Any, name: str | None) -> ModelChoice | None:
+def find_model(service: Service, name: str | None) -> ModelChoice | None:
     return next((m for m in model_choices(service) if m.name == name), None)
 
 
-def sampler_names(service: Any) -> list[str]:
+def sampler_names(service: Service) -> list[str]:
     """Names of every registered sampler plugin (built-in, installed and from --samplers-dir)."""
     return [sampler.name for sampler in service.samplers.samplers]
 
 
 def schedule_names() -> list[str]:
     """The schedule types the sampling package knows ("Automatic", "Karras", ...)."""
-    from webui.sampling import SCHEDULES
 
     return list(SCHEDULES)
 
@@ -76,52 +64,49 @@ def schedule_names() -> list[str]:
 MODEL_STATUS_HEADERS = ["Model", "Status", "Source", "Hash", "Error"]
 
 
-def _source(entry: Any) -> str:
-    if getattr(entry, "path", None):
+def _source(entry: ModelEntry | None) -> str:
+    if entry is None:
+        return ""
+    if entry.path is not None:
         return str(entry.path)
-    repo, file = getattr(entry, "repo", None), getattr(entry, "file", None)
-    return f"{repo}/{file}" if repo and file else str(repo or "")
+    return f"{entry.repo}/{entry.file}" if entry.repo and entry.file else str(entry.repo or "")
 
 
-def model_status_rows(service: Any) -> list[list[str]]:
+def model_status_rows(service: Service) -> list[list[str]]:
     """One row per models.yaml entry (and per broken entry) for the Models tab table."""
-    reg = registry(service)
+    reg = service.registry
     entries = {entry.name: entry for entry in reg.entries}
     rows = []
-    for status in service.models.status():
-        error = getattr(status, "error", None) or ""
-        if getattr(status, "loaded", False):
-            state = "loaded (current)" if getattr(status, "current", True) else "loaded"
+    for status in service.model_status():
+        error = status.error or ""
+        if status.loaded:
+            state = "loaded (current)" if status.current else "loaded"
         else:
             state = "load failed" if error else "not loaded"
-        if getattr(status, "default", False):
+        if status.default:
             state += ", default"
-        hash_ = getattr(status, "short_hash", None) or ""
-        rows.append([status.name, state, _source(entries.get(status.name)), hash_, str(error)])
-    for error in getattr(reg, "errors", []) or []:
-        where = getattr(error, "entry", None) or Path(str(getattr(error, "file", "models.yaml"))).name
-        rows.append([str(where), "invalid entry", str(getattr(error, "file", "")), "", str(error)])
+        rows.append([status.name, state, _source(entries.get(status.name)), status.short_hash or "", error])
+    for problem in reg.errors:
+        rows.append([problem.entry or problem.file.name, "invalid entry", str(problem.file), "", str(problem)])
     return rows
 
 
-def load_model(service: Any, name: str) -> None:
+def load_model(service: Service, name: str) -> None:
     """Load ``name`` and make it current (blocks while it loads)."""
     service.select_model(name)
 
 
-def unload_model(service: Any, name: str) -> None:
-    service.models.unload(name)
+def unload_model(service: Service, name: str) -> None:
+    """Free ``name``; waits for the running generation (the service's device lock) and drops its preview map."""
+    service.unload_model(name)
 
 
-def token_counter_text(service: Any, model_name: str | None, prompt: str, negative: str, steps: int) -> str:
+def token_counter_text(service: Service, model_name: str | None, prompt: str, negative: str, steps: int) -> str:
     """``"Prompt: 12/75 · Negative: 0/75 tokens"``, or ``""`` when the model is not loaded yet."""
-    count = getattr(service, "token_count", None)
-    if count is None:
-        return ""
     parts = []
     for label, text in (("Prompt", prompt), ("Negative", negative)):
         try:
-            counted = count(text or "", steps, model_name or None)
+            counted = service.token_count(text or "", steps, model_name or None)
         except Exception:  # noqa: BLE001 - a counter must never get in the way of typing
             return ""
         if counted is None:

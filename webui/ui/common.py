@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import gradio as gr
 from PIL import Image
@@ -25,10 +25,51 @@ from webui.pipeline.requests import (
     MIN_SIZE,
     SIZE_MULTIPLE,
 )
+from webui.service import Service
 from webui.ui import backend
 from webui.ui.jobs import JobTracker, _status_html
 
 RANDOM_SEED = -1
+
+
+class QuietEvent(TypedDict):
+    """Options of the small helper events (Interrupt, Skip, seed buttons, Send to): off the queue, no spinner,
+    callable by clients but left out of the API page."""
+
+    queue: bool
+    api_visibility: Literal["undocumented"]
+    show_progress: Literal["hidden"]
+
+
+QUIET: QuietEvent = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
+
+
+class SettingsWidgets(TypedDict):
+    """What `build_settings` lays out, by `GenerationTab` field."""
+
+    sampler: gr.Dropdown
+    scheduler: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+
+
+class OutputWidgets(TypedDict):
+    """What `build_outputs` lays out, by `GenerationTab` field."""
+
+    progress: gr.HTML
+    preview: gr.Image
+    gallery: gr.Gallery
+    send_to_img2img: gr.Button
+    info: gr.Textbox
+    results: gr.State
+    selected: gr.State
 
 
 @dataclass
@@ -113,9 +154,7 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
     return prompt, negative, generate, interrupt, skip, tokens
 
 
-def build_settings(
-    tab: str, service: Any, model: backend.ModelChoice | None
-) -> dict[str, gr.components.Component]:
+def build_settings(tab: str, service: Service, model: backend.ModelChoice | None) -> SettingsWidgets:
     """Sampler, schedule, steps, CFG, size, seed and batch widgets, labelled as in AUTOMATIC1111."""
     samplers = backend.sampler_names(service)
     default_sampler = model.sampler if model and model.sampler in samplers else None
@@ -150,7 +189,7 @@ def build_settings(
     }
 
 
-def build_outputs(tab: str) -> dict[str, gr.components.Component]:
+def build_outputs(tab: str) -> OutputWidgets:
     """Live preview + status line, the gallery, the selected image's parameters and Send to img2img."""
     progress = gr.HTML(value="", elem_id=f"{tab}_progress")
     preview = gr.Image(label="Preview", interactive=False, visible=False, elem_id=f"{tab}_preview", height=320)
@@ -247,20 +286,19 @@ def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:
     def skip(request: gr.Request) -> None:
         tracker.skip(request.session_hash if request else None)
 
-    quiet = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
     # Named so that a gradio_client script can stop its own job (same client = same session).
-    tab.interrupt.click(interrupt, None, None, api_name=f"{tab.name}_interrupt", **quiet)
-    tab.skip.click(skip, None, None, api_name=f"{tab.name}_skip", **quiet)
-    tab.random_seed.click(lambda: RANDOM_SEED, None, tab.seed, **quiet)
-    tab.reuse_seed.click(lambda shown, index: shown.seed(index), [tab.results, tab.selected], tab.seed, **quiet)
+    tab.interrupt.click(interrupt, None, None, api_name=f"{tab.name}_interrupt", **QUIET)
+    tab.skip.click(skip, None, None, api_name=f"{tab.name}_skip", **QUIET)
+    tab.random_seed.click(lambda: RANDOM_SEED, None, tab.seed, **QUIET)
+    tab.reuse_seed.click(lambda shown, index: shown.seed(index), [tab.results, tab.selected], tab.seed, **QUIET)
 
     def select(shown: ShownResult, evt: gr.SelectData) -> tuple[int, str]:
         return evt.index, shown.infotext(evt.index)
 
-    tab.gallery.select(select, tab.results, [tab.selected, tab.info], **quiet)
+    tab.gallery.select(select, tab.results, [tab.selected, tab.info], **QUIET)
 
 
-def wire_token_counter(tab: GenerationTab, service: Any, model: gr.Dropdown) -> None:
+def wire_token_counter(tab: GenerationTab, service: Service, model: gr.Dropdown) -> None:
     """Show "Prompt: 12/75 tokens" (A1111's counter) while typing; blank until the model is loaded."""
 
     def count(model_name: str | None, prompt: str, negative: str, steps: float) -> str:

@@ -6,12 +6,12 @@ Mask convention (AUTOMATIC1111's): white = repaint. A drawn mask is every pixel 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageChops
 
 from webui.pipeline.requests import INPAINTING_FILLS, MASK_MODES, RESIZE_MODES, Img2ImgRequest
+from webui.service import Service
 from webui.ui import backend
 from webui.ui.common import (
     GenerationTab,
@@ -79,7 +79,7 @@ def img2img_request(
     )
 
 
-def build_img2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> tuple[GenerationTab, gr.Image]:
+def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown) -> tuple[GenerationTab, gr.Image]:
     """Lay out the tab (inside the caller's ``gr.Tab``); returns it and its init image (a Send-to target)."""
     name = "img2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)

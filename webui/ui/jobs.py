@@ -13,9 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-ACTIVE_STATES = ("queued", "running")
+from PIL import Image
+
+from webui.jobs import ACTIVE_STATES, Job, JobState
+from webui.pipeline import GenerationRequest, GenerationResult, Progress
+from webui.service import Service
 
 
 @dataclass
@@ -24,9 +27,9 @@ class JobUpdate:
 
     state: str
     html: str
-    preview: Any | None = None
+    preview: Image.Image | None = None
     step_key: tuple | None = None
-    result: Any | None = None
+    result: GenerationResult | None = None
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -37,15 +40,15 @@ def format_seconds(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}" if minutes else f"{secs} s"
 
 
-def describe(job: Any) -> JobUpdate:
+def describe(job: Job) -> JobUpdate:
     """Turn the job's state and latest pipeline `Progress` into an HTML status line (and the preview image)."""
     state = job.state
-    if state == "queued":
+    if state == JobState.QUEUED:
         position = job.queue_position
         text = f"In queue: position {position}" if position else "In queue"
-        return JobUpdate(state, _status_html(text, None, state), step_key=("queued", position))
+        return JobUpdate(state, _status_html(text, None, state), step_key=(state, position))
     progress = job.progress
-    if state == "running" and progress is not None:
+    if state == JobState.RUNNING and progress is not None:
         parts = [f"Step {progress.step}/{progress.total_steps}"]
         if progress.images_total > 1:
             parts.append(f"image {min(progress.image_index + 1, progress.images_total)}/{progress.images_total}")
@@ -54,9 +57,9 @@ def describe(job: Any) -> JobUpdate:
             state,
             _status_html(" · ".join(parts), progress.fraction, state),
             preview=progress.preview,
-            step_key=("running", progress.step, progress.image_index, progress.preview is not None),
+            step_key=(state, progress.step, progress.image_index, progress.preview is not None),
         )
-    if state == "running":
+    if state == JobState.RUNNING:
         return JobUpdate(state, _status_html("Starting…", 0.0, state), step_key=("starting",))
     return JobUpdate(state, _status_html(state, None, state), step_key=(state,))
 
@@ -68,40 +71,38 @@ def _status_html(text: str, fraction: float | None, state: str) -> str:
     return f'<div class="sd-job-status" data-state="{html.escape(state)}">{html.escape(text)}{bar}</div>'
 
 
-def display_preview(preview: Any | None, request: Any, longest: int = 512) -> Any | None:
+def display_preview(preview: Image.Image | None, request: GenerationRequest, longest: int = 512) -> Image.Image | None:
     """The latent preview (one pixel per latent pixel) enlarged towards the requested size for display."""
     if preview is None:
         return None
-    width = getattr(request, "width", None) or preview.width * 8
-    height = getattr(request, "height", None) or preview.height * 8
+    width = request.width or preview.width * 8
+    height = request.height or preview.height * 8
     scale = min(longest / max(width, height), 1.0)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if size[0] <= preview.width:
         return preview
-    from PIL import Image
-
     return preview.resize(size, Image.Resampling.BILINEAR)
 
 
-def done_html(result: Any, seconds: float, progress: Any | None = None) -> str:
-    count = len(getattr(result, "images", []) or [])
-    if getattr(result, "interrupted", False):
+def done_html(result: GenerationResult, seconds: float, progress: Progress | None = None) -> str:
+    count = len(result.images)
+    if result.interrupted:
         where = f" at step {progress.step}/{progress.total_steps}" if progress is not None else ""
         text = f"Interrupted{where} after {format_seconds(seconds)} ({count} image{'s' if count != 1 else ''} kept)"
-        return _status_html(text, None, "interrupted")
-    return _status_html(f"Done: {count} image{'s' if count != 1 else ''} in {seconds:.1f} s", None, "done")
+        return _status_html(text, None, JobState.INTERRUPTED)
+    return _status_html(f"Done: {count} image{'s' if count != 1 else ''} in {seconds:.1f} s", None, JobState.DONE)
 
 
 class JobTracker:
     """Submit requests to the service and follow them; remembers the job of each browser session."""
 
-    def __init__(self, service: Any, poll_interval: float = 0.1):
+    def __init__(self, service: Service, poll_interval: float = 0.1):
         self.service = service
         self.poll_interval = poll_interval
-        self._jobs: dict[str, Any] = {}
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def follow(self, request: Any, model_name: str | None, session: str | None) -> Iterator[JobUpdate]:
+    def follow(self, request: GenerationRequest, model_name: str | None, session: str | None) -> Iterator[JobUpdate]:
         """Submit ``request`` and yield a `JobUpdate` whenever something visible changes.
 
         The last update carries the `GenerationResult`. Errors from validation or generation propagate
@@ -131,10 +132,10 @@ class JobTracker:
             with self._lock:
                 if self._jobs.get(key) is job:
                     del self._jobs[key]
-            if not finished and job.state == "queued":
+            if not finished and job.state == JobState.QUEUED:
                 job.interrupt()
 
-    def job_of(self, session: str | None) -> Any | None:
+    def job_of(self, session: str | None) -> Job | None:
         with self._lock:
             return self._jobs.get(session) if session else None
 

@@ -6,10 +6,11 @@ from typing import Any
 
 import gradio as gr
 
+from webui.service import Service
 from webui.ui import backend
 
 
-def build_models_tab(service: Any, model: gr.Dropdown) -> None:
+def build_models_tab(service: Service, model: gr.Dropdown) -> None:
     """Lay out the tab (inside the caller's ``gr.Tab``); loading here also selects the model on top."""
     names = [m.name for m in backend.model_choices(service)]
     table = gr.Dataframe(
@@ -41,13 +42,12 @@ def build_models_tab(service: Any, model: gr.Dropdown) -> None:
             return backend.model_status_rows(service), f"**Could not unload {name}:** {exc}"
         return backend.model_status_rows(service), f"Unloaded **{name}**."
 
-    hidden = {"api_visibility": "undocumented"}
-    load.click(do_load, chosen, [table, message, model], concurrency_id="models", concurrency_limit=1, **hidden)
-    unload.click(do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1, **hidden)
+    load.click(do_load, chosen, [table, message, model], concurrency_id="models", concurrency_limit=1,
+               api_visibility="undocumented")
+    unload.click(do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1,
+                 api_visibility="undocumented")
     def do_refresh(current: str | None, picked: str | None) -> tuple[list, str, Any, Any]:
-        reload = getattr(service, "reload_registry", None)
-        if callable(reload):
-            reload()
+        service.reload_registry()
         names = [m.name for m in backend.model_choices(service)]
         count = f"{len(names)} model{'s' if len(names) != 1 else ''} in models.yaml"
         return (
@@ -57,4 +57,4 @@ def build_models_tab(service: Any, model: gr.Dropdown) -> None:
         )
 
     refresh.click(do_refresh, [model, chosen], [table, message, model, chosen], concurrency_id="models",
-                  concurrency_limit=1, **hidden)
+                  concurrency_limit=1, api_visibility="undocumented")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import gradio as gr
 
 from webui.pipeline.requests import GenerationRequest
+from webui.service import Service
 from webui.ui import backend
 from webui.ui.common import (
     GenerationTab,
@@ -31,7 +31,7 @@ def txt2img_request(
                                                  width, height, seed, n_iter, batch_size))
 
 
-def build_txt2img_tab(service: Any, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
+def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
     """Lay out the tab (inside the caller's ``gr.Tab``) and wire Generate to the service."""
     name = "txt2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)

@@ -1,0 +1,216 @@
+"""A stand-in for the app's service, and a check that a stand-in offers the whole service interface.
+
+:class:`FakeService` implements :class:`webui.service.Service` (everything the UI and the REST API use) with
+real :class:`~webui.jobs.Job` objects on a real :class:`~webui.jobs.JobQueue` (FIFO, one worker, queue
+positions, interrupt), but its runner draws seeded random pixels instead of running a model, so that the UI,
+launch and browser tests take about a second each.
+
+Usage (pytest puts ``tests/`` on ``sys.path``)::
+
+    from tests.support.fakes import FakeService
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+from PIL import Image
+
+from webui.jobs import Job, JobQueue
+from webui.models.manager import ModelStatus
+from webui.models.registry import ModelEntry, Registry
+from webui.pipeline import GenerationRequest, GenerationResult, InvalidRequest, Progress
+from webui.sampling import create_sampler_registry
+from webui.sampling.registry import SamplerRegistry
+from webui.service import IDLE, ProgressSnapshot, Service
+
+FAKE_SAMPLERS = ("Euler a", "Euler", "DDIM")  # built-in samplers the fake offers, in this order
+BROKEN_MODEL = "broken"  # the fake model that fails to load, as a checkpoint of another architecture would
+FAILING_PROMPT = "explode"  # a job with this prompt fails, as a job whose VAE decodes NaNs would
+
+
+def fake_models() -> list[ModelEntry]:
+    """The fake's models.yaml: ``tiny`` (the default, with recommended settings), ``big`` and ``broken``."""
+    return [
+        ModelEntry("tiny", width=64, height=64, sampler="Euler", steps=6, scheduler="Karras", cfg_scale=5.5),
+        ModelEntry("big", width=128, height=96),
+        ModelEntry(BROKEN_MODEL, width=64, height=64),
+    ]
+
+
+class FakeService:
+    """One worker, FIFO, random-pixel images whose seed decides the pixels; implements `webui.service.Service`.
+
+    Args:
+        step_seconds: how long each fake sampling step takes (read when a job runs, so tests may change it).
+
+    Attributes for tests: ``submitted`` (every accepted job, in order) and ``added_entries`` (models that the
+    next :meth:`reload_registry` adds, as if someone had edited models.yaml).
+    """
+
+    def __init__(self, step_seconds: float = 0.01):
+        self.step_seconds = step_seconds
+        self.submitted: list[Job] = []
+        self.added_entries: list[ModelEntry] = []
+        builtin = create_sampler_registry()
+        self._samplers = SamplerRegistry(samplers=[builtin.get(name) for name in FAKE_SAMPLERS])
+        self._registry = Registry(None, fake_models())
+        self._current: str | None = None
+        self._load_errors: dict[str, str] = {}
+        self._queue = JobQueue(self._run, name="fake-generation")
+
+    # --- models ---------------------------------------------------------------------------------
+
+    @property
+    def samplers(self) -> SamplerRegistry:
+        return self._samplers
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    @property
+    def current_model_name(self) -> str | None:
+        return self._current
+
+    def model_status(self) -> list[ModelStatus]:
+        default = self._registry.default
+        return [
+            ModelStatus(name=e.name, loaded=e.name == self._current, current=e.name == self._current,
+                        default=default is not None and e.name == default.name, error=self._load_errors.get(e.name),
+                        short_hash=None)
+            for e in self._registry.entries
+        ]
+
+    def model_sha256(self, name: str) -> str | None:
+        return None  # no files behind the fake models
+
+    def select_model(self, name: str) -> None:
+        entry = self._registry.get(name)
+        if entry.name == BROKEN_MODEL:
+            self._load_errors[entry.name] = "broken.safetensors: not a Stable Diffusion 1.x checkpoint"
+            raise ValueError(self._load_errors[entry.name])
+        self._current = entry.name
+
+    def unload_model(self, name: str | None = None) -> None:
+        if name is None or self._registry.get(name).name == self._current:
+            self._current = None
+
+    def reload_registry(self) -> Registry:
+        """Stands for re-reading models.yaml: picks up the entries queued in ``added_entries``."""
+        self._registry.entries.extend(self.added_entries)
+        self.added_entries = []
+        return self._registry
+
+    def token_count(self, prompt: str, steps: int = 20, model_name: str | None = None) -> tuple[int, int] | None:
+        if self._current is None:
+            return None
+        return len(prompt.split()), 75
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+        request.validate()
+        if request.sampler_name not in self._samplers.names:
+            raise InvalidRequest("sampler_name", f"unknown sampler {request.sampler_name!r}")
+        job = self._queue.submit(Job(request, model_name, save=save))
+        self.submitted.append(job)
+        return job
+
+    def get_job(self, job_id: str) -> Job:
+        return self._queue.get(job_id)
+
+    def progress(self, job_id: str | None = None) -> ProgressSnapshot:
+        job = self.get_job(job_id) if job_id is not None else self._queue.running
+        waiting = len(self._queue.waiting)
+        if job is None:
+            return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
+        return ProgressSnapshot.of(job, waiting)
+
+    def interrupt(self, job_id: str | None = None) -> bool:
+        job = self.get_job(job_id) if job_id is not None else self._queue.running
+        if job is None or job.done:
+            return False
+        job.interrupt()
+        return True
+
+    def skip(self, job_id: str | None = None) -> bool:
+        job = self.get_job(job_id) if job_id is not None else self._queue.running
+        if job is None or job.done:
+            return False
+        job.skip()
+        return True
+
+    def close(self) -> None:
+        self._queue.close()
+
+    def _run(self, job: Job) -> GenerationResult:
+        request, step_seconds = job.request, self.step_seconds
+        if request.prompt == FAILING_PROMPT:
+            time.sleep(step_seconds)
+            raise RuntimeError("the VAE decoded NaNs; try --precision fp32")
+        assert request.width is not None and request.height is not None, "the UI always sends a size"
+        seed = 1000 if request.seed == -1 else request.seed
+        images, seeds, infotexts = [], [], []
+        total = request.steps * request.total_images
+        for i in range(request.total_images):
+            for s in range(request.steps):
+                if job.control.interrupted:
+                    break
+                time.sleep(step_seconds)
+                done = i * request.steps + s + 1
+                job.progress = Progress(
+                    step=done, total_steps=total, image_index=i, images_total=request.total_images,
+                    sampling_step=s + 1, sampling_steps=request.steps,
+                    eta_seconds=(total - done) * step_seconds, elapsed_seconds=done * step_seconds,
+                    preview=Image.new("RGB", (8, 8), (done * 10 % 256, 0, 0)),
+                )
+            if job.control.interrupted:
+                break
+            rng = np.random.default_rng(seed + i)
+            pixels = rng.integers(0, 256, (request.height, request.width, 3), dtype=np.uint8)
+            images.append(Image.fromarray(pixels))
+            seeds.append(seed + i)
+            infotexts.append(
+                f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, "
+                f"CFG scale: {request.cfg_scale:g}, Seed: {seed + i}, Size: {request.width}x{request.height}"
+            )
+        return GenerationResult(images, seeds, infotexts, [], job.control.interrupted, request)
+
+
+def interface_gaps(service: object) -> list[str]:
+    """What ``service`` lacks of :class:`webui.service.Service`, or offers with other parameters; [] if nothing.
+
+    Checks every public member of the protocol: properties must be there as non-method values, methods must
+    take the protocol's parameters (same names, kinds and defaults) and may only add optional ones.
+    """
+    gaps = []
+    for name, member in vars(Service).items():
+        if name.startswith("_"):
+            continue
+        if not hasattr(service, name):
+            gaps.append(f"{name}: missing")
+            continue
+        value = getattr(service, name)
+        if isinstance(member, property):
+            if inspect.ismethod(value):
+                gaps.append(f"{name}: a method, not a property or attribute")
+            continue
+        if not callable(value):
+            gaps.append(f"{name}: not a method")
+            continue
+        expected = list(inspect.signature(member).parameters.values())[1:]  # without self
+        actual = inspect.signature(value).parameters
+        for param in expected:
+            given = actual.get(param.name)
+            if given is None or given.kind != param.kind or given.default != param.default:
+                gaps.append(f"{name}: parameter {param} is {given}")
+        expected_names = {param.name for param in expected}
+        for param in actual.values():
+            if param.name not in expected_names and param.default is param.empty and param.kind not in (
+                param.VAR_POSITIONAL, param.VAR_KEYWORD,
+            ):
+                gaps.append(f"{name}: extra required parameter {param}")
+    return gaps
