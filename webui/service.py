@@ -340,7 +340,7 @@ class WebUIService:
         if key not in self._hashes:
             if stat.st_size > max_bytes_to_hash:
                 return None
-            from webui.models.checkpoint import file_sha256
+            from webui.models.hashing import file_sha256
 
             self._hashes[key] = file_sha256(path)
         return self._hashes[key]
