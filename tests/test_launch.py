@@ -54,7 +54,8 @@ def models_yaml(tmp_path: Path, text: str = "models:\n  - {name: m, path: m.safe
 
 
 def options(tmp_path: Path, **kwargs) -> ServerOptions:
-    return ServerOptions(models=tmp_path / "models.yaml", outputs=tmp_path / "outputs", port=free_port(), **kwargs)
+    kwargs.setdefault("models", tmp_path / "models.yaml")
+    return ServerOptions(outputs=tmp_path / "outputs", port=free_port(), **kwargs)
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_a_cuda_index_past_the_last_gpu_is_a_one_line_error(tmp_path: Path, monk
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as a machine with two GPUs reports it
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert serve(options(tmp_path, device="cuda:2")) == 2
+    assert serve(options(tmp_path, device="cuda:2", models=models_yaml(tmp_path))) == 2
     assert capsys.readouterr().err.strip() == (
         "error: device 'cuda:2' does not exist: this machine has 2 CUDA GPU(s), cuda:0 to cuda:1"
     )
