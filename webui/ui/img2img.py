@@ -41,9 +41,11 @@ MAX_BRUSH_RADIUS = 100  # the editor's brush size slider goes from 1 to 100
 # mounts it when first shown), and a file chosen or dropped before that is lost: its upload handler calls
 # the unfinished editor and fails ("Cannot read properties of undefined (reading 'reset_layers')"), leaving
 # the "Upload an image" prompt up. On a busy machine the canvas needs seconds. This page script holds such
-# a file back and hands it to the editor as a drop once it is ready (its toolbar, drawn only then, is there).
+# a file back and hands it to the editor as a drop once it is ready (its toolbar, drawn only then, is there),
+# or after a minute regardless, so that a gradio whose editor looks different is never worse off.
 UPLOAD_GUARD_JS = """
 () => {
+  const GIVE_UP_MS = 60000;
   const editorOf = (node) => node instanceof Element ? node.closest('#img2img_inpaint [data-testid="image"]') : null;
   const isReady = (editor) => {
     if (editor.dataset.sdReady !== "1" && editor.querySelector(".toolbar-wrap")) editor.dataset.sdReady = "1";
@@ -51,23 +53,31 @@ UPLOAD_GUARD_JS = """
   };
   const deliverWhenReady = (editor) => {
     if (!editor.isConnected) return;
-    if (!isReady(editor)) {
+    if (!isReady(editor) && performance.now() - editor.sdHeldSince < GIVE_UP_MS) {
       setTimeout(() => deliverWhenReady(editor), 100);
       return;
     }
     const data = new DataTransfer();
     for (const file of editor.sdHeldFiles) data.items.add(file);
     editor.sdHeldFiles = null;
-    editor.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    editor.sdDelivering = true;  // dispatchEvent is synchronous: lets this drop past hold()
+    try {
+      editor.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    } finally {
+      editor.sdDelivering = false;
+    }
   };
   const hold = (event, files) => {
     const editor = editorOf(event.target);
-    if (!editor || !files || !files.length || isReady(editor)) return;
+    if (!editor || editor.sdDelivering || !files || !files.length || isReady(editor)) return;
     event.preventDefault();
     event.stopImmediatePropagation();
     const waiting = Boolean(editor.sdHeldFiles);
     editor.sdHeldFiles = Array.from(files);  // the last file given wins, as it would once ready
-    if (!waiting) deliverWhenReady(editor);
+    if (!waiting) {
+      editor.sdHeldSince = performance.now();
+      deliverWhenReady(editor);
+    }
   };
   // Capture phase on the document: runs before the editor's own listeners on its file input and drop zone.
   document.addEventListener("change", (event) => hold(event, event.target.files), true);
