@@ -11,6 +11,7 @@ Run: ``OMP_NUM_THREADS=1 pytest tests/test_browser.py -m "browser or slow" -x -q
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -28,7 +29,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -324,46 +324,22 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page, screenshots_
     page.get_by_role("tab", name="img2img").first.click()
     page.get_by_role("tab", name="Inpaint").click()
     editor = page.locator("#img2img_inpaint")
-    for attempt in range(2):  # an upload or stroke made while the editor is still settling can be lost: redo it
-        if editor.get_by_text("Upload an image").count():
-            # The empty editor invites an upload; it shows the image (and the brush) once the upload landed.
-            editor.locator("input[type=file]").set_input_files(str(saved))
-            try:
-                editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=30_000)
-            except PlaywrightTimeoutError:
-                continue
-            page.wait_for_timeout(1000)
-        canvas = editor.locator("canvas").first
-        canvas.scroll_into_view_if_needed()
-        box = canvas.bounding_box()
-        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(x - 30, y)
-        page.mouse.down()
-        page.mouse.move(x + 30, y + 10, steps=12)
-        page.mouse.up()
-        page.wait_for_timeout(500)
-        page.locator("#img2img_generate").click()
-        page.wait_for_function(
-            "([info, toast]) => info.value.includes('Mask blur') || document.body.innerText.includes(toast)",
-            arg=[img2img_info.element_handle(), "Paint the area to repaint"], timeout=120_000,
-        )
-        if "Mask blur" in img2img_info.input_value():
-            break
-        page.screenshot(path=str(tmp_path / f"inpaint-attempt-{attempt}.png"))  # to see why it was lost
-        page.get_by_text("Paint the area to repaint").first.wait_for(state="detached", timeout=30_000)
-    if "Mask blur" not in img2img_info.input_value():
-        # On a heavily loaded machine the editor sometimes never takes the upload; the other way users give a
-        # mask, uploading it (white = repaint) over the image sent to img2img, must then work.
-        mask_path = tmp_path / "mask.png"
-        mask = Image.new("L", Image.open(saved).size, 0)
-        mask.paste(255, (0, 0, mask.width // 2, mask.height // 2))
-        mask.save(mask_path)
-        page.locator("#img2img_mask input[type=file]").set_input_files(str(mask_path))
-        page.wait_for_timeout(1000)
-        page.locator("#img2img_generate").click()
-        page.wait_for_function("el => el.value.includes('Mask blur')", arg=img2img_info.element_handle(),
-                               timeout=120_000)
-    assert "Mask blur" in img2img_info.input_value(), "neither the painted nor the uploaded mask reached the server"
+    # One upload, even while the editor is still starting: webui.ui.img2img.UPLOAD_GUARD_JS holds it till then.
+    editor.locator("input[type=file]").set_input_files(str(saved))
+    editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=60_000)
+    page.wait_for_timeout(1000)
+    canvas = editor.locator("canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 30, y)
+    page.mouse.down()
+    page.mouse.move(x + 30, y + 10, steps=12)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    page.locator("#img2img_generate").click()
+    page.wait_for_function("el => el.value.includes('Mask blur')", arg=img2img_info.element_handle(),
+                           timeout=120_000)
     assert "Done" in page.locator("#img2img_progress").inner_text()
     page.screenshot(path=str(screenshots_dir / "inpaint.png"), full_page=True)
 
@@ -527,3 +503,152 @@ def test_listen_binds_all_interfaces_and_api_needs_its_password(models_yaml, tmp
     finally:
         stop_server(running)
     assert "bound to 0.0.0.0" in running.output and "REST API" in running.output
+
+
+# --- inpainting: Send to inpaint, the mask brush, uploads into the mask editor ------------------------------
+
+
+def newest_output(server: Server, kind: str) -> Path:
+    return sorted((server.outputs / kind).rglob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+
+
+def wait_for_editor_image(page, timeout: float = 60_000) -> None:
+    """Wait until the mask editor is ready (its toolbar is drawn) and shows an image (no upload prompt)."""
+    editor = page.locator("#img2img_inpaint")
+    editor.locator(".toolbar-wrap").first.wait_for(timeout=timeout)
+    editor.get_by_text("Upload an image").wait_for(state="hidden", timeout=timeout)
+    page.wait_for_timeout(500)  # the zoom-to-fit animation
+
+
+def paint_stroke(page, half_width: float = 40) -> None:
+    """One horizontal stroke through the middle of the mask editor's canvas (where the image is centred)."""
+    canvas = page.locator("#img2img_inpaint canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - half_width, y)
+    page.mouse.down()
+    page.mouse.move(x + half_width, y, steps=12)
+    page.mouse.up()
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)  # the brush cursor away from the stroke
+    page.wait_for_timeout(500)
+
+
+def inpaint_in_browser(page, server: Server) -> Image.Image:
+    """Generate from the Inpaint sub-tab without mask blur; returns the saved result."""
+    set_number(page, "img2img_mask_blur", 0)
+    set_number(page, "img2img_steps", 4)
+    page.locator("#img2img_generate").click()
+    info = page.locator("#img2img_info textarea")
+    page.wait_for_function("el => el.value.includes('Mask blur: 0')", arg=info.element_handle(), timeout=120_000)
+    return Image.open(newest_output(server, "img2img")).convert("RGB")
+
+
+def assert_repainted_only_under_a_thin_stroke(result: Image.Image, source: Image.Image) -> None:
+    """The result is the source image, pixel for pixel, except in a thin band (one stroke of a brush a
+    twentieth of the image wide in radius) that was repainted."""
+    assert result.size == source.size
+    changed = np.abs(np.asarray(result, np.int16) - np.asarray(source, np.int16)).max(axis=2) > 0
+    rows = np.flatnonzero(changed.any(axis=1))
+    assert rows.size, "nothing was repainted: the stroke did not reach the server"
+    band = 2 * (min(source.size) // 20) + 1 + 4  # the brush's diameter plus antialiasing
+    assert rows.max() - rows.min() + 1 <= band, f"repainted rows {rows.min()}..{rows.max()}: brush too big"
+    assert changed.mean() < 0.25, f"{changed.mean():.0%} of the image was repainted"
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_send_to_inpaint_from_txt2img_fills_the_editor_and_the_settings(server, page, screenshots_dir):
+    page.goto(server.url)
+    info = generate_in_browser(page, "a yellow star on a blue background", "Euler", steps=4)
+    source = Image.open(newest_output(server, "txt2img")).convert("RGB")
+    page.locator("#txt2img_send_to_inpaint").click()
+    prompt = page.locator("#img2img_prompt textarea")
+    page.wait_for_function("el => el.value === 'a yellow star on a blue background'", arg=prompt.element_handle(),
+                           timeout=10_000)
+    assert page.locator("#img2img_seed input").first.input_value() == "1234" and "Seed: 1234" in info
+    wait_for_editor_image(page)  # the Inpaint sub-tab is shown, with the image in its editor
+    paint_stroke(page)
+    # The editor's image is what generates: same size, and outside the stroke the very same pixels.
+    assert_repainted_only_under_a_thin_stroke(inpaint_in_browser(page, server), source)
+    assert "Done" in page.locator("#img2img_progress").inner_text()
+    page.screenshot(path=str(screenshots_dir / "send-to-inpaint.png"), full_page=True)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_inpaint_stroke_is_semi_transparent_over_the_image(server, page, tmp_path, screenshots_dir):
+    # Left half blue, right half green: under a see-through mask the stroke takes two colours, under an
+    # opaque one a single colour.
+    blue, green = (30, 60, 200), (40, 180, 60)
+    source = Image.new("RGB", (64, 64), blue)
+    source.paste(green, (32, 0, 64, 64))
+    source.save(tmp_path / "halves.png")
+    page.goto(server.url)
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#img2img_inpaint").locator(".toolbar-wrap").first.wait_for(timeout=60_000)
+    page.locator("#img2img_inpaint input[type=file]").set_input_files(str(tmp_path / "halves.png"))
+    wait_for_editor_image(page)
+    paint_stroke(page, half_width=80)
+    shot = screenshots_dir / "inpaint-stroke.png"
+    page.locator("#img2img_inpaint").screenshot(path=str(shot))
+
+    pixels = np.asarray(Image.open(shot).convert("RGB"), np.int16)
+    near = lambda colour: np.abs(pixels - np.array(colour)).max(axis=2) <= 12  # noqa: E731
+    image_area = near(blue) | near(green)
+    ys, xs = np.nonzero(image_area)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    assert right - left > 100, "the image is not shown in the editor"
+    inside = np.zeros_like(image_area)
+    inside[top:bottom + 1, left:right + 1] = True
+    painted = inside & ~image_area
+    middle = (left + right) // 2
+    left_paint = pixels[painted & (np.arange(pixels.shape[1]) < middle - 4)]
+    right_paint = pixels[painted & (np.arange(pixels.shape[1]) > middle + 4)]
+    assert len(left_paint) > 50 and len(right_paint) > 50, "no stroke over both halves"
+    left_colour, right_colour = np.median(left_paint, axis=0), np.median(right_paint, axis=0)
+    # The paint is visible over each half, and each half's colour is visible through the paint.
+    assert np.abs(left_colour - blue).max() > 40 and np.abs(right_colour - green).max() > 40
+    assert np.abs(left_colour - right_colour).max() > 40, (left_colour, right_colour, "an opaque mask")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["file chooser", "drop"])
+def test_browser_inpaint_upload_registers_on_the_first_try(server, page, tmp_path, how):
+    # A file given to the editor the moment it appears, before its canvas is ready (seconds on a busy
+    # machine): it must be taken as soon as the editor is ready, not lost.
+    source = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    source.save(tmp_path / "noise.png")
+    page.goto(server.url)
+    page.evaluate(
+        """([data, how]) => {
+          const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+          const file = new File([bytes], "noise.png", { type: "image/png" });
+          const observer = new MutationObserver(() => {
+            const editor = document.querySelector('#img2img_inpaint [data-testid="image"]');
+            const input = editor && editor.querySelector("input[type=file]");
+            if (!input) return;
+            observer.disconnect();
+            window.uploadedBeforeReady = !editor.querySelector(".toolbar-wrap");
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            if (how === "drop") {
+              editor.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+            } else {
+              input.files = transfer.files;
+              input.dispatchEvent(new Event("change", { bubbles: true }));
+            }
+          });
+          observer.observe(document.body, { childList: true, subtree: true });
+        }""",
+        [base64.b64encode((tmp_path / "noise.png").read_bytes()).decode(), how],
+    )
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint").click()
+    page.wait_for_function("() => window.uploadedBeforeReady !== undefined", timeout=30_000)
+    assert page.evaluate("window.uploadedBeforeReady"), "the editor was ready already: nothing was tested"
+    wait_for_editor_image(page)
+    paint_stroke(page)
+    assert_repainted_only_under_a_thin_stroke(inpaint_in_browser(page, server), source)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -12,7 +11,7 @@ from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 from webui.service import Service
 from webui.ui import backend
 from webui.ui.common import QUIET, GenerationTab, ShownResult, request_widget_values
-from webui.ui.img2img import build_img2img_tab
+from webui.ui.img2img import INPAINT_TAB, MODES, PLAIN_TAB, Img2ImgInputs, build_img2img_tab, editor_update
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
 from webui.ui.pnginfo import PngInfoTab, build_pnginfo_tab
@@ -60,14 +59,14 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img = build_txt2img_tab(service, tracker, model)
             with gr.Tab("img2img", id="img2img"):
-                img2img, init_image = build_img2img_tab(service, tracker, model)
+                img2img, img2img_inputs = build_img2img_tab(service, tracker, model)
             with gr.Tab("PNG Info", id="pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("Models", id="models"):
                 build_models_tab(service, model)
 
         _wire_model_dropdown(service, model, model_status, [txt2img, img2img])
-        _wire_send_to(service, tabs, txt2img, img2img, init_image, pnginfo)
+        _wire_send_to(service, tabs, txt2img, img2img, img2img_inputs, pnginfo)
     return demo
 
 
@@ -97,40 +96,64 @@ def _wire_model_dropdown(service: Service, model: gr.Dropdown, status: gr.Markdo
 
 
 def _wire_send_to(
-    service: Service, tabs: gr.Tabs, txt2img: GenerationTab, img2img: GenerationTab, init_image: gr.Image,
+    service: Service, tabs: gr.Tabs, txt2img: GenerationTab, img2img: GenerationTab, inputs: Img2ImgInputs,
     pnginfo: PngInfoTab,
 ) -> None:
-    """Send to img2img (from a gallery) and Send to txt2img/img2img (from PNG Info)."""
+    """Send to img2img / inpaint (from a gallery or PNG Info) and Send to txt2img (from PNG Info).
+
+    Sending switches to the img2img tab and its img2img or Inpaint sub-tab (and the hidden mode with it, since
+    selecting a tab from the server does not fire its select event), puts the image in, and fills in the
+    settings from the image's infotext. An image sent to inpaint becomes the mask editor's background with
+    no paint on it, and a mask uploaded for an earlier image is cleared.
+    """
     samplers = backend.sampler_names(service)
+    parameters = img2img.parameter_components()
 
-    def gallery_to_img2img(shown: ShownResult, index: int) -> list[Any]:
-        image = shown.image(index)
-        if image is None:
-            raise gr.Error("Generate an image first.")
-        infotext = shown.infotext(index)
-        values = request_widget_values(request_from_infotext(infotext, Img2ImgRequest()), samplers) if infotext \
-            else [gr.skip()] * len(img2img.parameter_components())
-        return [gr.Tabs(selected="img2img"), image, *values]
+    def destination(inpaint: bool, image: Any) -> list[Any]:
+        """Updates for `targets(inpaint)`, less the parameters."""
+        if inpaint:
+            return [gr.Tabs(selected="img2img"), gr.Tabs(selected=INPAINT_TAB), MODES[1], editor_update(image),
+                    None]
+        return [gr.Tabs(selected="img2img"), gr.Tabs(selected=PLAIN_TAB), MODES[0], image]
 
-    targets = [tabs, init_image, *img2img.parameter_components()]
-    for source in (txt2img, img2img):
-        source.send_to_img2img.click(gallery_to_img2img, [source.results, source.selected], targets, **QUIET)
+    def targets(inpaint: bool) -> list[Any]:
+        images = [inputs.inpaint_image, inputs.inpaint_mask] if inpaint else [inputs.init_image]
+        return [tabs, inputs.mode_tabs, inputs.mode, *images, *parameters]
 
-    def png_to(tab_id: str, request_type: type[GenerationRequest]) -> Callable[[str | None, str], list[Any]]:
-        def send(path: str | None, text: str) -> list[Any]:
-            if not text:
-                raise gr.Error("Drop a PNG with generation parameters first.")
-            values = request_widget_values(request_from_infotext(text, request_type()), samplers)
-            extra = [path] if tab_id == "img2img" else []
-            return [gr.Tabs(selected=tab_id), *extra, *values]
+    def gallery_to(inpaint: bool) -> Any:
+        def send(shown: ShownResult, index: int) -> list[Any]:
+            image = shown.image(index)
+            if image is None:
+                raise gr.Error("Generate an image first.")
+            infotext = shown.infotext(index)
+            values = request_widget_values(request_from_infotext(infotext, Img2ImgRequest()), samplers) \
+                if infotext else [gr.skip()] * len(parameters)
+            return [*destination(inpaint, image), *values]
 
         return send
 
-    pnginfo.send_to_txt2img.click(
-        png_to("txt2img", GenerationRequest), [pnginfo.image, pnginfo.parameters],
-        [tabs, *txt2img.parameter_components()], **QUIET,
-    )
-    pnginfo.send_to_img2img.click(
-        png_to("img2img", Img2ImgRequest), [pnginfo.image, pnginfo.parameters],
-        [tabs, init_image, *img2img.parameter_components()], **QUIET,
-    )
+    for source in (txt2img, img2img):
+        source.send_to_img2img.click(gallery_to(False), [source.results, source.selected], targets(False),
+                                     **QUIET)
+        source.send_to_inpaint.click(gallery_to(True), [source.results, source.selected], targets(True), **QUIET)
+
+    def png_to_img2img(inpaint: bool) -> Any:
+        def send(path: str | None, text: str) -> list[Any]:
+            if not text:
+                raise gr.Error("Drop a PNG with generation parameters first.")
+            values = request_widget_values(request_from_infotext(text, Img2ImgRequest()), samplers)
+            return [*destination(inpaint, path), *values]
+
+        return send
+
+    def png_to_txt2img(text: str) -> list[Any]:
+        if not text:
+            raise gr.Error("Drop a PNG with generation parameters first.")
+        return [gr.Tabs(selected="txt2img"),
+                *request_widget_values(request_from_infotext(text, GenerationRequest()), samplers)]
+
+    png = [pnginfo.image, pnginfo.parameters]
+    pnginfo.send_to_txt2img.click(png_to_txt2img, pnginfo.parameters, [tabs, *txt2img.parameter_components()],
+                                  **QUIET)
+    pnginfo.send_to_img2img.click(png_to_img2img(False), png, targets(False), **QUIET)
+    pnginfo.send_to_inpaint.click(png_to_img2img(True), png, targets(True), **QUIET)

@@ -67,6 +67,7 @@ class OutputWidgets(TypedDict):
     preview: gr.Image
     gallery: gr.Gallery
     send_to_img2img: gr.Button
+    send_to_inpaint: gr.Button
     info: gr.Textbox
     results: gr.State
     selected: gr.State
@@ -116,6 +117,7 @@ class GenerationTab:
     progress: gr.HTML
     info: gr.Textbox
     send_to_img2img: gr.Button
+    send_to_inpaint: gr.Button
     results: gr.State
     selected: gr.State
     tokens: gr.HTML | None = None
@@ -190,18 +192,20 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
 
 
 def build_outputs(tab: str) -> OutputWidgets:
-    """Live preview + status line, the gallery, the selected image's parameters and Send to img2img."""
+    """Live preview + status line, the gallery, the selected image's parameters and Send to img2img / inpaint."""
     progress = gr.HTML(value="", elem_id=f"{tab}_progress")
     preview = gr.Image(label="Preview", interactive=False, visible=False, elem_id=f"{tab}_preview", height=320)
     gallery = gr.Gallery(
         label="Output", columns=4, height=480, object_fit="contain", format="png", interactive=False,
         elem_id=f"{tab}_gallery",
     )
-    send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{tab}_send_to_img2img")
+    with gr.Row():
+        send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id=f"{tab}_send_to_img2img")
+        send_to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{tab}_send_to_inpaint")
     info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id=f"{tab}_info", buttons=["copy"])
     return {
         "progress": progress, "preview": preview, "gallery": gallery, "send_to_img2img": send_to_img2img,
-        "info": info, "results": gr.State(ShownResult()), "selected": gr.State(0),
+        "send_to_inpaint": send_to_inpaint, "info": info, "results": gr.State(ShownResult()), "selected": gr.State(0),
     }
 
 

@@ -29,6 +29,7 @@ class PngInfoTab:
     fields: gr.JSON
     send_to_txt2img: gr.Button
     send_to_img2img: gr.Button
+    send_to_inpaint: gr.Button
 
 
 def build_pnginfo_tab() -> PngInfoTab:
@@ -43,6 +44,7 @@ def build_pnginfo_tab() -> PngInfoTab:
             with gr.Row():
                 send_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
                 send_to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
+                send_to_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_to_inpaint")
 
     def show(path: str | None) -> tuple[str, dict]:
         """Read an image's generation parameters (AUTOMATIC1111 infotext) and their parsed fields."""
@@ -52,4 +54,4 @@ def build_pnginfo_tab() -> PngInfoTab:
         return text, (parse_infotext(text) if text else {})
 
     image.change(show, image, [parameters, fields], api_name="png_info", show_progress="hidden")
-    return PngInfoTab(image, parameters, fields, send_to_txt2img, send_to_img2img)
+    return PngInfoTab(image, parameters, fields, send_to_txt2img, send_to_img2img, send_to_inpaint)
