@@ -58,8 +58,10 @@ def main() -> None:
                     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
                     http.append(time.perf_counter() - started)
                 d, h = statistics.median(direct), statistics.median(http)
-                print(f"one image, {args.steps} steps: service.run {d * 1000:.0f} ms, "
-                      f"POST /sdapi/v1/txt2img {h * 1000:.0f} ms (API overhead {(h - d) * 1000:+.0f} ms)")
+                print(
+                    f"one image, {args.steps} steps: service.run {d * 1000:.0f} ms, "
+                    f"POST /sdapi/v1/txt2img {h * 1000:.0f} ms (API overhead {(h - d) * 1000:+.0f} ms)"
+                )
 
                 latencies: list[float] = []
                 stop = threading.Event()
@@ -73,8 +75,9 @@ def main() -> None:
 
                 def one_client(i: int) -> int:
                     with ThreadPoolExecutor(2) as pool:
-                        calls = [pool.submit(client.post, "/sdapi/v1/txt2img", json={**body, "seed": -1})
-                                 for _ in range(2)]
+                        calls = [
+                            pool.submit(client.post, "/sdapi/v1/txt2img", json={**body, "seed": -1}) for _ in range(2)
+                        ]
                         return sum(len(c.result().json()["images"]) for c in calls)
 
                 poller = threading.Thread(target=poll)
@@ -86,9 +89,11 @@ def main() -> None:
                 stop.set()
                 poller.join()
                 ms = sorted(x * 1000 for x in latencies)
-                print(f"{args.clients} clients x 2 requests: {images} images in {wall:.1f} s; /progress while busy: "
-                      f"median {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
-                      f"max {ms[-1]:.1f} ms over {len(ms)} polls")
+                print(
+                    f"{args.clients} clients x 2 requests: {images} images in {wall:.1f} s; /progress while busy: "
+                    f"median {statistics.median(ms):.1f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.1f} ms, "
+                    f"max {ms[-1]:.1f} ms over {len(ms)} polls"
+                )
         finally:
             service.close()
 

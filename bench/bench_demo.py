@@ -40,8 +40,12 @@ def main() -> None:
     load_seconds = time.perf_counter() - start
     samplers = create_sampler_registry()
     request = GenerationRequest(
-        prompt=args.prompt, sampler_name=entry.sampler or "Euler a", scheduler=entry.scheduler or "Automatic",
-        steps=entry.steps or 20, cfg_scale=entry.cfg_scale or 7.0, seed=1,
+        prompt=args.prompt,
+        sampler_name=entry.sampler or "Euler a",
+        scheduler=entry.scheduler or "Automatic",
+        steps=entry.steps or 20,
+        cfg_scale=entry.cfg_scale or 7.0,
+        seed=1,
     )
     generate(model, resolve_request(request, samplers, native_size(model)))  # warm-up
     times = []
@@ -51,9 +55,11 @@ def main() -> None:
         result = generate(model, resolve_request(seeded, samplers, native_size(model)))
         times.append(time.perf_counter() - start)
     w, h = result.images[0].size
-    print(f"model {entry.name}: load {load_seconds:.2f} s; txt2img {w}x{h}, {request.sampler_name}, "
-          f"{request.steps} steps, CFG {request.cfg_scale}, {args.threads} threads: "
-          f"median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}) over {args.repeats}")
+    print(
+        f"model {entry.name}: load {load_seconds:.2f} s; txt2img {w}x{h}, {request.sampler_name}, "
+        f"{request.steps} steps, CFG {request.cfg_scale}, {args.threads} threads: "
+        f"median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}) over {args.repeats}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,26 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
 )
 SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
 )
 
 
@@ -107,9 +119,12 @@ def compare(label: str, calls: dict[str, Callable[[], torch.Tensor]], repeats: i
     rel = ((a - b).norm() / b.norm()).item()
     best = {n: min(t) for n, t in times.items()}
     median = {n: statistics.median(t) for n, t in times.items()}
-    print(f"{label:30s} ours {best['ours']:7.2f} s (median {median['ours']:6.2f}, +{extra['ours']:.2f} GiB)   "
-          f"diffusers {best['diffusers']:7.2f} s (median {median['diffusers']:6.2f}, +{extra['diffusers']:.2f} GiB)"
-          f"   ours/diffusers {best['ours'] / best['diffusers']:.3f}   output rel. diff {rel:.1e}", flush=True)
+    print(
+        f"{label:30s} ours {best['ours']:7.2f} s (median {median['ours']:6.2f}, +{extra['ours']:.2f} GiB)   "
+        f"diffusers {best['diffusers']:7.2f} s (median {median['diffusers']:6.2f}, +{extra['diffusers']:.2f} GiB)"
+        f"   ours/diffusers {best['ours'] / best['diffusers']:.3f}   output rel. diff {rel:.1e}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -120,8 +135,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per implementation")
     args = parser.parse_args()
     dtype = DTYPES[args.precision]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, 1 warm-up + "
-          f"{args.repeats} interleaved calls each; best time (median, peak extra RSS during a call)", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, 1 warm-up + "
+        f"{args.repeats} interleaved calls each; best time (median, peak extra RSS during a call)",
+        flush=True,
+    )
 
     sizes = [s for s in args.sizes if s]
     if sizes:
@@ -131,15 +149,23 @@ def main() -> None:
         t = torch.tensor([801, 801])
         for size in sizes:
             x = torch.randn(2, 4, size, size, generator=g).to(dtype)
-            compare(f"UNet batch 2, {size}x{size} latent",
-                    {"ours": lambda x=x: ours(x, t, ctx),
-                     "diffusers": lambda x=x: theirs(x, t, encoder_hidden_states=ctx).sample}, args.repeats)
+            compare(
+                f"UNet batch 2, {size}x{size} latent",
+                {
+                    "ours": lambda x=x: ours(x, t, ctx),
+                    "diffusers": lambda x=x: theirs(x, t, encoder_hidden_states=ctx).sample,
+                },
+                args.repeats,
+            )
         del ours, theirs
     if args.vae_size:
         ours, theirs = build_pair("vae", dtype)
         z = torch.randn(1, 4, args.vae_size, args.vae_size, generator=torch.Generator().manual_seed(2)).to(dtype)
-        compare(f"VAE decode {args.vae_size * 8} px",
-                {"ours": lambda: ours.decode(z), "diffusers": lambda: theirs.decode(z).sample}, args.repeats)
+        compare(
+            f"VAE decode {args.vae_size * 8} px",
+            {"ours": lambda: ours.decode(z), "diffusers": lambda: theirs.decode(z).sample},
+            args.repeats,
+        )
     print(f"process peak RSS {rss_peak_gib():.2f} GiB (both implementations share the weights)")
 
 

@@ -65,8 +65,16 @@ def time_per_step(steps: int, preview: LatentPreview) -> float:
     noise = torch.randn(LATENT, generator=generator)
     start = time.perf_counter()
     with torch.no_grad():
-        sample(sampler, DiscreteEpsDenoiser(eps_fn, alphas_cumprod), noise, steps=steps,
-               alphas_cumprod=alphas_cumprod, generator=[generator], callback=callback, cancel=lambda: False)
+        sample(
+            sampler,
+            DiscreteEpsDenoiser(eps_fn, alphas_cumprod),
+            noise,
+            steps=steps,
+            alphas_cumprod=alphas_cumprod,
+            generator=[generator],
+            callback=callback,
+            cancel=lambda: False,
+        )
     return (time.perf_counter() - start) / steps
 
 

@@ -48,11 +48,23 @@ def main() -> None:
         _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1")
         try:
             client = Client(url, verbose=False)
-            ui_args = dict(model_name=model.name, prompt="a cat", negative_prompt="", sampler_name="Euler",
-                           scheduler="Automatic", steps=args.steps, cfg_scale=7, width=size, height=size, seed=1,
-                           n_iter=1, batch_size=1)
-            request = GenerationRequest(prompt="a cat", sampler_name="Euler", steps=args.steps, width=size,
-                                        height=size, seed=1)
+            ui_args = dict(
+                model_name=model.name,
+                prompt="a cat",
+                negative_prompt="",
+                sampler_name="Euler",
+                scheduler="Automatic",
+                steps=args.steps,
+                cfg_scale=7,
+                width=size,
+                height=size,
+                seed=1,
+                n_iter=1,
+                batch_size=1,
+            )
+            request = GenerationRequest(
+                prompt="a cat", sampler_name="Euler", steps=args.steps, width=size, height=size, seed=1
+            )
             service.run(request, model.name)  # load the model and warm up
             direct, through_ui = [], []
             for _ in range(args.repeats):
@@ -82,10 +94,14 @@ def main() -> None:
             final = job.result(timeout=600)
             latency = time.perf_counter() - clicked
             stopped = int(m.group(1)) if (m := re.search(r"at step (\d+)/", final[2])) else -1
-            print(f"  progress updates   {len(running)} in {sampling_time:.1f} s "
-                  f"({len(running) / sampling_time:.1f}/s; steps {steps_seen[:1]}..{steps_seen[-1:]})")
-            print(f"  interrupt          {latency * 1000:8.1f} ms to the final result; "
-                  f"stopped at step {stopped} (step {step_at_call} when called)")
+            print(
+                f"  progress updates   {len(running)} in {sampling_time:.1f} s "
+                f"({len(running) / sampling_time:.1f}/s; steps {steps_seen[:1]}..{steps_seen[-1:]})"
+            )
+            print(
+                f"  interrupt          {latency * 1000:8.1f} ms to the final result; "
+                f"stopped at step {stopped} (step {step_at_call} when called)"
+            )
         finally:
             demo.close(verbose=False)
             service.close()

@@ -37,7 +37,9 @@ README_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-screenshots", action="store_true", default=False,
+        "--update-screenshots",
+        action="store_true",
+        default=False,
         help="browser tests write their screenshots into docs/screenshots/ (the README's) instead of a temporary "
         "folder",
     )

@@ -78,8 +78,9 @@ def test_webuiapi_txt2img_gives_seeded_reproducible_images(api: webuiapi.WebUIAp
     assert not list((service.outputs_dir or Path("/nonexistent")).rglob("*.png"))  # save_images defaults to False
 
 
-def test_webuiapi_lists_samplers_and_models_and_switches_the_model(api: webuiapi.WebUIApi,
-                                                                    service: WebUIService) -> None:
+def test_webuiapi_lists_samplers_and_models_and_switches_the_model(
+    api: webuiapi.WebUIApi, service: WebUIService
+) -> None:
     samplers = api.get_samplers()
     assert {"Euler", "Euler a", "DDIM"} <= {s["name"] for s in samplers}
     models = api.get_sd_models()
@@ -101,10 +102,19 @@ def test_webuiapi_img2img_and_inpainting_keep_the_unmasked_part(api: webuiapi.We
     assert "Denoising strength: 0.5" in result.info["infotexts"][0]
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (0, 0, SIZE // 2, SIZE))  # repaint the left half only
-    painted = api.img2img(images=[init], mask_image=mask, mask_blur=0, inpainting_fill=1, prompt="x", seed=3,
-                          denoising_strength=1.0, width=SIZE, height=SIZE)
+    painted = api.img2img(
+        images=[init],
+        mask_image=mask,
+        mask_blur=0,
+        inpainting_fill=1,
+        prompt="x",
+        seed=3,
+        denoising_strength=1.0,
+        width=SIZE,
+        height=SIZE,
+    )
     out = pixels(painted.images[0])
-    right, left = out[:, SIZE // 2 + 4:], out[:, : SIZE // 2 - 4]
+    right, left = out[:, SIZE // 2 + 4 :], out[:, : SIZE // 2 - 4]
     assert np.abs(right - np.array([200, 30, 30])).max() <= 2  # outside the mask: the init image
     assert np.abs(left - np.array([200, 30, 30])).mean() > 10  # inside: repainted
 
@@ -136,8 +146,9 @@ def _task_progress(base: str, task: str) -> dict:
     return response.json() if response.status_code == 200 else {}
 
 
-def test_interrupt_stops_the_running_job_and_the_queue_goes_on(url: str, api: webuiapi.WebUIApi,
-                                                                service: WebUIService) -> None:
+def test_interrupt_stops_the_running_job_and_the_queue_goes_on(
+    url: str, api: webuiapi.WebUIApi, service: WebUIService
+) -> None:
     with ThreadPoolExecutor(1) as pool:
         long = pool.submit(_post, url, {**LONG_JOB, "force_task_id": "task(long)"})
         try:
@@ -210,8 +221,10 @@ def test_sixteen_concurrent_requests_all_come_back_and_progress_stays_responsive
 
     def client_session(i: int) -> list[dict]:
         with httpx.Client(base_url=url, timeout=120) as client, ThreadPoolExecutor(2) as pool:
-            calls = [pool.submit(client.post, "/sdapi/v1/txt2img", json={"prompt": f"client {i}", "steps": 2})
-                     for _ in range(2)]
+            calls = [
+                pool.submit(client.post, "/sdapi/v1/txt2img", json={"prompt": f"client {i}", "steps": 2})
+                for _ in range(2)
+            ]
             return [call.result().json() for call in calls]
 
     poller = threading.Thread(target=poll)
@@ -293,14 +306,18 @@ def _fuzz_schema(spec: dict, service: WebUIService) -> dict:
         props["n_iter"] = {"type": "integer", "minimum": 1, "maximum": 2}
         for side in ("width", "height"):
             props[side] = {"anyOf": [{"type": "integer", "enum": [56, SIZE, 72]}, {"type": "null"}]}
-        props["sampler_name"] = {"anyOf": [{"type": "string", "enum": [*service.samplers.names, "nope"]},
-                                           {"type": "null"}]}
-        props["scheduler"] = {"anyOf": [{"type": "string", "enum": ["automatic", "Karras", "exponential", "x"]},
-                                        {"type": "null"}]}
+        props["sampler_name"] = {
+            "anyOf": [{"type": "string", "enum": [*service.samplers.names, "nope"]}, {"type": "null"}]
+        }
+        props["scheduler"] = {
+            "anyOf": [{"type": "string", "enum": ["automatic", "Karras", "exponential", "x"]}, {"type": "null"}]
+        }
         for name in ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise"):
             props[name] = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 2}, {"type": "null"}]}
-        props["override_settings"] = {"type": "object", "enum": [{}, {"sd_model_checkpoint": "TINY"},
-                                                                 {"CLIP_stop_at_last_layers": 2}]}
+        props["override_settings"] = {
+            "type": "object",
+            "enum": [{}, {"sd_model_checkpoint": "TINY"}, {"CLIP_stop_at_last_layers": 2}],
+        }
         if "init_images" in props:
             props["init_images"] = {"type": "array", "items": {"type": "string", "enum": images}, "maxItems": 2}
             props["mask"] = {"anyOf": [{"type": "string", "enum": images}, {"type": "null"}]}
@@ -322,8 +339,13 @@ def test_schemathesis_generated_requests_never_get_a_500(service: WebUIService, 
         operation = schemathesis.openapi.from_dict(spec)[path]["POST"]
         statuses: dict[int, int] = {}
 
-        @settings(max_examples=30, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+        @settings(
+            max_examples=30,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        )
         @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
         def check(case) -> None:
             response = case.call(base_url=base, timeout=60)

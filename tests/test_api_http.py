@@ -49,8 +49,7 @@ def stub_result(job: Job) -> GenerationResult:
     request = job.request  # resolved by submit(), as the real service does
     seeds = request.seeds()
     images = [Image.new("RGB", (request.width, request.height), (s % 256, 0, 0)) for s in seeds]
-    infotexts = [f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, Seed: {s}"
-                 for s in seeds]
+    infotexts = [f"{request.prompt}\nSteps: {request.steps}, Sampler: {request.sampler_name}, Seed: {s}" for s in seeds]
     return GenerationResult(images=images, seeds=seeds, infotexts=infotexts, request=request)
 
 
@@ -69,8 +68,13 @@ class StubService:
 
     def __init__(self) -> None:
         self.samplers = create_sampler_registry()
-        self.registry = Registry(None, [ModelEntry("tiny", Path("/models/tiny.safetensors")),
-                                        ModelEntry("Other-Model", Path("/models/other.ckpt"))])
+        self.registry = Registry(
+            None,
+            [
+                ModelEntry("tiny", Path("/models/tiny.safetensors")),
+                ModelEntry("Other-Model", Path("/models/other.ckpt")),
+            ],
+        )
         self.models = StubModels()
         self.submitted: list[tuple[Any, str | None]] = []
         self.calls: list[str] = []
@@ -81,8 +85,17 @@ class StubService:
         return self.models.current_name
 
     def model_status(self) -> list[ModelStatus]:
-        return [ModelStatus(e.name, e.name == self.models.current_name, e.name == self.models.current_name,
-                            e.name == "tiny", None, None) for e in self.registry.entries]
+        return [
+            ModelStatus(
+                e.name,
+                e.name == self.models.current_name,
+                e.name == self.models.current_name,
+                e.name == "tiny",
+                None,
+                None,
+            )
+            for e in self.registry.entries
+        ]
 
     def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> Job:
         resolved = resolve_request(request, self.samplers, (64, 64))  # what the real service does before queueing
@@ -140,8 +153,9 @@ def stub() -> Iterator[StubService]:
 @pytest.fixture(scope="module")
 def open_url(stub: StubService):
     app = FastAPI()
-    mount_api(app, stub, limits=ApiLimits(max_batch_size=2, max_n_iter=3, max_body_bytes=200_000,
-                                          max_image_pixels=256 * 256))
+    mount_api(
+        app, stub, limits=ApiLimits(max_batch_size=2, max_n_iter=3, max_body_bytes=200_000, max_image_pixels=256 * 256)
+    )
     with serve(app) as url:
         yield url
 
@@ -215,8 +229,13 @@ def test_api_auth_refuses_missing_and_wrong_credentials_on_every_route(
 
 
 def test_api_auth_rejects_malformed_authorization_headers(secured_url: str) -> None:
-    headers = ["Basic", "Basic !!!", "Bearer abc", "Basic " + base64.b64encode(b"no-colon").decode(),
-               "Basic " + base64.b64encode(b"\xff\xfe:x").decode()]
+    headers = [
+        "Basic",
+        "Basic !!!",
+        "Bearer abc",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    ]
     with httpx.Client(base_url=secured_url, timeout=30) as c:
         for header in headers:
             assert c.get("/sdapi/v1/samplers", headers={"Authorization": header}).status_code == 401, header
@@ -238,11 +257,22 @@ def test_openapi_declares_basic_auth_and_the_a1111_request_models(secured_url: s
 
 
 def test_txt2img_returns_a1111_shape_with_seeds_and_a_task_id(client: httpx.Client, stub: StubService) -> None:
-    response = client.post("/sdapi/v1/txt2img", json={
-        "prompt": "a cat", "seed": 7, "batch_size": 2, "n_iter": 1, "steps": 3, "sampler_name": "euler",
-        "scheduler": "karras", "width": 64, "height": 64, "unknown_field": {"ignored": True},
-        "force_task_id": "task(mine)",
-    })
+    response = client.post(
+        "/sdapi/v1/txt2img",
+        json={
+            "prompt": "a cat",
+            "seed": 7,
+            "batch_size": 2,
+            "n_iter": 1,
+            "steps": 3,
+            "sampler_name": "euler",
+            "scheduler": "karras",
+            "width": 64,
+            "height": 64,
+            "unknown_field": {"ignored": True},
+            "force_task_id": "task(mine)",
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"images", "parameters", "info"}
@@ -259,8 +289,11 @@ def test_txt2img_returns_a1111_shape_with_seeds_and_a_task_id(client: httpx.Clie
 
 
 def test_txt2img_model_override_and_clip_skip_reach_the_queue(client: httpx.Client, stub: StubService) -> None:
-    body = {"prompt": "x", "steps": 2, "override_settings": {"sd_model_checkpoint": "other-model [0123456789]",
-                                                              "CLIP_stop_at_last_layers": 2}}
+    body = {
+        "prompt": "x",
+        "steps": 2,
+        "override_settings": {"sd_model_checkpoint": "other-model [0123456789]", "CLIP_stop_at_last_layers": 2},
+    }
     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
     request, model = stub.submitted[-1]
     assert (model, request.clip_skip) == ("Other-Model", 2)
@@ -312,17 +345,20 @@ def test_bad_txt2img_field_gets_422_naming_it_and_queues_nothing(
     assert stub.submitted == []
 
 
-@pytest.mark.parametrize("body", [
-    b'{"prompt": "a \\ud800 cat", "steps": 2}',  # an unpaired surrogate: not valid Unicode
-    b'{"steps": "\\udfff"}',
-    b'{"override_settings": {"sd_model_checkpoint": "\\ud83d"}, "steps": 2}',
-    b'{"cfg_scale": NaN, "steps": 2}',
-    b'{"seed": 1e400, "steps": 2}',
-    b'{"steps": ' + b"9" * 5000 + b"}",
-    b'{"override_settings": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-    b"\xff\xfe",
-    b"null",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"prompt": "a \\ud800 cat", "steps": 2}',  # an unpaired surrogate: not valid Unicode
+        b'{"steps": "\\udfff"}',
+        b'{"override_settings": {"sd_model_checkpoint": "\\ud83d"}, "steps": 2}',
+        b'{"cfg_scale": NaN, "steps": 2}',
+        b'{"seed": 1e400, "steps": 2}',
+        b'{"steps": ' + b"9" * 5000 + b"}",
+        b'{"override_settings": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b"\xff\xfe",
+        b"null",
+    ],
+)
 def test_hostile_json_gets_a_4xx_json_answer(client: httpx.Client, stub: StubService, body: bytes) -> None:
     r = client.post("/sdapi/v1/txt2img", content=body, headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
@@ -371,10 +407,19 @@ def test_img2img_without_init_images_gets_422(client: httpx.Client) -> None:
 def test_img2img_decodes_data_urls_and_masks(client: httpx.Client, stub: StubService) -> None:
     mask = Image.new("L", (16, 16), 0)
     mask.paste(255, (0, 0, 8, 16))
-    r = client.post("/sdapi/v1/img2img", json={
-        "init_images": ["data:image/png;base64," + red_png()], "mask": b64_png(mask), "mask_blur": 2,
-        "inpainting_fill": 1, "denoising_strength": 0.5, "steps": 2, "width": 64, "height": 64,
-    })
+    r = client.post(
+        "/sdapi/v1/img2img",
+        json={
+            "init_images": ["data:image/png;base64," + red_png()],
+            "mask": b64_png(mask),
+            "mask_blur": 2,
+            "inpainting_fill": 1,
+            "denoising_strength": 0.5,
+            "steps": 2,
+            "width": 64,
+            "height": 64,
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["parameters"]["init_images"] is None
     request, _ = stub.submitted[-1]
@@ -395,8 +440,10 @@ def test_streamed_body_over_the_limit_gets_413_without_content_length(open_url: 
     host, port = open_url.removeprefix("http://").split(":")
     chunk = b"x" * 50_000
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(
+            b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         try:
             for _ in range(10):  # 500 kB, more than the 200 kB limit
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -432,8 +479,9 @@ def _raw_reply(base: str, head: bytes) -> bytes:
 
 def test_credentials_and_size_are_checked_before_the_body_is_read(secured_url: str) -> None:
     """A declared 60 MB upload is answered at once, without waiting for (or reading) a byte of it."""
-    head = b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
-           b"Content-Length: 60000000\r\n"
+    head = (
+        b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000000\r\n"
+    )
     assert _raw_reply(secured_url, head + b"\r\n").startswith(b"HTTP/1.1 401")
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode())
     assert _raw_reply(secured_url, head + b"Authorization: Basic " + token + b"\r\n\r\n").startswith(b"HTTP/1.1 413")
@@ -459,8 +507,14 @@ def test_listing_routes_have_a1111_shapes(client: httpx.Client, stub: StubServic
     assert [s["label"] for s in schedulers] == ["Automatic", "Karras", "Exponential"]
     assert schedulers[1]["name"] == "karras"
     models = client.get("/sdapi/v1/sd-models").json()
-    assert models[0] == {"title": "tiny", "model_name": "tiny", "hash": "abababab" "ab", "sha256": "ab" * 32,
-                         "filename": "/models/tiny.safetensors", "config": None}
+    assert models[0] == {
+        "title": "tiny",
+        "model_name": "tiny",
+        "hash": "ababababab",
+        "sha256": "ab" * 32,
+        "filename": "/models/tiny.safetensors",
+        "config": None,
+    }
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
 
 
@@ -514,8 +568,9 @@ def test_mounts_on_a_running_gradio_app() -> None:
 
     with gr.Blocks() as demo:
         gr.Markdown("hello")
-    app, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None,
-                                    quiet=True, ssr_mode=False)
+    app, local_url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, ssr_mode=False
+    )
     try:
         mount_api(app, StubService(), api_auth=[(USER, PASSWORD)])
         url = local_url.rstrip("/")

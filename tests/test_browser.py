@@ -32,8 +32,14 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 START_TIMEOUT = 180.0
 USER, PASSWORD = "alice", "wonderland"
 
@@ -66,12 +72,26 @@ def _pump(stream: io.TextIOBase, lines: list[str]) -> None:
 def start_server(models_yaml: Path, outputs: Path, *args: str) -> Server:
     """Start ``launch.py`` on a free port and wait until it answers (or fail with its output)."""
     port = free_port()
-    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                        "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--models", str(models_yaml),
-               "--outputs", str(outputs), "--device", "cpu", *args]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "--port",
+        str(port),
+        "--models",
+        str(models_yaml),
+        "--outputs",
+        str(outputs),
+        "--device",
+        "cpu",
+        *args,
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = Server(process, f"http://127.0.0.1:{port}/", outputs)
     threading.Thread(target=_pump, args=(process.stdout, server.lines), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT
@@ -109,8 +129,12 @@ def demo_models_yaml(folder: Path) -> Path | None:
     for entry in load_registry(bundled).entries:
         if entry.path is None or not entry.path.exists() or demo_dir not in (entry.path, *entry.path.parents):
             continue
-        lines = ["models:", f"  - name: {json.dumps(entry.name)}", f"    path: {json.dumps(str(entry.path))}",
-                 "    default: true"]
+        lines = [
+            "models:",
+            f"  - name: {json.dumps(entry.name)}",
+            f"    path: {json.dumps(str(entry.path))}",
+            "    default: true",
+        ]
         if entry.tokenizer:
             lines.append(f"    tokenizer: {json.dumps(entry.tokenizer)}")
         for key in ("width", "height", "sampler", "scheduler", "steps", "cfg_scale"):
@@ -233,8 +257,7 @@ def test_browser_txt2img_prompt_sampler_generate_shows_image_and_parameters(serv
     # With the model loaded, the prompt box counts tokens while typing (A1111's "n/75").
     page.locator("#txt2img_prompt textarea").fill("a red cat on a mat")
     counter = page.locator("#txt2img_token_counter")
-    page.wait_for_function("el => /Prompt: \\d+\\/75/.test(el.innerText)", arg=counter.element_handle(),
-                           timeout=10_000)
+    page.wait_for_function("el => /Prompt: \\d+\\/75/.test(el.innerText)", arg=counter.element_handle(), timeout=10_000)
 
 
 @pytest.mark.browser
@@ -271,8 +294,7 @@ def test_browser_interrupt_stops_a_long_run_within_a_step(server, page, screensh
     clicked_at = time.monotonic()
     step_at_click = int(re.search(r"Step (\d+)/", progress.inner_text()).group(1))
     page.locator("#txt2img_interrupt").click()
-    page.wait_for_function("el => el.innerText.includes('Interrupted')", arg=progress.element_handle(),
-                           timeout=60_000)
+    page.wait_for_function("el => el.innerText.includes('Interrupted')", arg=progress.element_handle(), timeout=60_000)
     elapsed = time.monotonic() - clicked_at
     text = progress.inner_text()
     stopped, total = map(int, re.search(r"at step (\d+)/(\d+)", text).groups())
@@ -300,8 +322,9 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page, screenshots_
     page.locator("#img2img_generate").click()
     page.locator("#img2img_gallery img:visible").first.wait_for(timeout=120_000)
     img2img_info = page.locator("#img2img_info textarea")
-    page.wait_for_function("el => el.value.includes('Denoising strength: 0.6')",
-                           arg=img2img_info.element_handle(), timeout=30_000)
+    page.wait_for_function(
+        "el => el.value.includes('Denoising strength: 0.6')", arg=img2img_info.element_handle(), timeout=30_000
+    )
     assert_not_blank(gallery_image(page, "img2img"))
     page.screenshot(path=str(screenshots_dir / "img2img.png"), full_page=True)
 
@@ -317,8 +340,7 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page, screenshots_
     page.screenshot(path=str(screenshots_dir / "png_info.png"), full_page=True)
     page.locator("#pnginfo_send_to_txt2img").click()
     txt2img_prompt = page.locator("#txt2img_prompt textarea")
-    page.wait_for_function("el => el.value === 'a green tree'", arg=txt2img_prompt.element_handle(),
-                           timeout=10_000)
+    page.wait_for_function("el => el.value === 'a green tree'", arg=txt2img_prompt.element_handle(), timeout=10_000)
 
     # Inpaint: upload the image, paint a stroke on it, generate.
     page.get_by_role("tab", name="img2img").first.click()
@@ -338,8 +360,7 @@ def test_browser_send_to_img2img_png_info_and_inpaint(server, page, screenshots_
     page.mouse.up()
     page.wait_for_timeout(500)
     page.locator("#img2img_generate").click()
-    page.wait_for_function("el => el.value.includes('Mask blur')", arg=img2img_info.element_handle(),
-                           timeout=120_000)
+    page.wait_for_function("el => el.value.includes('Mask blur')", arg=img2img_info.element_handle(), timeout=120_000)
     assert "Done" in page.locator("#img2img_progress").inner_text()
     page.screenshot(path=str(screenshots_dir / "inpaint.png"), full_page=True)
 
@@ -354,8 +375,11 @@ def test_browser_skip_abandons_the_current_batch_and_goes_on(server, page):
     set_number(page, "txt2img_seed", 500)
     page.locator("#txt2img_generate").click()
     progress = page.locator("#txt2img_progress")
-    page.wait_for_function("el => el.innerText.includes('image 1/2') && el.innerText.includes('/200')",
-                           arg=progress.element_handle(), timeout=120_000)
+    page.wait_for_function(
+        "el => el.innerText.includes('image 1/2') && el.innerText.includes('/200')",
+        arg=progress.element_handle(),
+        timeout=120_000,
+    )
     page.locator("#txt2img_skip").click()
     page.wait_for_function("el => el.innerText.includes('Done')", arg=progress.element_handle(), timeout=120_000)
     assert "Done: 1 image" in progress.inner_text()
@@ -373,12 +397,16 @@ def test_closing_a_tab_mid_run_does_not_break_the_queue(server, browser):
         page.locator("#txt2img_prompt textarea").fill("abandoned")
         set_number(page, "txt2img_steps", 150)
         page.locator("#txt2img_generate").click()
-        page.wait_for_function("el => /Step \\d+\\//.test(el.innerText)",
-                               arg=page.locator("#txt2img_progress").element_handle(), timeout=120_000)
+        page.wait_for_function(
+            "el => /Step \\d+\\//.test(el.innerText)",
+            arg=page.locator("#txt2img_progress").element_handle(),
+            timeout=120_000,
+        )
     finally:
         context.close()
-    gallery, info, *_ = _client(server.url).predict(**(TXT2IMG | {"prompt": "after the tab closed"}),
-                                                    api_name="/txt2img")
+    gallery, info, *_ = _client(server.url).predict(
+        **(TXT2IMG | {"prompt": "after the tab closed"}), api_name="/txt2img"
+    )
     assert len(gallery) == 1 and info.startswith("after the tab closed")
     assert server.process.poll() is None
 
@@ -397,11 +425,13 @@ def test_browser_models_tab_lists_status_and_loads_unloads(server, page, screens
     assert "not loaded" in table.inner_text()
     page.locator("#models_load").click()
     page.wait_for_function("(el) => el.innerText.includes('Loaded')", arg=message.element_handle(), timeout=120_000)
-    page.wait_for_function("(el) => el.innerText.includes('loaded (current)')", arg=table.element_handle(),
-                           timeout=10_000)
+    page.wait_for_function(
+        "(el) => el.innerText.includes('loaded (current)')", arg=table.element_handle(), timeout=10_000
+    )
     page.locator("#models_refresh").click()
-    page.wait_for_function("(el) => el.innerText.includes('Re-read models.yaml: 1 model')",
-                           arg=message.element_handle(), timeout=30_000)
+    page.wait_for_function(
+        "(el) => el.innerText.includes('Re-read models.yaml: 1 model')", arg=message.element_handle(), timeout=30_000
+    )
     page.screenshot(path=str(screenshots_dir / "models.png"))
 
 
@@ -413,16 +443,35 @@ def _client(url: str, auth: tuple[str, str] | None = None):
     return gradio_client.Client(url, auth=auth, verbose=False)
 
 
-TXT2IMG = dict(prompt="a small house", negative_prompt="", sampler_name="Euler a", scheduler="Automatic",
-               steps=3, cfg_scale=7, width=64, height=64, seed=7, n_iter=1, batch_size=1)
+TXT2IMG = dict(
+    prompt="a small house",
+    negative_prompt="",
+    sampler_name="Euler a",
+    scheduler="Automatic",
+    steps=3,
+    cfg_scale=7,
+    width=64,
+    height=64,
+    seed=7,
+    n_iter=1,
+    batch_size=1,
+)
 
 
 def _img2img_args(image_path: str) -> dict:
     from gradio_client import handle_file
 
-    return TXT2IMG | dict(mode="img2img", init_image=handle_file(image_path), inpaint_image=None,
-                          inpaint_mask=None, denoising_strength=0.5, resize_mode="Just resize", mask_blur=4,
-                          mask_mode="Inpaint masked", inpainting_fill="original")
+    return TXT2IMG | dict(
+        mode="img2img",
+        init_image=handle_file(image_path),
+        inpaint_image=None,
+        inpaint_mask=None,
+        denoising_strength=0.5,
+        resize_mode="Just resize",
+        mask_blur=4,
+        mask_mode="Inpaint masked",
+        inpainting_fill="original",
+    )
 
 
 @pytest.mark.slow
@@ -482,8 +531,16 @@ def test_share_with_auth_without_internet_keeps_serving_locally(models_yaml, tmp
 
 @pytest.mark.slow
 def test_listen_binds_all_interfaces_and_api_needs_its_password(models_yaml, tmp_path):
-    running = start_server(models_yaml, tmp_path / "outputs", "--listen", "--gradio-auth", f"{USER}:{PASSWORD}",
-                           "--api", "--api-auth", "api:key")
+    running = start_server(
+        models_yaml,
+        tmp_path / "outputs",
+        "--listen",
+        "--gradio-auth",
+        f"{USER}:{PASSWORD}",
+        "--api",
+        "--api-auth",
+        "api:key",
+    )
     try:
         port = int(running.url.rstrip("/").rsplit(":", 1)[1])
         listening = set()
@@ -564,8 +621,9 @@ def test_browser_send_to_inpaint_from_txt2img_fills_the_editor_and_the_settings(
     source = Image.open(newest_output(server, "txt2img")).convert("RGB")
     page.locator("#txt2img_send_to_inpaint").click()
     prompt = page.locator("#img2img_prompt textarea")
-    page.wait_for_function("el => el.value === 'a yellow star on a blue background'", arg=prompt.element_handle(),
-                           timeout=10_000)
+    page.wait_for_function(
+        "el => el.value === 'a yellow star on a blue background'", arg=prompt.element_handle(), timeout=10_000
+    )
     assert page.locator("#img2img_seed input").first.input_value() == "1234" and "Seed: 1234" in info
     wait_for_editor_image(page)  # the Inpaint sub-tab is shown, with the image in its editor
     paint_stroke(page)
@@ -601,7 +659,7 @@ def test_browser_inpaint_stroke_is_semi_transparent_over_the_image(server, page,
     top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
     assert right - left > 100, "the image is not shown in the editor"
     inside = np.zeros_like(image_area)
-    inside[top:bottom + 1, left:right + 1] = True
+    inside[top : bottom + 1, left : right + 1] = True
     painted = inside & ~image_area
     middle = (left + right) // 2
     left_paint = pixels[painted & (np.arange(pixels.shape[1]) < middle - 4)]

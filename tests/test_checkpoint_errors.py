@@ -143,21 +143,35 @@ def test_file_without_text_encoder_says_so(tmp_path, tiny_state):
 def test_missing_tensor_is_named(tmp_path, tiny_state, tiny_tokenizer_dir):
     state = dict(tiny_state)
     del state["model.diffusion_model.middle_block.0.in_layers.0.bias"]
-    expect_error(write(tmp_path, "hole.safetensors", state, tiny_tokenizer_dir), MissingWeightsError,
-                 "middle_block.0.in_layers.0.bias")
+    expect_error(
+        write(tmp_path, "hole.safetensors", state, tiny_tokenizer_dir),
+        MissingWeightsError,
+        "middle_block.0.in_layers.0.bias",
+    )
 
 
 def test_wrong_tensor_shape_is_named(tmp_path, tiny_state, tiny_tokenizer_dir):
     state = dict(tiny_state)
     state["first_stage_model.encoder.conv_out.bias"] = torch.zeros(5)
-    expect_error(write(tmp_path, "shape.safetensors", state, tiny_tokenizer_dir), CorruptCheckpointError,
-                 "encoder.conv_out.bias", "(5,)")
+    expect_error(
+        write(tmp_path, "shape.safetensors", state, tiny_tokenizer_dir),
+        CorruptCheckpointError,
+        "encoder.conv_out.bias",
+        "(5,)",
+    )
 
 
 def test_missing_tokenizer_says_what_to_download_and_where(tmp_path, tiny_state):
     path = write(tmp_path, "lonely.safetensors", tiny_state)
-    message = expect_error(path, TokenizerNotFoundError, "openai/clip-vit-large-patch14", "vocab.json",
-                           "merges.txt", str(tmp_path / "tokenizer"), tokenizer="openai/clip-vit-large-patch14")
+    message = expect_error(
+        path,
+        TokenizerNotFoundError,
+        "openai/clip-vit-large-patch14",
+        "vocab.json",
+        "merges.txt",
+        str(tmp_path / "tokenizer"),
+        tokenizer="openai/clip-vit-large-patch14",
+    )
     assert "lonely" in message
 
 
@@ -184,8 +198,9 @@ def test_folder_with_one_single_file_loads_it(tiny_checkpoint):
     assert model.name == "tiny" and model.path == tiny_checkpoint.path
 
 
-def test_original_style_ckpt_with_lightning_callback_and_numpy_step_loads(tmp_path, tiny_state, tiny_tokenizer_dir,
-                                                                          tiny_components, monkeypatch):
+def test_original_style_ckpt_with_lightning_callback_and_numpy_step_loads(
+    tmp_path, tiny_state, tiny_tokenizer_dir, tiny_components, monkeypatch
+):
     """CompVis' own .ckpt files also pickle a Lightning ModelCheckpoint and numpy scalars: harmless, accepted."""
     import sys
     import types
@@ -205,8 +220,15 @@ def test_original_style_ckpt_with_lightning_callback_and_numpy_step_loads(tmp_pa
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     path = tmp_path / "sd-v1-4-style.ckpt"
-    torch.save({"state_dict": tiny_state, "global_step": np.int64(470000), "epoch": 6,
-                "callbacks": {"ModelCheckpoint": ModelCheckpoint()}}, path)
+    torch.save(
+        {
+            "state_dict": tiny_state,
+            "global_step": np.int64(470000),
+            "epoch": 6,
+            "callbacks": {"ModelCheckpoint": ModelCheckpoint()},
+        },
+        path,
+    )
     write(tmp_path, "unused.safetensors", {"x": torch.zeros(1)}, tiny_tokenizer_dir)
     model = load_model(path, compute_hash=False)
     expected = tiny_components.unet.state_dict()["out.2.weight"]

@@ -72,8 +72,13 @@ def test_single_file_variants_load_identically(tmp_path, tiny_components, name, 
     # Older exports also carry the CLIP position_ids buffer; it must be dropped, not loaded.
     state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     if ema:  # a different (EMA) UNet copy that must be ignored
-        state.update({"model_ema." + k[len("model."):].replace(".", ""): torch.zeros_like(v)
-                      for k, v in state.items() if k.startswith("model.diffusion_model.")})
+        state.update(
+            {
+                "model_ema." + k[len("model.") :].replace(".", ""): torch.zeros_like(v)
+                for k, v in state.items()
+                if k.startswith("model.diffusion_model.")
+            }
+        )
         state["model_ema.num_updates"] = torch.tensor(7)
     if wrapper:
         state = {"state_dict": state, "global_step": 1234}

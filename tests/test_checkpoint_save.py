@@ -39,8 +39,12 @@ def test_tiny_components_produce_nontrivial_outputs(tiny_components):
 def test_text_encoder_keys_take_both_layouts_and_drop_position_ids():
     from webui.models.checkpoint import text_encoder_keys
 
-    stored = ["text_model.final_layer_norm.weight", "encoder.layers.0.mlp.fc1.weight",
-              "text_model.embeddings.position_ids", "embeddings.position_ids"]
+    stored = [
+        "text_model.final_layer_norm.weight",
+        "encoder.layers.0.mlp.fc1.weight",
+        "text_model.embeddings.position_ids",
+        "embeddings.position_ids",
+    ]
     assert text_encoder_keys(stored) == {
         "final_layer_norm.weight": "text_model.final_layer_norm.weight",
         "encoder.layers.0.mlp.fc1.weight": "encoder.layers.0.mlp.fc1.weight",

@@ -102,9 +102,15 @@ def test_prompt_adherence_on_generated_images(model, entry):
     from webui.train.adherence import measure_adherence, target_prompts
 
     prompts = target_prompts()
-    report = measure_adherence(model, create_sampler_registry(), prompts, sampler=entry.sampler,
-                               steps=entry.steps, cfg_scale=entry.cfg_scale or 5.0,
-                               scheduler=entry.scheduler or "Automatic")
+    report = measure_adherence(
+        model,
+        create_sampler_registry(),
+        prompts,
+        sampler=entry.sampler,
+        steps=entry.steps,
+        cfg_scale=entry.cfg_scale or 5.0,
+        scheduler=entry.scheduler or "Automatic",
+    )
     print("\n" + report.table())
     assert len(prompts) >= 40 and {p.kind for p in prompts} == set(data.SHAPES)
     assert {p.colour for p in prompts} == set(data.COLOURS)
@@ -123,9 +129,17 @@ def test_inpainting_works_with_the_demos_4x_latent_and_keeps_the_unmasked_half(m
     init = data.render(data.single_shape_scene("square", "red", "blue"), 64)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))  # repaint the left half
-    request = Img2ImgRequest(prompt="a yellow star on a black background", init_images=[init], mask=mask,
-                             mask_blur=0, denoising_strength=1.0, steps=entry.steps, seed=5,
-                             sampler_name=entry.sampler, cfg_scale=entry.cfg_scale or 5.0)
+    request = Img2ImgRequest(
+        prompt="a yellow star on a black background",
+        init_images=[init],
+        mask=mask,
+        mask_blur=0,
+        denoising_strength=1.0,
+        steps=entry.steps,
+        seed=5,
+        sampler_name=entry.sampler,
+        cfg_scale=entry.cfg_scale or 5.0,
+    )
     resolved = resolve_request(request, create_sampler_registry(), native_size(model))
     out = np.asarray(generate(model, resolved).images[0], dtype=np.int16)
     original = np.asarray(init, dtype=np.int16)

@@ -113,10 +113,13 @@ def test_cancel_stops_within_a_second_and_leaves_no_partial_file(hub):
     assert hub.count("GET") == 1
 
 
-@pytest.mark.parametrize(("status", "why", "fix"), [
-    (404, "does not exist (HTTP 404)", "check 'repo', 'file' and 'revision'"),
-    (500, "answered HTTP 500", "try again later; or download"),
-])
+@pytest.mark.parametrize(
+    ("status", "why", "fix"),
+    [
+        (404, "does not exist (HTTP 404)", "check 'repo', 'file' and 'revision'"),
+        (500, "answered HTTP 500", "try again later; or download"),
+    ],
+)
 def test_hub_error_is_one_attempt_and_one_clear_line(hub, caplog, capfd, status, why, fix):
     hub.fail_with = status
     caplog.set_level(logging.DEBUG)

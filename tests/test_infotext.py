@@ -21,11 +21,19 @@ def resolved(request: GenerationRequest, samplers) -> ResolvedRequest:
 
 def test_format_matches_a1111_layout(samplers):
     request = GenerationRequest(
-        prompt="a cat", negative_prompt="ugly", sampler_name="Euler", scheduler="Karras", steps=20, cfg_scale=7.0,
-        width=512, height=512, seed=965400086,
+        prompt="a cat",
+        negative_prompt="ugly",
+        sampler_name="Euler",
+        scheduler="Karras",
+        steps=20,
+        cfg_scale=7.0,
+        width=512,
+        height=512,
+        seed=965400086,
     )
-    text = format_infotext(resolved(request, samplers), seed=965400086, model_name="v1-5-pruned-emaonly",
-                           model_hash="6ce0161689")
+    text = format_infotext(
+        resolved(request, samplers), seed=965400086, model_name="v1-5-pruned-emaonly", model_hash="6ce0161689"
+    )
     assert text == (
         "a cat\nNegative prompt: ugly\n"
         "Steps: 20, Sampler: Euler, Schedule type: Karras, CFG scale: 7, Seed: 965400086, Size: 512x512, "
@@ -48,8 +56,9 @@ def test_values_with_commas_colons_and_newlines_are_json_quoted_and_read_back(sa
     assert quote("a, b") == '"a, b"'
     assert quote('x: "y"') == '"x: \\"y\\""'
     request = GenerationRequest(prompt="p", width=64, height=64)
-    text = format_infotext(resolved(request, samplers), seed=3, model_name='my, model: "v2"',
-                           extra={"Note": "line1\nline2"})
+    text = format_infotext(
+        resolved(request, samplers), seed=3, model_name='my, model: "v2"', extra={"Note": "line1\nline2"}
+    )
     assert text.count("\n") == 1  # the newline in the value is escaped
     parsed = parse_infotext(text)
     assert parsed["Model"] == 'my, model: "v2"'
@@ -79,12 +88,22 @@ def test_last_line_with_fewer_than_3_pairs_is_part_of_the_prompt():
 
 def test_round_trip_to_request(samplers):
     request = GenerationRequest(
-        prompt='a "quoted", colon: prompt', negative_prompt="bad, worse", sampler_name="DDIM",
-        scheduler="Karras", steps=13, cfg_scale=4.5, width=320, height=192, seed=123, clip_skip=2,
-        sampler_options={"eta": 0.5}, batch_size=3,
+        prompt='a "quoted", colon: prompt',
+        negative_prompt="bad, worse",
+        sampler_name="DDIM",
+        scheduler="Karras",
+        steps=13,
+        cfg_scale=4.5,
+        width=320,
+        height=192,
+        seed=123,
+        clip_skip=2,
+        sampler_options={"eta": 0.5},
+        batch_size=3,
     )
-    text = format_infotext(resolved(request, samplers), seed=124, model_name="tiny", model_hash="0123456789",
-                           batch_pos=1)
+    text = format_infotext(
+        resolved(request, samplers), seed=124, model_name="tiny", model_hash="0123456789", batch_pos=1
+    )
     back = request_from_infotext(text)
     assert type(back) is GenerationRequest
     assert (back.prompt, back.negative_prompt) == (request.prompt, request.negative_prompt)
@@ -100,8 +119,9 @@ def test_sampler_options_the_request_set_are_written_eta_as_a1111s_eta(samplers)
         "p\nSteps: 20, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 512x512, RNG: CPU, "
         "Eta: 0.25"
     )
-    euler = GenerationRequest(prompt="p", sampler_name="Euler", seed=1, batch_size=2,
-                              sampler_options={"s_churn": 1, "eta": 0.5})
+    euler = GenerationRequest(
+        prompt="p", sampler_name="Euler", seed=1, batch_size=2, sampler_options={"s_churn": 1, "eta": 0.5}
+    )
     text = format_infotext(resolved(euler, samplers), seed=1, batch_pos=0, version="v1")
     # s_churn converted to its default's type and written after the fixed keys; Euler has no eta: not written
     assert text.endswith("RNG: CPU, Batch size: 2, Batch pos: 0, s_churn: 1.0, Version: v1")
@@ -110,8 +130,16 @@ def test_sampler_options_the_request_set_are_written_eta_as_a1111s_eta(samplers)
 
 def test_img2img_round_trip_keeps_base_images_and_reads_denoising_strength(samplers):
     init = Image.new("RGB", (64, 64), "red")
-    request = Img2ImgRequest(prompt="p", width=64, height=64, seed=5, denoising_strength=0.6, init_images=[init],
-                             mask=Image.new("L", (64, 64), 255), mask_blur=2)
+    request = Img2ImgRequest(
+        prompt="p",
+        width=64,
+        height=64,
+        seed=5,
+        denoising_strength=0.6,
+        init_images=[init],
+        mask=Image.new("L", (64, 64), 255),
+        mask_blur=2,
+    )
     text = format_infotext(resolved(request, samplers), seed=5)
     assert "Denoising strength: 0.6" in text and "Mask blur: 2" in text
     back = request_from_infotext(text, base=Img2ImgRequest(init_images=[init]))
@@ -130,8 +158,14 @@ def test_text_without_parameters_gives_empty_prompts_and_the_default_request(tex
 def test_unreadable_values_are_kept_as_text_and_the_request_falls_back_to_defaults():
     text = "Steps: x, Sampler: , CFG scale: nan-ish, Seed: -"
     parsed = parse_infotext(text)
-    assert parsed == {"Prompt": "", "Negative prompt": "", "Steps": "x", "Sampler": "", "CFG scale": "nan-ish",
-                      "Seed": "-"}
+    assert parsed == {
+        "Prompt": "",
+        "Negative prompt": "",
+        "Steps": "x",
+        "Sampler": "",
+        "CFG scale": "nan-ish",
+        "Seed": "-",
+    }
     request = request_from_infotext(parsed)
     default = GenerationRequest()
     assert (request.steps, request.cfg_scale, request.seed) == (default.steps, default.cfg_scale, default.seed)

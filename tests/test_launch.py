@@ -30,14 +30,29 @@ from webui.server import (
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch.py"
-FLAGS = ["--port", "--listen", "--share", "--gradio-auth", "--gradio-auth-path", "--api", "--api-auth", "--models",
-         "--device", "--precision", "--outputs", "--samplers-dir", "--inbrowser", "--insecure-no-auth"]
+FLAGS = [
+    "--port",
+    "--listen",
+    "--share",
+    "--gradio-auth",
+    "--gradio-auth-path",
+    "--api",
+    "--api-auth",
+    "--models",
+    "--device",
+    "--precision",
+    "--outputs",
+    "--samplers-dir",
+    "--inbrowser",
+    "--insecure-no-auth",
+]
 
 
 def run_launch(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    return subprocess.run([sys.executable, str(LAUNCH), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(LAUNCH), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def free_port() -> int:
@@ -161,13 +176,16 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
 # --- the models file ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("make", "words"), [
-    (lambda d: d / "nope.yaml", "file not found; give the path of your models.yaml with --models PATH"),
-    (lambda d: d, "is a folder, not a YAML file; give the models.yaml file inside it"),
-    (lambda d: models_yaml(d, "models:\n  - {name: a\n"), "is not valid YAML"),
-    (lambda d: models_yaml(d, "models: []\n"), "lists no models"),
-    (lambda d: models_yaml(d, "- a list\n"), "top-level 'models:' list"),
-])
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda d: d / "nope.yaml", "file not found; give the path of your models.yaml with --models PATH"),
+        (lambda d: d, "is a folder, not a YAML file; give the models.yaml file inside it"),
+        (lambda d: models_yaml(d, "models:\n  - {name: a\n"), "is not valid YAML"),
+        (lambda d: models_yaml(d, "models: []\n"), "lists no models"),
+        (lambda d: models_yaml(d, "- a list\n"), "top-level 'models:' list"),
+    ],
+)
 def test_unusable_models_file_stops_the_start_with_one_line(tmp_path: Path, make, words):
     path = make(tmp_path)
     result = run_launch("--models", str(path), "--port", str(free_port()))
@@ -180,16 +198,20 @@ def test_unusable_models_file_stops_the_start_with_one_line(tmp_path: Path, make
 def test_every_models_yaml_problem_is_one_line_at_start(tmp_path: Path):
     """The issue's cases: a 'pth:' typo in the default entry and 'sampler: DPM++2M' are reported before serving
     (the port is taken so that the start ends right after the report)."""
-    path = models_yaml(tmp_path, (
-        "models:\n"
-        "  - {name: demo, pth: models/demo.safetensors, default: true}\n"
-        "  - {name: other, path: other.safetensors, sampler: DPM++2M, scheduler: karas}\n"
-    ))
+    path = models_yaml(
+        tmp_path,
+        (
+            "models:\n"
+            "  - {name: demo, pth: models/demo.safetensors, default: true}\n"
+            "  - {name: other, path: other.safetensors, sampler: DPM++2M, scheduler: karas}\n"
+        ),
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = run_launch("--device", "cpu", "--models", str(path), "--port", str(taken.getsockname()[1]),
-                            timeout=180)
+        result = run_launch(
+            "--device", "cpu", "--models", str(path), "--port", str(taken.getsockname()[1]), timeout=180
+        )
     lines = result.stderr.splitlines()
     assert lines[:4] == [
         f"error: {path}, model #1 ('demo'), field 'pth': unknown field 'pth' (did you mean 'path'?)",
@@ -207,8 +229,10 @@ def test_exposure_rules(tmp_path: Path):
     assert check_exposure(options(tmp_path)) == []  # localhost only: no password needed
     assert check_exposure(options(tmp_path, api=True)) == []
     assert check_exposure(options(tmp_path, share=True, gradio_auth=(("u", "p"),))) == []
-    assert check_exposure(options(tmp_path, listen=True, gradio_auth=(("u", "p"),), api=True,
-                                  api_auth=(("a", "b"),))) == []
+    assert (
+        check_exposure(options(tmp_path, listen=True, gradio_auth=(("u", "p"),), api=True, api_auth=(("a", "b"),)))
+        == []
+    )
     with pytest.raises(InsecureLaunchError, match="--share publishes the app"):
         check_exposure(options(tmp_path, share=True))
     warnings = check_exposure(options(tmp_path, listen=True, insecure_no_auth=True))

@@ -42,7 +42,9 @@ def test_get_loads_the_default_once(manager, tiny_checkpoint):
     assert model.short_hash == load_model(tiny_checkpoint.path).short_hash
     assert manager.get() is model and manager.get("tiny") is model
     assert [(s.name, s.loaded, s.current, s.default) for s in manager.status()] == [
-        ("tiny", True, True, True), ("tiny-bf16", False, False, False), ("missing", False, False, False)
+        ("tiny", True, True, True),
+        ("tiny-bf16", False, False, False),
+        ("missing", False, False, False),
     ]
 
 
@@ -183,8 +185,10 @@ def test_recommendations_are_checked_now_and_after_every_refresh(tmp_path, tiny_
 
 def test_default_entry_that_is_invalid_leaves_no_model_selected(tmp_path, tiny_checkpoint):
     path = tmp_path / "models.yaml"
-    path.write_text(f"models:\n  - {{name: tiny, pth: {tiny_checkpoint.path}, default: true}}\n"
-                    "  - {name: hub, repo: someone/big, file: big.safetensors}\n")
+    path.write_text(
+        f"models:\n  - {{name: tiny, pth: {tiny_checkpoint.path}, default: true}}\n"
+        "  - {name: hub, repo: someone/big, file: big.safetensors}\n"
+    )
     manager = ModelManager(load_registry(path))
     with pytest.raises(UnknownModelError, match=r"no model is selected: .*#1 \('tiny'\)"):
         manager.get()

@@ -84,8 +84,9 @@ def test_batch_image_i_equals_a_single_run_with_seed_plus_i(tiny_model, samplers
 
 
 def test_random_seed_is_recorded_and_the_infotext_regenerates_the_image(tiny_model, samplers, tmp_path):
-    result = resolve_and_generate(tiny_model, samplers, req(seed=-1, cfg_scale=5.5, negative_prompt="dog, (cat:1.2)"),
-                                  outputs_dir=tmp_path)
+    result = resolve_and_generate(
+        tiny_model, samplers, req(seed=-1, cfg_scale=5.5, negative_prompt="dog, (cat:1.2)"), outputs_dir=tmp_path
+    )
     seed = result.seeds[0]
     assert 0 <= seed < 2**32
     text = read_infotext(result.paths[0])
@@ -146,9 +147,7 @@ def test_latent_preview_fit_approximates_the_vae(tiny_model):
 
 
 @pytest.mark.slow
-def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_images(
-    tiny_model, samplers, tmp_path
-):
+def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_images(tiny_model, samplers, tmp_path):
     control = GenerationControl()
     calls_at_interrupt = []
 
@@ -158,8 +157,14 @@ def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_
             calls_at_interrupt.append(len(calls.batches))
 
     with UNetCalls(tiny_model.unet) as calls:
-        result = resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=20, n_iter=3),
-                                      outputs_dir=tmp_path, progress=on_progress, control=control)
+        result = resolve_and_generate(
+            tiny_model,
+            samplers,
+            req(sampler_name="Euler", steps=20, n_iter=3),
+            outputs_dir=tmp_path,
+            progress=on_progress,
+            control=control,
+        )
     assert result.interrupted
     assert len(calls.batches) == calls_at_interrupt[0] == 23  # no UNet call after the interrupt
     assert result.seeds == [7] and len(result.images) == 1 and len(result.paths) == 1
@@ -184,8 +189,11 @@ def test_skip_abandons_the_current_batch_and_goes_on(tiny_model, samplers):
 def test_img2img_resize_modes_give_the_requested_size(tiny_model, samplers):
     init = Image.new("RGB", (96, 48), (200, 30, 30))
     for mode in range(3):
-        result = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
-            prompt="p", steps=2, seed=1, init_images=[init], resize_mode=mode, width=64, height=64))
+        result = resolve_and_generate(
+            tiny_model,
+            samplers,
+            Img2ImgRequest(prompt="p", steps=2, seed=1, init_images=[init], resize_mode=mode, width=64, height=64),
+        )
         assert result.images[0].size == (64, 64)
     assert "Denoising strength: 0.75" in result.infotexts[0]
 
@@ -206,16 +214,33 @@ def test_inpainting_keeps_original_pixels_outside_the_mask(tiny_model, samplers,
     mask = Image.new("L", (32, 32), 0)  # another size than the image: resized to it
     mask.paste(255, (0, 0, 16, 32))  # repaint the left half
     for fill in range(4):
-        result = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
-            prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_fill=fill,
-            denoising_strength=1.0), outputs_dir=tmp_path)
+        result = resolve_and_generate(
+            tiny_model,
+            samplers,
+            Img2ImgRequest(
+                prompt="p",
+                steps=3,
+                seed=3,
+                init_images=[init],
+                mask=mask,
+                mask_blur=0,
+                inpainting_fill=fill,
+                denoising_strength=1.0,
+            ),
+            outputs_dir=tmp_path,
+        )
         out = pixels(result.images[0])
         # (the half-size mask is resized bilinearly: columns 31-32 straddle the edge)
         assert np.array_equal(out[:, 33:], pixels(init)[:, 33:])
         assert np.abs(out[:, :31] - pixels(init)[:, :31]).max() > 10
     assert "Mask blur: 0" in result.infotexts[0]
-    inverted = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
-        prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_mask_invert=1))
+    inverted = resolve_and_generate(
+        tiny_model,
+        samplers,
+        Img2ImgRequest(
+            prompt="p", steps=3, seed=3, init_images=[init], mask=mask, mask_blur=0, inpainting_mask_invert=1
+        ),
+    )
     assert np.array_equal(pixels(inverted.images[0])[:, :31], pixels(init)[:, :31])
 
 

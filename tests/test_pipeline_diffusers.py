@@ -47,15 +47,25 @@ def diffusers_parts(tiny_components):
     c = tiny_components
     state = single_file_state_dict(c.unet, c.vae, c.text_model)
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=128,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128,
         attention_head_dim=8,
     )
     unet.load_state_dict(convert_ldm_unet_checkpoint(state, dict(unet.config)))
     vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
         sample_size=64,
     )
     vae.load_state_dict(convert_ldm_vae_checkpoint(state, dict(vae.config)))
@@ -63,8 +73,13 @@ def diffusers_parts(tiny_components):
 
 
 def pipeline(cls, parts, sampler_name):
-    pipe = cls(**parts, scheduler=make_scheduler(sampler_name), safety_checker=None, feature_extractor=None,
-               requires_safety_checker=False)
+    pipe = cls(
+        **parts,
+        scheduler=make_scheduler(sampler_name),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     # The constructor rewrites a scheduler with steps_offset=0 to 1 (a legacy-config fix-up); set it
     # afterwards so that DDPM keeps its own configuration (950, 900, ..., 0 for 20 steps).
     pipe.scheduler = make_scheduler(sampler_name)
@@ -89,20 +104,40 @@ def max_pixel_difference(a: Image.Image, b: Image.Image) -> int:
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
-@pytest.mark.parametrize("sampler_name", [
-    "DDIM", "Euler", pytest.param("Euler a", marks=pytest.mark.slow), "DDPM",
-    pytest.param("DPM++ 2M", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "sampler_name",
+    [
+        "DDIM",
+        "Euler",
+        pytest.param("Euler a", marks=pytest.mark.slow),
+        "DDPM",
+        pytest.param("DPM++ 2M", marks=pytest.mark.slow),
+    ],
+)
 def test_txt2img_equals_stable_diffusion_pipeline(diffusers_parts, tiny_model, samplers, sampler_name):
     pipe = pipeline(diffusers.StableDiffusionPipeline, diffusers_parts, sampler_name)
     with torch.no_grad():
         expected = pipe(
-            PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=7.0, height=64, width=64,
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=STEPS,
+            guidance_scale=7.0,
+            height=64,
+            width=64,
             generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = resolve_and_generate(tiny_model, samplers, GenerationRequest(
-        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=sampler_name, steps=STEPS, cfg_scale=7.0, seed=SEED,
-    ))
+    ours = resolve_and_generate(
+        tiny_model,
+        samplers,
+        GenerationRequest(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            sampler_name=sampler_name,
+            steps=STEPS,
+            cfg_scale=7.0,
+            seed=SEED,
+        ),
+    )
     assert ours.images[0].size == expected.size == (64, 64)
     diff = max_pixel_difference(ours.images[0], expected)
     assert diff <= 1
@@ -115,13 +150,28 @@ def test_img2img_at_strength_0_6_equals_img2img_pipeline(diffusers_parts, tiny_m
     pipe = pipeline(diffusers.StableDiffusionImg2ImgPipeline, diffusers_parts, sampler_name)
     with torch.no_grad():
         expected = pipe(
-            PROMPT, image=init, strength=0.6, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
-            guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(SEED),
+            PROMPT,
+            image=init,
+            strength=0.6,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=STEPS,
+            guidance_scale=7.0,
+            generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
-        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name=sampler_name, steps=STEPS, cfg_scale=7.0, seed=SEED,
-        init_images=[init], denoising_strength=0.6,
-    ))
+    ours = resolve_and_generate(
+        tiny_model,
+        samplers,
+        Img2ImgRequest(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            sampler_name=sampler_name,
+            steps=STEPS,
+            cfg_scale=7.0,
+            seed=SEED,
+            init_images=[init],
+            denoising_strength=0.6,
+        ),
+    )
     diff = max_pixel_difference(ours.images[0], expected)
     assert diff <= 1
     # and it is not trivially the init image
@@ -138,13 +188,34 @@ def test_inpainting_with_an_ordinary_model_equals_the_inpaint_pipeline(diffusers
     pipe = pipeline(diffusers.StableDiffusionInpaintPipeline, diffusers_parts, "Euler")
     with torch.no_grad():
         expected = pipe(
-            PROMPT, image=init, mask_image=mask, strength=0.75, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
-            guidance_scale=7.0, height=64, width=64, generator=torch.Generator("cpu").manual_seed(SEED),
+            PROMPT,
+            image=init,
+            mask_image=mask,
+            strength=0.75,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=STEPS,
+            guidance_scale=7.0,
+            height=64,
+            width=64,
+            generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = resolve_and_generate(tiny_model, samplers, Img2ImgRequest(
-        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=STEPS, cfg_scale=7.0, seed=SEED,
-        init_images=[init], denoising_strength=0.75, mask=mask, mask_blur=0, inpainting_fill=1,
-    )).images[0]
+    ours = resolve_and_generate(
+        tiny_model,
+        samplers,
+        Img2ImgRequest(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            sampler_name="Euler",
+            steps=STEPS,
+            cfg_scale=7.0,
+            seed=SEED,
+            init_images=[init],
+            denoising_strength=0.75,
+            mask=mask,
+            mask_blur=0,
+            inpainting_fill=1,
+        ),
+    ).images[0]
     ours_px, expected_px = np.asarray(ours, dtype=np.int16), np.asarray(expected, dtype=np.int16)
     assert int(np.abs(ours_px[:, :32] - expected_px[:, :32]).max()) <= 1  # the repainted half
     assert np.array_equal(ours_px[:, 32:], np.asarray(init, dtype=np.int16)[:, 32:])  # original pixels pasted back
@@ -156,11 +227,26 @@ def test_sizes_that_are_multiples_of_8_but_not_64_equal_diffusers(diffusers_part
     pipe = pipeline(diffusers.StableDiffusionPipeline, diffusers_parts, "Euler")
     with torch.no_grad():
         expected = pipe(
-            PROMPT, negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=7.0, height=88, width=72,
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=4,
+            guidance_scale=7.0,
+            height=88,
+            width=72,
             generator=torch.Generator("cpu").manual_seed(SEED),
         ).images[0]
-    ours = resolve_and_generate(tiny_model, samplers, GenerationRequest(
-        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=4, seed=SEED, width=72, height=88,
-    ))
+    ours = resolve_and_generate(
+        tiny_model,
+        samplers,
+        GenerationRequest(
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            sampler_name="Euler",
+            steps=4,
+            seed=SEED,
+            width=72,
+            height=88,
+        ),
+    )
     assert ours.images[0].size == expected.size == (72, 88)
     assert max_pixel_difference(ours.images[0], expected) <= 1

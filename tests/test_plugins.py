@@ -120,18 +120,38 @@ def test_aliases_repeating_the_name_are_dropped():
 
 
 def test_options_are_the_keyword_only_parameters_of_the_function_with_their_defaults():
-    def sample_mine(model, x, sigmas, extra=None, *, generator, callback=None, eta: float = 0.5, order: int = 2,
-                    karras: bool = False, mode: str = "fast", **more):
+    def sample_mine(
+        model,
+        x,
+        sigmas,
+        extra=None,
+        *,
+        generator,
+        callback=None,
+        eta: float = 0.5,
+        order: int = 2,
+        karras: bool = False,
+        mode: str = "fast",
+        **more,
+    ):
         return x
 
     assert dict(Sampler(name="Mine", function=sample_mine).options) == {
-        "eta": 0.5, "order": 2, "karras": False, "mode": "fast"
+        "eta": 0.5,
+        "order": 2,
+        "karras": False,
+        "mode": "fast",
     }
     assert dict(Sampler(name="Plain", function=sample_identity).options) == {}
     registry = create_sampler_registry()
     assert {s.name: dict(s.options) for s in registry} == {
-        "DDIM": {"eta": 0.0}, "DDPM": {}, "DPM++ 2M": {}, "Euler": {"s_churn": 0.0, "s_noise": 1.0},
-        "Euler a": {"eta": 1.0, "s_noise": 1.0}, "Heun": {"s_churn": 0.0, "s_noise": 1.0}, "LMS": {"order": 4},
+        "DDIM": {"eta": 0.0},
+        "DDPM": {},
+        "DPM++ 2M": {},
+        "Euler": {"s_churn": 0.0, "s_noise": 1.0},
+        "Euler a": {"eta": 1.0, "s_noise": 1.0},
+        "Heun": {"s_churn": 0.0, "s_noise": 1.0},
+        "LMS": {"order": 4},
     }
     with pytest.raises(TypeError, match="options"):
         Sampler(name="Twice", function=sample_mine, options={"eta": 0.5})  # no second place to write them

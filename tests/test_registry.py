@@ -30,7 +30,9 @@ def test_repository_models_yaml_is_valid_and_has_sd15():
 
 def test_paths_resolve_against_the_yaml_folder_and_fields_are_typed(tmp_path):
     (tmp_path / "tok").mkdir()
-    registry = registry_from(tmp_path, """
+    registry = registry_from(
+        tmp_path,
+        """
 models:
   - name: first
     path: weights/a.safetensors
@@ -47,7 +49,8 @@ models:
     repo: someone/model
     file: m.safetensors
     tokenizer: openai/clip-vit-large-patch14
-""")
+""",
+    )
     assert registry.errors == []
     first, second, hub = registry.entries
     assert first.path == (tmp_path / "weights" / "a.safetensors").resolve()
@@ -225,19 +228,25 @@ def test_unknown_sampler_and_schedule_are_reported_with_the_closest_name_and_dro
     from webui.sampling import SCHEDULES, create_sampler_registry
 
     samplers = create_sampler_registry()
-    registry = registry_from(tmp_path, """
+    registry = registry_from(
+        tmp_path,
+        """
 models:
   - {name: a, path: a, sampler: DPM++2M, scheduler: karas, steps: 8}
   - {name: b, path: b, sampler: dpm++ 2m, scheduler: KARRAS}
   - {name: c, path: c, sampler: k_euler_a}
   - {name: d, path: d, sampler: Quantum}
-""")
+""",
+    )
     aliases = [alias for sampler in samplers for alias in sampler.aliases]
     found = check_recommendations(registry, samplers.names, SCHEDULES, sampler_aliases=aliases)
     assert found == registry.warnings and registry.errors == []
     lines = [str(w) for w in found]
-    assert [(w.entry, w.field) for w in found] == [("#1 ('a')", "sampler"), ("#1 ('a')", "scheduler"),
-                                                    ("#4 ('d')", "sampler")]
+    assert [(w.entry, w.field) for w in found] == [
+        ("#1 ('a')", "sampler"),
+        ("#1 ('a')", "scheduler"),
+        ("#4 ('d')", "sampler"),
+    ]
     assert "unknown sampler 'DPM++2M' (did you mean 'DPM++ 2M'?)" in lines[0]
     assert "unknown scheduler 'karas' (did you mean 'Karras'?)" in lines[1]
     assert "known: " in lines[2] and "Euler a" in lines[2]

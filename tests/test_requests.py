@@ -27,8 +27,15 @@ def samplers():
 
 
 def test_resolving_fills_in_everything_the_request_left_open(samplers):
-    request = GenerationRequest(prompt="p", sampler_name="k_euler_a", scheduler="karras", seed=-1, steps=4.0,
-                                batch_size=2, sampler_options={"eta": "0.5"})
+    request = GenerationRequest(
+        prompt="p",
+        sampler_name="k_euler_a",
+        scheduler="karras",
+        seed=-1,
+        steps=4.0,
+        batch_size=2,
+        sampler_options={"eta": "0.5"},
+    )
     resolved = resolve_request(request, samplers, NATIVE)
     assert (resolved.width, resolved.height) == NATIVE
     assert 0 <= resolved.seed < 2**32 and resolved.seeds() == [resolved.seed, resolved.seed + 1]
@@ -44,8 +51,9 @@ def test_resolving_fills_in_everything_the_request_left_open(samplers):
 
 def test_resolving_never_changes_the_request(samplers):
     options = {"eta": "0.5"}
-    request = GenerationRequest(prompt="p", sampler_name="euler A", scheduler="karras", steps=4.0, seed=-1,
-                                n_iter=2.0, sampler_options=options)
+    request = GenerationRequest(
+        prompt="p", sampler_name="euler A", scheduler="karras", steps=4.0, seed=-1, n_iter=2.0, sampler_options=options
+    )
     before = dataclasses.asdict(request)
     resolve_request(request, samplers, NATIVE)
     request.validate()
@@ -71,7 +79,12 @@ def test_the_resolved_request_is_immutable(samplers):
         resolved.sampler_options["eta"] = 0.0  # type: ignore[index]
     images.append(Image.new("RGB", (8, 8)))  # the caller's list changes; the queued request does not
     assert resolved.img2img == ResolvedImg2Img(
-        init_images=(init,), denoising_strength=0.5, resize_mode=0, mask=None, mask_blur=4, inpainting_fill=1,
+        init_images=(init,),
+        denoising_strength=0.5,
+        resize_mode=0,
+        mask=None,
+        mask_blur=4,
+        inpainting_fill=1,
         inpainting_mask_invert=0,
     )
     assert resolved.mode == "img2img" and resolved.sampling_steps == 5  # the last int(10 * 0.5) steps

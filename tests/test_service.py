@@ -226,9 +226,15 @@ def test_service_built_from_models_yaml_uses_the_entry_native_size_and_reports_h
 
 def test_switching_models_frees_the_previous_one(tiny_checkpoint, tmp_path):
     models_yaml = tmp_path / "models.yaml"
-    models_yaml.write_text("".join(["models:\n"] + [
-        f"  - name: {name}\n    path: {tiny_checkpoint.path}\n    width: 64\n    height: 64\n" for name in ("a", "b")
-    ]))
+    models_yaml.write_text(
+        "".join(
+            ["models:\n"]
+            + [
+                f"  - name: {name}\n    path: {tiny_checkpoint.path}\n    width: 64\n    height: 64\n"
+                for name in ("a", "b")
+            ]
+        )
+    )
     svc = WebUIService(models_yaml, outputs_dir=None)
     try:
         svc.run(GenerationRequest(prompt="the cat", steps=2, seed=1), "a", timeout=TIMEOUT)  # fits a's preview map

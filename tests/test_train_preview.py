@@ -42,12 +42,30 @@ def pixels(images) -> np.ndarray:
 def test_preview_images_equal_a_plain_ddim_loop(tiny_components):
     samplers = create_sampler_registry()
     kwargs = {"steps": 10, "cfg_scale": 5.0, "seed": 3, "size": 64}
-    ours = pixels(ddim_sample(tiny_components.unet, tiny_components.text_model, tiny_components.tokenizer,
-                              tiny_components.vae, PROMPTS, samplers=samplers, **kwargs))
+    ours = pixels(
+        ddim_sample(
+            tiny_components.unet,
+            tiny_components.text_model,
+            tiny_components.tokenizer,
+            tiny_components.vae,
+            PROMPTS,
+            samplers=samplers,
+            **kwargs,
+        )
+    )
     reference = reference_ddim(tiny_components, PROMPTS, **kwargs)
     assert ours.shape == reference.shape == (2, 64, 64, 3)
     assert np.abs(ours - reference).max() <= 1  # float32 sampling vs the float64 loop: rounding only
     assert ours.std() > 5  # a picture, not a flat field
-    other_seed = pixels(ddim_sample(tiny_components.unet, tiny_components.text_model, tiny_components.tokenizer,
-                                    tiny_components.vae, PROMPTS, samplers=samplers, **{**kwargs, "seed": 4}))
+    other_seed = pixels(
+        ddim_sample(
+            tiny_components.unet,
+            tiny_components.text_model,
+            tiny_components.tokenizer,
+            tiny_components.vae,
+            PROMPTS,
+            samplers=samplers,
+            **{**kwargs, "seed": 4},
+        )
+    )
     assert np.abs(other_seed - reference).mean() > 5 * np.abs(ours - reference).mean() + 1

@@ -15,18 +15,28 @@ from webui.train.text_pretraining import TextPretrainConfig
 from webui.train.vae_training import VAETrainConfig, normalize_latents
 
 TINY = demo.DemoArchitecture(
-    image_size=32, vae=VAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1), unet_channels=32,
-    unet_mult=(1, 2), unet_res_blocks=1, unet_attention=(2,), text_width=64, text_layers=1,
+    image_size=32,
+    vae=VAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1),
+    unet_channels=32,
+    unet_mult=(1, 2),
+    unet_res_blocks=1,
+    unet_attention=(2,),
+    text_width=64,
+    text_layers=1,
 )
 
 
 def tiny_options(tmp_path, **changes) -> demo.DemoOptions:
     options = demo.DemoOptions(
-        run_dir=tmp_path / "run", ship_dir=tmp_path / "ship",
+        run_dir=tmp_path / "run",
+        ship_dir=tmp_path / "ship",
         vae=VAETrainConfig(steps=4, batch_size=2, crop=32, image_size=32, bf16=False),
         text=TextPretrainConfig(steps=4, batch_size=4),
         diffusion=DiffusionTrainConfig(steps=4, batch_size=2, pool_size=8, image_size=32),
-        architecture=TINY, checkpoint_every=2, sample_every=1000, threads=None,
+        architecture=TINY,
+        checkpoint_every=2,
+        sample_every=1000,
+        threads=None,
     )
     return replace(options, **changes)
 

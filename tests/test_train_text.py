@@ -38,8 +38,9 @@ def test_scenes_that_only_differ_by_jitter_all_count_as_matches():
     c = data.Scene("blue", (data._jittered_shape(rng, "heart", "red", "small", "top left"),))
     assert a != b and scene_description(a) == scene_description(b) != scene_description(c)
 
-    captions, matches = contrastive_batch([a, b, c], [scene_description(s) for s in (a, b, c)],
-                                          np.array([0, 1, 2, 0]), rng)
+    captions, matches = contrastive_batch(
+        [a, b, c], [scene_description(s) for s in (a, b, c)], np.array([0, 1, 2, 0]), rng
+    )
     assert len(captions) == 4 and "heart" in captions[2]
     expected = [[1, 1, 0, 1], [1, 1, 0, 1], [0, 0, 1, 0], [1, 1, 0, 1]]
     assert matches.tolist() == expected
@@ -55,8 +56,9 @@ def tiny_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tokenizer")
     write_tokenizer(folder, data.caption_corpus(0, 2000))
     tokenizer = load_tokenizer(folder)
-    architecture = DemoArchitecture(image_size=32, vae=VAEConfig(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1),
-                                    text_width=64, text_layers=1)
+    architecture = DemoArchitecture(
+        image_size=32, vae=VAEConfig(ch=32, ch_mult=(1, 1, 1), num_res_blocks=1), text_width=64, text_layers=1
+    )
     vae = AutoencoderKL(architecture.vae).eval()
     pool = build_pool(vae, pool_scenes(0, 1056), 32, torch.device("cpu"))
     return architecture, tokenizer, vae, pool
@@ -85,8 +87,18 @@ def test_pretraining_teaches_the_text_encoder_to_find_its_scene_among_others(tin
     config = TextPretrainConfig(steps=300, batch_size=64, lr=2e-3, warmup=10)
     optimizer = torch.optim.AdamW([*text_model.parameters(), *towers.parameters()], lr=config.lr)
     losses = []
-    train_text_steps(text_model, towers, tokenizer, optimizer, train, config, 0, torch.device("cpu"),
-                     vae.config.scale_factor, lambda step, values: losses.append(values["loss"]))
+    train_text_steps(
+        text_model,
+        towers,
+        tokenizer,
+        optimizer,
+        train,
+        config,
+        0,
+        torch.device("cpu"),
+        vae.config.scale_factor,
+        lambda step, values: losses.append(values["loss"]),
+    )
     after = held_out_accuracy()
     separation_after = shape_separation(text_model, tokenizer, torch.device("cpu"))
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])

@@ -29,7 +29,15 @@ def test_caption_words_are_single_tokens_wrapped_in_start_and_end(folder):
     tokenizer = load_tokenizer(folder)
     ids = tokenizer("a red circle on a blue background").input_ids
     assert tokenizer.convert_ids_to_tokens(ids) == [
-        BOS, "a</w>", "red</w>", "circle</w>", "on</w>", "a</w>", "blue</w>", "background</w>", EOS
+        BOS,
+        "a</w>",
+        "red</w>",
+        "circle</w>",
+        "on</w>",
+        "a</w>",
+        "blue</w>",
+        "background</w>",
+        EOS,
     ]
     for word in [*data.COLOURS, *data.SHAPES, "small", "corner", "left", "background"]:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word

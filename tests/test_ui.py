@@ -48,8 +48,9 @@ def fake_service():
 
 def _serve(service: FakeService, **launch_kwargs):
     demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1",
-                            **launch_kwargs)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", **launch_kwargs
+    )
     return demo, url
 
 
@@ -63,8 +64,18 @@ def ui_url(fake_service):
 
 
 TXT2IMG = dict(
-    model_name="tiny", prompt="a cat", negative_prompt="blurry", sampler_name="Euler", scheduler="Karras",
-    steps=3, cfg_scale=6.5, width=64, height=64, seed=42, n_iter=1, batch_size=2,
+    model_name="tiny",
+    prompt="a cat",
+    negative_prompt="blurry",
+    sampler_name="Euler",
+    scheduler="Karras",
+    steps=3,
+    cfg_scale=6.5,
+    width=64,
+    height=64,
+    seed=42,
+    n_iter=1,
+    batch_size=2,
 )
 
 
@@ -78,8 +89,17 @@ def _pixels(path: str) -> np.ndarray:
 def test_txt2img_widgets_become_a_typed_request_with_integer_fields():
     request = txt2img_request("a cat", "", "Euler", "Karras", 20.0, 7.5, 512.0, 384.0, 7.0, 2.0, 3.0)
     assert request == GenerationRequest(
-        prompt="a cat", negative_prompt="", sampler_name="Euler", scheduler="Karras", steps=20, cfg_scale=7.5,
-        width=512, height=384, seed=7, n_iter=2, batch_size=3,
+        prompt="a cat",
+        negative_prompt="",
+        sampler_name="Euler",
+        scheduler="Karras",
+        steps=20,
+        cfg_scale=7.5,
+        width=512,
+        height=384,
+        seed=7,
+        n_iter=2,
+        batch_size=3,
     )
     assert all(isinstance(getattr(request, f), int) for f in ("steps", "width", "height", "seed", "n_iter"))
     assert txt2img_request("x", "", "Euler", "Automatic", 1, 1, 64, 64, None, 1, 1).seed == -1
@@ -126,8 +146,17 @@ def test_progress_line_shows_queue_position_then_step_total_eta():
         while running.state != JobState.RUNNING:
             time.sleep(0.005)
         assert "In queue: position 3" in describe(fourth).html
-        running.progress = Progress(step=4, total_steps=20, image_index=1, images_total=2, sampling_step=4,
-                                    sampling_steps=10, eta_seconds=75, elapsed_seconds=1.0, preview=None)
+        running.progress = Progress(
+            step=4,
+            total_steps=20,
+            image_index=1,
+            images_total=2,
+            sampling_step=4,
+            sampling_steps=10,
+            eta_seconds=75,
+            elapsed_seconds=1.0,
+            preview=None,
+        )
         text = describe(running).html
     finally:
         release.set()
@@ -194,8 +223,21 @@ def _components(url: str) -> list[dict]:
 def test_controls_carry_the_labels_users_know_and_list_every_sampler(ui_url):
     components = _components(ui_url)
     labels = {c.get("label") for c in components}
-    for label in ("Prompt", "Negative prompt", "Sampler", "Schedule type", "Steps", "CFG scale", "Width", "Height",
-                  "Seed", "Batch count", "Batch size", "Denoising strength", "Stable Diffusion checkpoint"):
+    for label in (
+        "Prompt",
+        "Negative prompt",
+        "Sampler",
+        "Schedule type",
+        "Steps",
+        "CFG scale",
+        "Width",
+        "Height",
+        "Seed",
+        "Batch count",
+        "Batch size",
+        "Denoising strength",
+        "Stable Diffusion checkpoint",
+    ):
         assert label in labels, label
     buttons = {c.get("value") for c in components if c["type"] == "button"}
     assert {"Generate", "Interrupt", "Skip", "🎲", "♻️", "Send to img2img", "Load", "Unload"} <= buttons
@@ -237,8 +279,12 @@ def test_img2img_and_inpaint_endpoints_send_image_and_mask(ui_url, fake_service,
     mask.save(mask_path)
     client = gradio_client.Client(ui_url, verbose=False)
     common = {k: v for k, v in TXT2IMG.items() if k != "batch_size"} | dict(
-        batch_size=1, denoising_strength=0.6, resize_mode="Just resize", mask_blur=2,
-        mask_mode="Inpaint masked", inpainting_fill="original",
+        batch_size=1,
+        denoising_strength=0.6,
+        resize_mode="Just resize",
+        mask_blur=2,
+        mask_mode="Inpaint masked",
+        inpainting_fill="original",
     )
     image = gradio_client.handle_file(str(init_path))
     none = {"inpaint_image": None, "inpaint_mask": None}
@@ -248,8 +294,9 @@ def test_img2img_and_inpaint_endpoints_send_image_and_mask(ui_url, fake_service,
     assert request.denoising_strength == 0.6 and request.init_images[0].getpixel((5, 5)) == (10, 200, 30)
 
     mask_file = gradio_client.handle_file(str(mask_path))
-    client.predict(mode="inpaint", init_image=image, inpaint_image=None, inpaint_mask=mask_file, **common,
-                   api_name="/img2img")
+    client.predict(
+        mode="inpaint", init_image=image, inpaint_image=None, inpaint_mask=mask_file, **common, api_name="/img2img"
+    )
     request = fake_service.submitted[-1].request
     assert request.mask is not None and request.mask.getpixel((5, 5)) == 255 and request.mask.getpixel((60, 5)) == 0
     assert request.mask_blur == 2 and request.inpainting_fill == 1 and request.inpainting_mask_invert == 0
@@ -258,8 +305,9 @@ def test_img2img_and_inpaint_endpoints_send_image_and_mask(ui_url, fake_service,
 def test_img2img_without_image_is_a_readable_error(ui_url):
     client = gradio_client.Client(ui_url, verbose=False)
     with pytest.raises(Exception, match="Upload an image first"):
-        client.predict(mode="img2img", init_image=None, inpaint_image=None, inpaint_mask=None, **TXT2IMG,
-                       api_name="/img2img")
+        client.predict(
+            mode="img2img", init_image=None, inpaint_image=None, inpaint_mask=None, **TXT2IMG, api_name="/img2img"
+        )
 
 
 def test_invalid_settings_become_a_readable_error_and_the_ui_keeps_working(ui_url):
@@ -324,8 +372,9 @@ def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
     from PIL.PngImagePlugin import PngInfo
 
     meta = PngInfo()
-    meta.add_text("parameters", "a dog\nNegative prompt: ugly\nSteps: 12, Sampler: DDIM, CFG scale: 5, Seed: 9, "
-                                "Size: 64x96")
+    meta.add_text(
+        "parameters", "a dog\nNegative prompt: ugly\nSteps: 12, Sampler: DDIM, CFG scale: 5, Seed: 9, Size: 64x96"
+    )
     path = tmp_path / "in.png"
     Image.new("RGB", (8, 8)).save(path, pnginfo=meta)
     client = gradio_client.Client(ui_url, verbose=False)
@@ -347,8 +396,12 @@ def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_se
         client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
         gallery, *_ = client.predict(**TXT2IMG, api_name="/txt2img")
         gallery_img2img, *_ = client.predict(
-            mode="img2img", init_image=gradio_client.handle_file(gallery[0]["image"]), inpaint_image=None,
-            inpaint_mask=None, **(TXT2IMG | {"batch_size": 1}), api_name="/img2img",
+            mode="img2img",
+            init_image=gradio_client.handle_file(gallery[0]["image"]),
+            inpaint_image=None,
+            inpaint_mask=None,
+            **(TXT2IMG | {"batch_size": 1}),
+            api_name="/img2img",
         )
     finally:
         demo.close(verbose=False)

@@ -12,8 +12,14 @@ import pytest
 from webui.ui import CSS, JS, build_ui
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -22,8 +28,9 @@ def stand_in():
 
     service = FakeService(step_seconds=0.01)
     demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS,
-                            js=JS)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
+    )
     try:
         yield service, url
     finally:
@@ -50,8 +57,9 @@ def _choose_model(page, name: str) -> None:
 
 
 def _wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function("([el, t]) => el.innerText.includes(t)", arg=[page.locator(selector).element_handle(), text],
-                           timeout=15_000)
+    page.wait_for_function(
+        "([el, t]) => el.innerText.includes(t)", arg=[page.locator(selector).element_handle(), text], timeout=15_000
+    )
 
 
 @pytest.mark.browser

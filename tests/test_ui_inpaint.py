@@ -101,11 +101,13 @@ def test_semi_transparent_strokes_become_mask_by_their_alpha_not_their_colour(ma
     layer.putpixel((12, 2), (255, 255, 255, 0))
     background.save(tmp_path / "background.png")
     layer.save(tmp_path / "layer_0.png")
-    value = mask_editor.preprocess(EditorData(
-        background=FileData(path=str(tmp_path / "background.png")),
-        layers=[FileData(path=str(tmp_path / "layer_0.png"))],
-        composite=None,
-    ))
+    value = mask_editor.preprocess(
+        EditorData(
+            background=FileData(path=str(tmp_path / "background.png")),
+            layers=[FileData(path=str(tmp_path / "layer_0.png"))],
+            composite=None,
+        )
+    )
 
     image, mask = inpaint_inputs(value, None, None)
     assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(background))

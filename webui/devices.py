@@ -15,9 +15,14 @@ DEVICE_CHOICES = ("auto", "cuda", "cuda:N", "mps", "cpu")
 _DEVICE_PATTERN = re.compile(r"(auto|cuda|mps|cpu)(?::(\d+))?")
 PRECISION_CHOICES = ("auto", "fp16", "bf16", "fp32")
 _PRECISION_ALIASES = {
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp32": torch.float32, "float32": torch.float32, "full": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "full": torch.float32,
 }
 
 
@@ -55,8 +60,10 @@ def pick_device(preference: str = "auto") -> torch.device:
     kind, _, index = choice.partition(":")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {choice!r} was requested but no CUDA GPU is available (this torch build: "
-                             f"{torch.__version__}); use --device cpu or auto")
+            raise ValueError(
+                f"device {choice!r} was requested but no CUDA GPU is available (this torch build: "
+                f"{torch.__version__}); use --device cpu or auto"
+            )
         count = torch.cuda.device_count()
         # Checked before torch.device() sees it: torch wraps indexes past 127 around instead of refusing them.
         if index and int(index) >= count:

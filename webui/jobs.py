@@ -62,8 +62,9 @@ class Job:
         job_id: the id to use; a fresh random one by default.
     """
 
-    def __init__(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
-                 job_id: str | None = None):
+    def __init__(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, job_id: str | None = None
+    ):
         self.id = job_id or uuid.uuid4().hex
         self.request = request
         self.model_name = model_name

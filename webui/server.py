@@ -126,9 +126,7 @@ def check_exposure(options: ServerOptions) -> list[str]:
         return []
     missing = []
     if not options.gradio_auth:
-        missing.append(
-            "the web UI has no password: add --gradio-auth user:password (or --gradio-auth-path FILE)"
-        )
+        missing.append("the web UI has no password: add --gradio-auth user:password (or --gradio-auth-path FILE)")
     if options.api and not options.api_auth:
         missing.append("the REST API (--api) has no password: add --api-auth user:password")
     if not missing:

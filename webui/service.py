@@ -73,11 +73,17 @@ class ProgressSnapshot:
         p = job.progress
         running = job.state == JobState.RUNNING
         return cls(
-            job_id=job.id, state=job.state, queue_position=job.queue_position, queue_size=queue_size,
+            job_id=job.id,
+            state=job.state,
+            queue_position=job.queue_position,
+            queue_size=queue_size,
             progress=1.0 if job.state == JobState.DONE else (p.fraction if p is not None else 0.0),
             eta_seconds=p.eta_seconds if p is not None and running else None,
-            step=p.step if p else 0, total_steps=p.total_steps if p else 0, image_index=p.image_index if p else 0,
-            images_total=p.images_total if p else job.request.total_images, preview=p.preview if p else None,
+            step=p.step if p else 0,
+            total_steps=p.total_steps if p else 0,
+            image_index=p.image_index if p else 0,
+            images_total=p.images_total if p else job.request.total_images,
+            preview=p.preview if p else None,
             error=job.error_message,
         )
 
@@ -246,8 +252,14 @@ class WebUIService:
             return fallback
         return (entry.width or fallback[0], entry.height or fallback[1])
 
-    def run(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True,
-            timeout: float | None = None) -> GenerationResult:
+    def run(
+        self,
+        request: GenerationRequest,
+        model_name: str | None = None,
+        *,
+        save: bool = True,
+        timeout: float | None = None,
+    ) -> GenerationResult:
         """Submit and wait for the result (re-raising the job's error)."""
         return self.submit(request, model_name, save=save).result(timeout)
 
@@ -366,8 +378,13 @@ class WebUIService:
         """
         entry = self.models.entry(model_name)
         suggested: dict[str, Any] = {
-            "sampler_name": entry.sampler, "scheduler": entry.scheduler, "steps": entry.steps,
-            "cfg_scale": entry.cfg_scale, "clip_skip": entry.clip_skip, "width": entry.width, "height": entry.height,
+            "sampler_name": entry.sampler,
+            "scheduler": entry.scheduler,
+            "steps": entry.steps,
+            "cfg_scale": entry.cfg_scale,
+            "clip_skip": entry.clip_skip,
+            "width": entry.width,
+            "height": entry.height,
         }
         return GenerationRequest(**{field: value for field, value in suggested.items() if value is not None})
 
@@ -407,7 +424,12 @@ class WebUIService:
         with self._device_lock:
             model = self.models.get(job.model_name)
             return generate(
-                model, job.request, outputs_dir=self.outputs_dir if job.save else None,
-                progress=on_progress, control=job.control, previewer=self.previewer(model), version=self.version,
+                model,
+                job.request,
+                outputs_dir=self.outputs_dir if job.save else None,
+                progress=on_progress,
+                control=job.control,
+                previewer=self.previewer(model),
+                version=self.version,
                 model_name=model.name,
             )

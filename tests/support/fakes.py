@@ -78,9 +78,14 @@ class FakeService:
     def model_status(self) -> list[ModelStatus]:
         default = self._registry.default
         return [
-            ModelStatus(name=e.name, loaded=e.name == self._current, current=e.name == self._current,
-                        default=default is not None and e.name == default.name, error=self._load_errors.get(e.name),
-                        short_hash=None)
+            ModelStatus(
+                name=e.name,
+                loaded=e.name == self._current,
+                current=e.name == self._current,
+                default=default is not None and e.name == default.name,
+                error=self._load_errors.get(e.name),
+                short_hash=None,
+            )
             for e in self._registry.entries
         ]
 
@@ -162,9 +167,14 @@ class FakeService:
                 time.sleep(step_seconds)
                 done = i * request.steps + s + 1
                 job.progress = Progress(
-                    step=done, total_steps=total, image_index=i, images_total=request.total_images,
-                    sampling_step=s + 1, sampling_steps=request.steps,
-                    eta_seconds=(total - done) * step_seconds, elapsed_seconds=done * step_seconds,
+                    step=done,
+                    total_steps=total,
+                    image_index=i,
+                    images_total=request.total_images,
+                    sampling_step=s + 1,
+                    sampling_steps=request.steps,
+                    eta_seconds=(total - done) * step_seconds,
+                    elapsed_seconds=done * step_seconds,
                     preview=Image.new("RGB", (8, 8), (done * 10 % 256, 0, 0)),
                 )
             if job.control.interrupted:
@@ -209,8 +219,14 @@ def interface_gaps(service: object) -> list[str]:
                 gaps.append(f"{name}: parameter {param} is {given}")
         expected_names = {param.name for param in expected}
         for param in actual.values():
-            if param.name not in expected_names and param.default is param.empty and param.kind not in (
-                param.VAR_POSITIONAL, param.VAR_KEYWORD,
+            if (
+                param.name not in expected_names
+                and param.default is param.empty
+                and param.kind
+                not in (
+                    param.VAR_POSITIONAL,
+                    param.VAR_KEYWORD,
+                )
             ):
                 gaps.append(f"{name}: extra required parameter {param}")
     return gaps

@@ -69,7 +69,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _find(self) -> bytes | None:
             path = self.path.split("?", 1)[0]
             if path.startswith("/cdn/"):
-                wanted = path[len("/cdn/"):]
+                wanted = path[len("/cdn/") :]
                 return next((d for d in hub.files.values() if etag_of(d) == wanted), None)
             parts = path.strip("/").split("/")
             if len(parts) < 5 or parts[2] != "resolve":
@@ -120,11 +120,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
-            sent = data if hub.truncate_at is None else data[:hub.truncate_at]
+            sent = data if hub.truncate_at is None else data[: hub.truncate_at]
             self.close_connection = hub.truncate_at is not None
             try:
                 for start in range(0, len(sent), hub.chunk_size):
-                    self.wfile.write(sent[start:start + hub.chunk_size])
+                    self.wfile.write(sent[start : start + hub.chunk_size])
                     self.wfile.flush()
                     if hub.delay:
                         time.sleep(hub.delay)

@@ -70,14 +70,25 @@ def build_tiny_components(tokenizer_dir: Path, seed: int = 0) -> TinyComponents:
 
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
     unet_config = UNetConfig(
-        model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(1, 2), num_heads=8,
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(1, 2),
+        num_heads=8,
         context_dim=128,
     )
     vae_config = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1)
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -87,8 +98,13 @@ def build_tiny_components(tokenizer_dir: Path, seed: int = 0) -> TinyComponents:
                 for p in module.parameters():
                     p.add_(torch.randn_like(p) * 0.02)
     return TinyComponents(
-        unet=unet.eval(), vae=vae.eval(), text_model=text_model.eval(), tokenizer=tokenizer,
-        tokenizer_dir=tokenizer_dir, unet_config=unet_config, vae_config=vae_config,
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_model=text_model.eval(),
+        tokenizer=tokenizer,
+        tokenizer_dir=tokenizer_dir,
+        unet_config=unet_config,
+        vae_config=vae_config,
     )
 
 

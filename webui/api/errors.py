@@ -9,8 +9,9 @@ from __future__ import annotations
 from fastapi import HTTPException
 
 
-def field_error(field: str, message: str, *, status_code: int = 422, where: str = "body",
-                kind: str = "value_error") -> HTTPException:
+def field_error(
+    field: str, message: str, *, status_code: int = 422, where: str = "body", kind: str = "value_error"
+) -> HTTPException:
     """An ``HTTPException`` naming ``field``; a dotted path such as ``init_images.1`` becomes
     ``["body", "init_images", 1]`` as pydantic writes it."""
     loc = [where, *(int(part) if part.isdigit() else part for part in field.split("."))]

@@ -41,8 +41,14 @@ def decode_image(data: str, field: str, *, max_pixels: int) -> Image.Image:
             if image.width * image.height > max_pixels:
                 raise field_error(field, f"image is {image.width}x{image.height}, more than {max_pixels} pixels")
             image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            EOFError) as exc:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        EOFError,
+    ) as exc:
         raise field_error(field, f"not a readable image: {exc}") from exc
     return image
 

@@ -84,17 +84,25 @@ class GenerationFields(_Body):
     n_iter: int = Field(default=1, ge=1, le=MAX_N_ITER, description="Number of batches (A1111 'Batch count').")
     steps: int = Field(default=50, ge=1, le=MAX_STEPS, description="Sampling steps.")
     cfg_scale: float = Field(default=7.0, ge=0, le=MAX_CFG_SCALE, description="Guidance scale.")
-    width: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
-                              description="Image width in pixels; null = the model's native size.")
-    height: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=SIZE_MULTIPLE,
-                               description="Image height in pixels; null = the model's native size.")
+    width: int | None = Field(
+        default=None,
+        ge=MIN_SIZE,
+        le=MAX_SIZE,
+        multiple_of=SIZE_MULTIPLE,
+        description="Image width in pixels; null = the model's native size.",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=MIN_SIZE,
+        le=MAX_SIZE,
+        multiple_of=SIZE_MULTIPLE,
+        description="Image height in pixels; null = the model's native size.",
+    )
     restore_faces: Literal[False] | None = Field(default=None, description=f"Face restoration {NOT_SUPPORTED}.")
     tiling: Literal[False] | None = Field(default=None, description=f"Tiling {NOT_SUPPORTED}.")
     do_not_save_samples: bool = Field(default=False)
     do_not_save_grid: bool = Field(default=False)
-    eta: float | None = Field(
-        default=None, ge=0, description="DDIM / ancestral noise multiplier; null = default."
-    )
+    eta: float | None = Field(default=None, ge=0, description="DDIM / ancestral noise multiplier; null = default.")
     s_churn: float | None = Field(default=None)
     s_tmax: float | None = Field(default=None)
     s_tmin: float | None = Field(default=None)
@@ -106,8 +114,9 @@ class GenerationFields(_Body):
     override_settings_restore_afterwards: bool = Field(default=True)
     script_name: Literal[""] | None = Field(default=None, description=f"A1111 scripts {NOT_SUPPORTED}.")
     script_args: list[Any] = Field(default_factory=list)
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, max_length=0,
-                                             description=f"A1111 extensions {NOT_SUPPORTED}: empty only.")
+    alwayson_scripts: dict[str, Any] = Field(
+        default_factory=dict, max_length=0, description=f"A1111 extensions {NOT_SUPPORTED}: empty only."
+    )
     send_images: bool = Field(default=True, description="Return the images in the response.")
     save_images: bool = Field(default=False, description="Also save the images under the server's outputs folder.")
     force_task_id: str | None = Field(

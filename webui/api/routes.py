@@ -93,7 +93,8 @@ class SdApi:
         images = [decode_image(d, f"init_images.{i}", max_pixels=max_pixels) for i, d in enumerate(req.init_images)]
         mask = decode_image(req.mask, "mask", max_pixels=max_pixels) if req.mask else None
         return self._generation_request(
-            req, Img2ImgRequest,
+            req,
+            Img2ImgRequest,
             init_images=images,
             denoising_strength=req.denoising_strength,
             resize_mode=req.resize_mode,
@@ -185,8 +186,9 @@ class SdApi:
             self._forced_ids[task_id] = job.id
             while len(self._forced_ids) > MAX_REMEMBERED_TASKS:
                 self._forced_ids.popitem(last=False)
-        return await anyio.to_thread.run_sync(self._finish, job, task_id, req.send_images, parameters,
-                                              limiter=self._waits)
+        return await anyio.to_thread.run_sync(
+            self._finish, job, task_id, req.send_images, parameters, limiter=self._waits
+        )
 
     def _finish(self, job: Job, task_id: str, send_images: bool, parameters: dict[str, Any]) -> dict[str, Any]:
         """Wait for ``job`` (in a worker thread) and build A1111's response body."""
@@ -254,8 +256,13 @@ class SdApi:
 
     async def schedulers(self) -> list[dict[str, Any]]:
         return [
-            {"name": name.lower(), "label": name, "aliases": None,
-             "default_rho": KARRAS_RHO if name == "Karras" else None, "need_inner_model": False}
+            {
+                "name": name.lower(),
+                "label": name,
+                "aliases": None,
+                "default_rho": KARRAS_RHO if name == "Karras" else None,
+                "need_inner_model": False,
+            }
             for name in SCHEDULES
         ]
 
@@ -408,8 +415,14 @@ def mount_api(
         ("/scripts", api.scripts, get, ScriptsList),
     ]
     for path, endpoint, methods, response_model in table:
-        app.router.add_api_route(API_PREFIX + path, endpoint, methods=methods, response_model=response_model,
-                                 response_class=AsciiJSONResponse, route_class_override=route_class)
+        app.router.add_api_route(
+            API_PREFIX + path,
+            endpoint,
+            methods=methods,
+            response_model=response_model,
+            response_class=AsciiJSONResponse,
+            route_class_override=route_class,
+        )
     api_routes = [r for r in app.routes if getattr(r, "path", "").startswith(API_PREFIX)]
     schema: dict[str, Any] = {}
 
@@ -422,8 +435,7 @@ def mount_api(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="Stable Diffusion web UI API")
 
     for path, endpoint in (("/openapi.json", openapi), ("/docs", docs)):
-        app.router.add_api_route(path, endpoint, methods=get, include_in_schema=False,
-                                 route_class_override=route_class)
+        app.router.add_api_route(path, endpoint, methods=get, include_in_schema=False, route_class_override=route_class)
     return api
 
 

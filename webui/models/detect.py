@@ -24,7 +24,7 @@ SD2_CONTEXT_DIM = 1024
 
 
 def strip_prefix(shapes: Shapes, prefix: str) -> dict[str, tuple[int, ...]]:
-    return {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
 
 
 def text_encoder_shapes(shapes: Shapes) -> dict[str, tuple[int, ...]]:
@@ -187,8 +187,12 @@ def infer_vae_config(vae: Shapes) -> VAEConfig:
     z_channels = _get(vae, "decoder.conv_in.weight", "VAE")[1]
     embed_dim = _get(vae, "post_quant_conv.weight", "VAE")[1]
     return VAEConfig(
-        in_channels=in_channels, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
-        z_channels=z_channels, embed_dim=embed_dim,
+        in_channels=in_channels,
+        ch=ch,
+        ch_mult=tuple(ch_mult),
+        num_res_blocks=num_res_blocks,
+        z_channels=z_channels,
+        embed_dim=embed_dim,
     )
 
 

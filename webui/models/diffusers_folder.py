@@ -21,10 +21,25 @@ from webui.models.checkpoint import TEXT_MODEL_PREFIX, UNET_PREFIX, VAE_PREFIX, 
 from webui.models.errors import ONLY_SD1, CheckpointError, MissingWeightsError, UnsupportedModelError
 from webui.models.sources import TensorSource, open_single_file
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-                  "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "proj_attn": "proj_out",
+}
 
 
 def _resnet(rest: str) -> str:
@@ -51,20 +66,32 @@ def unet_key_map(keys: Iterable[str]) -> dict[str, str]:
         (r"conv_in\.(\w+)$", lambda m: f"input_blocks.0.0.{m[1]}"),
         (r"conv_norm_out\.(\w+)$", lambda m: f"out.0.{m[1]}"),
         (r"conv_out\.(\w+)$", lambda m: f"out.2.{m[1]}"),
-        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
-         lambda m: f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.0.{_resnet(m[3])}"),
-        (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$",
-         lambda m: f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}"),
-        (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)$",
-         lambda m: f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op.{m[2]}"),
+        (
+            r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
+            lambda m: f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.0.{_resnet(m[3])}",
+        ),
+        (
+            r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$",
+            lambda m: f"input_blocks.{1 + int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}",
+        ),
+        (
+            r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)$",
+            lambda m: f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op.{m[2]}",
+        ),
         (r"mid_block\.resnets\.(\d+)\.(.+)$", lambda m: f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"),
         (r"mid_block\.attentions\.0\.(.+)$", lambda m: f"middle_block.1.{m[1]}"),
-        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
-         lambda m: f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.0.{_resnet(m[3])}"),
-        (r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$",
-         lambda m: f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}"),
-        (r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(\w+)$",
-         lambda m: f"output_blocks.{int(m[1]) * (n + 1) + n}.{2 if int(m[1]) in up_attention else 1}.conv.{m[2]}"),
+        (
+            r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
+            lambda m: f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.0.{_resnet(m[3])}",
+        ),
+        (
+            r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$",
+            lambda m: f"output_blocks.{int(m[1]) * (n + 1) + int(m[2])}.1.{m[3]}",
+        ),
+        (
+            r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(\w+)$",
+            lambda m: f"output_blocks.{int(m[1]) * (n + 1) + n}.{2 if int(m[1]) in up_attention else 1}.conv.{m[2]}",
+        ),
     ]
     return _apply_rules(keys, rules, "UNet")
 
@@ -87,17 +114,27 @@ def vae_key_map(keys: Iterable[str]) -> dict[str, str]:
         (r"(encoder|decoder)\.(conv_in|conv_out)\.(\w+)$", lambda m: m[0]),
         (r"(encoder|decoder)\.conv_norm_out\.(\w+)$", lambda m: f"{m[1]}.norm_out.{m[2]}"),
         (r"(quant_conv|post_quant_conv)\.(\w+)$", lambda m: m[0]),
-        (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
-         lambda m: f"encoder.down.{m[1]}.block.{m[2]}.{resnet(m[3])}"),
-        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)$",
-         lambda m: f"encoder.down.{m[1]}.downsample.conv.{m[2]}"),
-        (r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$",
-         lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.{resnet(m[3])}"),
+        (
+            r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
+            lambda m: f"encoder.down.{m[1]}.block.{m[2]}.{resnet(m[3])}",
+        ),
+        (
+            r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)$",
+            lambda m: f"encoder.down.{m[1]}.downsample.conv.{m[2]}",
+        ),
+        (
+            r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)$",
+            lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.{resnet(m[3])}",
+        ),
         (r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)$", attention),
-        (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
-         lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.{resnet(m[3])}"),
-        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(\w+)$",
-         lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"),
+        (
+            r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.{resnet(m[3])}",
+        ),
+        (
+            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(\w+)$",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}",
+        ),
     ]
     return _apply_rules(keys, rules, "VAE")
 

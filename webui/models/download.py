@@ -255,8 +255,11 @@ def _classify(exc: Exception, url: str) -> _Failure:
     if isinstance(exc, errors.RevisionNotFoundError):
         return _Failure(f"{url}: the revision does not exist (HTTP {status})", "missing")
     if isinstance(exc, errors.RepositoryNotFoundError) or status in (401, 403):
-        return _Failure(f"{url} answered HTTP {status}: the repository or revision does not exist, or it is "
-                        "private and needs a login", "auth")
+        return _Failure(
+            f"{url} answered HTTP {status}: the repository or revision does not exist, or it is "
+            "private and needs a login",
+            "auth",
+        )
     if isinstance(exc, errors.RemoteEntryNotFoundError) or status == 404:
         return _Failure(f"{url} does not exist (HTTP 404)", "missing")
     if status is not None:
@@ -280,13 +283,17 @@ def _metadata(repo: str, file: str, revision: str | None, endpoint: str | None) 
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many kinds; each becomes one message
         raise _classify(exc, url) from None
     if meta.commit_hash is None or meta.etag is None:
-        raise _Failure(f"{url} did not answer like a Hugging Face hub (no X-Repo-Commit or ETag header); "
-                       "check HF_ENDPOINT and proxy settings", "bad-endpoint")
+        raise _Failure(
+            f"{url} did not answer like a Hugging Face hub (no X-Repo-Commit or ETag header); "
+            "check HF_ENDPOINT and proxy settings",
+            "bad-endpoint",
+        )
     return _Remote(url=meta.location or url, commit=meta.commit_hash, etag=meta.etag, size=meta.size)
 
 
-def plan_download(entry: ModelEntry, cache_dir: Path | str | None = None, *,
-                  endpoint: str | None = None) -> DownloadPlan | None:
+def plan_download(
+    entry: ModelEntry, cache_dir: Path | str | None = None, *, endpoint: str | None = None
+) -> DownloadPlan | None:
     """What selecting ``entry`` would download; None when nothing is needed (a local path, or cached).
 
     Asks the hub for the file's size with one HEAD request (at most ``METADATA_TIMEOUT`` seconds); when
@@ -308,9 +315,15 @@ def plan_download(entry: ModelEntry, cache_dir: Path | str | None = None, *,
     except _Failure as failure:
         note = f"the size is unknown: {failure.why}"
     return DownloadPlan(
-        model=entry.name, repo=entry.repo, file=entry.file, revision=entry.revision or "main",
-        url=file_url(entry.repo, entry.file, entry.revision, endpoint), cache_dir=hub_cache_dir(cache_dir),
-        size=size, size_note=note, tokenizer=tokenizer if needs_tokenizer else None,
+        model=entry.name,
+        repo=entry.repo,
+        file=entry.file,
+        revision=entry.revision or "main",
+        url=file_url(entry.repo, entry.file, entry.revision, endpoint),
+        cache_dir=hub_cache_dir(cache_dir),
+        size=size,
+        size_note=note,
+        tokenizer=tokenizer if needs_tokenizer else None,
     )
 
 
@@ -371,8 +384,15 @@ def _link_into_snapshot(blob: Path, pointer: Path) -> None:
         shutil.move(str(blob), str(pointer))
 
 
-def _download(repo: str, file: str, revision: str | None, cache_dir: Path | str | None, endpoint: str | None,
-              meter_for: Callable[[int | None], _Meter], cancel: threading.Event | None) -> Path:
+def _download(
+    repo: str,
+    file: str,
+    revision: str | None,
+    cache_dir: Path | str | None,
+    endpoint: str | None,
+    meter_for: Callable[[int | None], _Meter],
+    cancel: threading.Event | None,
+) -> Path:
     """One attempt: metadata, then one GET streamed into the cache. Raises _Failure or DownloadCancelled."""
     hub = _hub()
     from huggingface_hub.file_download import repo_folder_name
@@ -391,8 +411,9 @@ def _download(repo: str, file: str, revision: str | None, cache_dir: Path | str 
         return pointer
     if remote.size is not None and shutil.disk_usage(blob.parent).free < remote.size:
         free = shutil.disk_usage(blob.parent).free
-        raise _Failure(f"it needs {human_size(remote.size)} free in {blob.parent}, but only {human_size(free)} "
-                       "is free", "disk")
+        raise _Failure(
+            f"it needs {human_size(remote.size)} free in {blob.parent}, but only {human_size(free)} is free", "disk"
+        )
 
     headers = hub.utils.build_hf_headers()
     headers["Accept-Encoding"] = "identity"  # the byte count must be the file's size
@@ -404,11 +425,14 @@ def _download(repo: str, file: str, revision: str | None, cache_dir: Path | str 
     try:
         with partial.open("wb") as out:
             try:
-                with hub.get_session().stream("GET", remote.url, headers=headers, timeout=timeout,
-                                              follow_redirects=True) as response:
+                with hub.get_session().stream(
+                    "GET", remote.url, headers=headers, timeout=timeout, follow_redirects=True
+                ) as response:
                     if response.status_code >= 400:
-                        raise _Failure(f"{remote.url} answered HTTP {response.status_code}",
-                                       "missing" if response.status_code == 404 else "server")
+                        raise _Failure(
+                            f"{remote.url} answered HTTP {response.status_code}",
+                            "missing" if response.status_code == 404 else "server",
+                        )
                     for chunk in response.iter_bytes():
                         if cancel is not None and cancel.is_set():
                             raise DownloadCancelled(f"download of {file} cancelled after {human_size(meter.done)}")
@@ -419,12 +443,18 @@ def _download(repo: str, file: str, revision: str | None, cache_dir: Path | str 
             except Exception as exc:  # noqa: BLE001 - transport errors mid-transfer: one message, no retry
                 failure = _classify(exc, remote.url)
                 if meter.done:
-                    failure = _Failure(f"the transfer broke after {human_size(meter.done)} of "
-                                       f"{human_size(remote.size)} ({failure.why})", "broken")
+                    failure = _Failure(
+                        f"the transfer broke after {human_size(meter.done)} of "
+                        f"{human_size(remote.size)} ({failure.why})",
+                        "broken",
+                    )
                 raise failure from None
         if remote.size is not None and meter.done != remote.size:
-            raise _Failure(f"the transfer ended after {human_size(meter.done)} of {human_size(remote.size)} "
-                           f"({meter.done} of {remote.size} bytes)", "broken")
+            raise _Failure(
+                f"the transfer ended after {human_size(meter.done)} of {human_size(remote.size)} "
+                f"({meter.done} of {remote.size} bytes)",
+                "broken",
+            )
         meter.finish()
         os.replace(partial, blob)
     finally:
@@ -456,10 +486,14 @@ def _manual_fix(entry: ModelEntry, url: str) -> str:
     text = f"or download {url} into {folder}/ (next to models.yaml)"
     tokenizer = _hub_tokenizer(entry)
     if tokenizer:
-        text += (f", the tokenizer files {', '.join(TOKENIZER_FILES)} of {tokenizer} "
-                 f"({hub_endpoint()}/{tokenizer}/tree/main) into {folder}/tokenizer/")
-    return (f"{text}, and replace the entry's 'repo' and 'file' in models.yaml with "
-            f"'path: {folder}/{Path(entry.file or '').name}'")
+        text += (
+            f", the tokenizer files {', '.join(TOKENIZER_FILES)} of {tokenizer} "
+            f"({hub_endpoint()}/{tokenizer}/tree/main) into {folder}/tokenizer/"
+        )
+    return (
+        f"{text}, and replace the entry's 'repo' and 'file' in models.yaml with "
+        f"'path: {folder}/{Path(entry.file or '').name}'"
+    )
 
 
 def _fix(kind: str, entry: ModelEntry) -> str:
@@ -468,18 +502,23 @@ def _fix(kind: str, entry: ModelEntry) -> str:
         "network": "check the network connection (and any proxy settings), then select the model again",
         "missing": "check 'repo', 'file' and 'revision' of this entry in models.yaml",
         "auth": f"accept the model's terms on https://huggingface.co/{entry.repo} if it asks, log in with "
-                "`hf auth login` (or set HF_TOKEN), then select the model again",
+        "`hf auth login` (or set HF_TOKEN), then select the model again",
         "server": "try again later",
         "broken": "select the model again (the download starts over)",
         "disk": "free some space (or make the folder writable), or set HF_HUB_CACHE to another folder, then "
-                "select the model again",
+        "select the model again",
         "bad-endpoint": "check HF_ENDPOINT and proxy settings",
     }.get(kind, "select the model again")
 
 
-def fetch_model_file(entry: ModelEntry, cache_dir: Path | str | None = None, *,
-                     progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-                     endpoint: str | None = None) -> Path:
+def fetch_model_file(
+    entry: ModelEntry,
+    cache_dir: Path | str | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    endpoint: str | None = None,
+) -> Path:
     """The local path of ``entry``'s weights: its ``path``, the cached hub file, or the file downloaded now.
 
     Raises:
@@ -510,8 +549,10 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | str | None = None, *,
         logger.info("Model %r: %s; the partial file was removed", entry.name, exc)
         raise DownloadCancelled(f"model {entry.name!r}: {exc}") from None
     except _Failure as failure:
-        message = (f"Could not download {entry.file} for model {entry.name!r}: {failure.why}. "
-                   f"To fix it: {_fix(failure.kind, entry)}")
+        message = (
+            f"Could not download {entry.file} for model {entry.name!r}: {failure.why}. "
+            f"To fix it: {_fix(failure.kind, entry)}"
+        )
         if failure.kind in ("offline", "network", "server", "auth", "broken", "bad-endpoint"):
             message += f"; {_manual_fix(entry, url)}"
         message += "."
@@ -521,8 +562,13 @@ def fetch_model_file(entry: ModelEntry, cache_dir: Path | str | None = None, *,
     return path
 
 
-def fetch_tokenizer(hub_id: str, cache_dir: Path | str | None = None, *, cancel: threading.Event | None = None,
-                    endpoint: str | None = None) -> Path | None:
+def fetch_tokenizer(
+    hub_id: str,
+    cache_dir: Path | str | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    endpoint: str | None = None,
+) -> Path | None:
     """The local folder of ``hub_id``'s CLIP tokenizer files, downloaded if needed; None if unavailable.
 
     A folder path is returned as it is. A tokenizer that cannot be fetched is not an error here (one log
@@ -536,8 +582,9 @@ def fetch_tokenizer(hub_id: str, cache_dir: Path | str | None = None, *, cancel:
     folder: Path | None = None
     for name in TOKENIZER_FILES:
         try:
-            path = _download(hub_id, name, None, cache_dir, endpoint, partial(_Meter, hub_id, name, callback=None),
-                             cancel)
+            path = _download(
+                hub_id, name, None, cache_dir, endpoint, partial(_Meter, hub_id, name, callback=None), cancel
+            )
         except _Failure as failure:
             if failure.kind == "missing" and name not in REQUIRED_TOKENIZER_FILES:
                 continue  # optional file

@@ -84,10 +84,14 @@ def load_model(
         shapes = source.shapes()
         check_sd1(shapes, source=path.name)
         unet_shapes = strip_prefix(shapes, UNET_PREFIX)
-        vae_keys = {k[len(VAE_PREFIX):]: k for k in shapes
-                    if k.startswith(VAE_PREFIX) and not k.startswith(VAE_PREFIX + "loss.")}
-        text_keys = {ours: TEXT_PREFIX + theirs
-                     for ours, theirs in text_encoder_keys(strip_prefix(shapes, TEXT_PREFIX)).items()}
+        vae_keys = {
+            k[len(VAE_PREFIX) :]: k
+            for k in shapes
+            if k.startswith(VAE_PREFIX) and not k.startswith(VAE_PREFIX + "loss.")
+        }
+        text_keys = {
+            ours: TEXT_PREFIX + theirs for ours, theirs in text_encoder_keys(strip_prefix(shapes, TEXT_PREFIX)).items()
+        }
         try:
             unet_config = infer_unet_config(unet_shapes)
             vae_config = infer_vae_config({k: shapes[v] for k, v in vae_keys.items()})
@@ -100,8 +104,10 @@ def load_model(
                 f"makes {text_kwargs['hidden_size']}-wide ones"
             )
         clip_tokenizer = load_tokenizer(
-            _tokenizer_candidates(path), str(tokenizer) if tokenizer is not None else None,
-            model_name=name or path.stem, hint_folder=_tokenizer_candidates(path)[0],
+            _tokenizer_candidates(path),
+            str(tokenizer) if tokenizer is not None else None,
+            model_name=name or path.stem,
+            hint_folder=_tokenizer_candidates(path)[0],
         )
         if len(clip_tokenizer) != text_kwargs["vocab_size"]:
             raise TokenizerNotFoundError(
@@ -139,8 +145,14 @@ def load_model(
     )
 
 
-def _materialize(module: nn.Module, key_map: Mapping[str, str], source: TensorSource, device: torch.device,
-                 dtype: torch.dtype, what: str) -> nn.Module:
+def _materialize(
+    module: nn.Module,
+    key_map: Mapping[str, str],
+    source: TensorSource,
+    device: torch.device,
+    dtype: torch.dtype,
+    what: str,
+) -> nn.Module:
     """Fill a meta-device ``module`` with tensors from ``source``, one tensor at a time, converted on the way."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in key_map]
@@ -167,8 +179,14 @@ def _materialize(module: nn.Module, key_map: Mapping[str, str], source: TensorSo
     return module.requires_grad_(False).eval()
 
 
-def _build_text_model(kwargs: Mapping[str, Any], tokenizer: Any, key_map: Mapping[str, str], source: TensorSource,
-                      device: torch.device, dtype: torch.dtype) -> nn.Module:
+def _build_text_model(
+    kwargs: Mapping[str, Any],
+    tokenizer: Any,
+    key_map: Mapping[str, str],
+    source: TensorSource,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     eos = tokenizer.eos_token_id

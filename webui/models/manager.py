@@ -94,8 +94,16 @@ class ModelManager:
         loader: :func:`load_model` or a stand-in with its signature (tests).
     """
 
-    def __init__(self, registry: Registry, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 *, max_loaded: int = 1, cache_dir: Path | None = None, loader: Loader = load_model):
+    def __init__(
+        self,
+        registry: Registry,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_loaded: int = 1,
+        cache_dir: Path | None = None,
+        loader: Loader = load_model,
+    ):
         self.registry = registry
         self.device = torch.device(device)
         self.dtype = dtype
@@ -131,8 +139,9 @@ class ModelManager:
             return default
         return self.registry.get(name)
 
-    def set_known_samplers(self, sampler_names: Iterable[str], schedule_names: Iterable[str],
-                           sampler_aliases: Iterable[str] = ()) -> list[RegistryProblem]:
+    def set_known_samplers(
+        self, sampler_names: Iterable[str], schedule_names: Iterable[str], sampler_aliases: Iterable[str] = ()
+    ) -> list[RegistryProblem]:
         """Check the entries' ``sampler``/``scheduler`` against these names, now and after every
         :meth:`set_registry` (see :func:`~webui.models.registry.check_recommendations`). Returns the new
         warnings (also in ``registry.warnings``)."""
@@ -153,11 +162,18 @@ class ModelManager:
         """
         if registry.file_error is not None:
             kept = RegistryProblem(
-                registry.file_error.file, None, None,
+                registry.file_error.file,
+                None,
+                None,
                 f"{registry.file_error.message}; the models read before are kept until it is fixed",
             )
-            registry = Registry(path=registry.path, entries=list(self.registry.entries), errors=[kept],
-                                file_error=kept, default_error=self.registry.default_error)
+            registry = Registry(
+                path=registry.path,
+                entries=list(self.registry.entries),
+                errors=[kept],
+                file_error=kept,
+                default_error=self.registry.default_error,
+            )
         else:
             self._check_recommendations(registry)
         with self._load_lock:
@@ -182,8 +198,9 @@ class ModelManager:
         """
         return plan_download(self.registry.get(name), self.cache_dir)
 
-    def ensure_downloaded(self, name: str, progress: ProgressCallback | None = None,
-                          cancel: threading.Event | None = None) -> Path:
+    def ensure_downloaded(
+        self, name: str, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> Path:
         """Make sure ``name``'s file is on disk, downloading it if it is a hub entry; returns its path.
 
         Holds no lock while it downloads, so it runs beside generations and other requests. A second
@@ -405,8 +422,9 @@ class ModelManager:
         if entry.tokenizer and not Path(entry.tokenizer).exists():
             tokenizer = cached_tokenizer(entry.tokenizer, self.cache_dir) or entry.tokenizer
         dtype = self.dtype if entry.dtype == "auto" else pick_dtype(self.device, entry.dtype)
-        return self._loader(path, tokenizer=tokenizer, device=self.device, dtype=dtype, name=entry.name,
-                            native_size=entry.native_size)
+        return self._loader(
+            path, tokenizer=tokenizer, device=self.device, dtype=dtype, name=entry.name, native_size=entry.native_size
+        )
 
     def _evict(self, keep: int) -> list[str]:
         """Drop the oldest resident models until ``keep`` remain (caller holds ``_state_lock``); their names."""

@@ -306,9 +306,9 @@ def load_registry(yaml_path: str | Path) -> Registry:
         return file_error("must be a mapping with a top-level 'models:' list")
     unknown = [str(k) for k in data if k != "models"]
     if unknown:
-        registry.warnings.append(RegistryProblem(
-            yaml_path, None, None, f"unknown top-level keys {unknown}; only 'models' is read"
-        ))
+        registry.warnings.append(
+            RegistryProblem(yaml_path, None, None, f"unknown top-level keys {unknown}; only 'models' is read")
+        )
     models = data["models"] or []
     if not isinstance(models, list):
         return file_error(f"'models' must be a list of entries, got {type(models).__name__}")
@@ -325,17 +325,25 @@ def load_registry(yaml_path: str | Path) -> Registry:
         if entry is None:
             continue
         if entry.name in seen:
-            registry.errors.append(RegistryProblem(
-                yaml_path, entry.label, "name",
-                f"duplicate name: entry #{seen[entry.name] + 1} already uses it; this entry is ignored",
-            ))
+            registry.errors.append(
+                RegistryProblem(
+                    yaml_path,
+                    entry.label,
+                    "name",
+                    f"duplicate name: entry #{seen[entry.name] + 1} already uses it; this entry is ignored",
+                )
+            )
             continue
         if entry.default and index != intended:
-            registry.warnings.append(RegistryProblem(
-                yaml_path, entry.label, "default",
-                f"entry {_entry_label(intended, models[intended])} is already the default; "
-                "this entry is offered but not selected at start",
-            ))
+            registry.warnings.append(
+                RegistryProblem(
+                    yaml_path,
+                    entry.label,
+                    "default",
+                    f"entry {_entry_label(intended, models[intended])} is already the default; "
+                    "this entry is offered but not selected at start",
+                )
+            )
             entry = replace(entry, default=False)
         seen[entry.name] = index
         accepted.add(index)
@@ -343,7 +351,9 @@ def load_registry(yaml_path: str | Path) -> Registry:
     if intended not in accepted:
         how = "is marked 'default: true'" if marked else "is the first entry, so it is the default"
         registry.default_error = RegistryProblem(
-            yaml_path, _entry_label(intended, models[intended]), None,
+            yaml_path,
+            _entry_label(intended, models[intended]),
+            None,
             f"this entry {how} but is invalid (see above), so no model is selected at start; fix the entry, "
             "or mark a valid one 'default: true'",
         )
@@ -383,10 +393,14 @@ def check_recommendations(
                 continue
             close = _closest(value, choices)
             hint = f"did you mean {close!r}?" if close else f"known: {', '.join(choices) or 'none'}"
-            found.append(RegistryProblem(
-                registry.path or Path("models.yaml"), entry.label or repr(entry.name), field_name,
-                f"unknown {field_name} {value!r} ({hint}); the app's default is used for this model",
-            ))
+            found.append(
+                RegistryProblem(
+                    registry.path or Path("models.yaml"),
+                    entry.label or repr(entry.name),
+                    field_name,
+                    f"unknown {field_name} {value!r} ({hint}); the app's default is used for this model",
+                )
+            )
             entry = replace(entry, sampler=None) if field_name == "sampler" else replace(entry, scheduler=None)
         registry.entries[i] = entry
     registry.warnings.extend(found)

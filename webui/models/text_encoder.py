@@ -95,9 +95,9 @@ class TextEncoder:
 
 
 def _has_tokenizer_files(folder: Path) -> bool:
-    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() or (
-        folder / "tokenizer.json"
-    ).is_file()
+    return (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() or (folder / "tokenizer.json").is_file()
+    )
 
 
 def load_tokenizer(candidates: list[Path], hub_id: str | None, *, model_name: str, hint_folder: Path | None):

@@ -171,8 +171,13 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Routes the timestep embedding to resblocks and the text context to transformers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,  # type: ignore[override]
-                upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor,  # type: ignore[override]
+        upsample_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)

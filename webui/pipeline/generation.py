@@ -118,8 +118,13 @@ class InpaintDenoiser:
     stays on the re-noised original there, for any sampler, without changing samplers.
     """
 
-    def __init__(self, inner: Callable[..., torch.Tensor], init_latent: torch.Tensor, noise: torch.Tensor,
-                 repaint_mask: torch.Tensor):
+    def __init__(
+        self,
+        inner: Callable[..., torch.Tensor],
+        init_latent: torch.Tensor,
+        noise: torch.Tensor,
+        repaint_mask: torch.Tensor,
+    ):
         self.inner = inner
         self.init_latent = init_latent
         self.noise = noise
@@ -188,7 +193,12 @@ def _prepare_img2img(request: ResolvedImg2Img, width: int, height: int, downscal
     if request.mask is not None:
         source_size = request.init_images[0].size
         mask = prepare_mask(
-            request.mask, source_size, width, height, resize_mode=request.resize_mode, blur=request.mask_blur,
+            request.mask,
+            source_size,
+            width,
+            height,
+            resize_mode=request.resize_mode,
+            blur=request.mask_blur,
             invert=bool(request.inpainting_mask_invert),
         )
         prepared.overlay_masks = [mask] * len(originals)
@@ -260,8 +270,14 @@ def generate(
 class _Run:
     """One request's generation: what is shared by its batches, and how to run one batch."""
 
-    def __init__(self, model: Any, request: ResolvedRequest, device: torch.device,
-                 progress: ProgressCallback | None, previewer: LatentPreview | None):
+    def __init__(
+        self,
+        model: Any,
+        request: ResolvedRequest,
+        device: torch.device,
+        progress: ProgressCallback | None,
+        previewer: LatentPreview | None,
+    ):
         self.model, self.request, self.device = model, request, device
         self.progress, self.previewer = progress, previewer
         down = model.vae.config.downscale
@@ -279,19 +295,21 @@ class _Run:
         self.done_steps = 0
         self.started = time.monotonic()
 
-    def all_batches(self, control: GenerationControl, outputs_dir: Path | None, model_name: str | None,
-                    version: str | None) -> GenerationResult:
+    def all_batches(
+        self, control: GenerationControl, outputs_dir: Path | None, model_name: str | None, version: str | None
+    ) -> GenerationResult:
         from webui.sampling import SamplingCancelled
 
         request = self.request
-        result = GenerationResult(request=request, model_name=model_name,
-                                  model_hash=getattr(self.model, "short_hash", None))
+        result = GenerationResult(
+            request=request, model_name=model_name, model_hash=getattr(self.model, "short_hash", None)
+        )
         for iteration in range(request.n_iter):
             if control.interrupted:
                 result.interrupted = True
                 break
             first = iteration * request.batch_size
-            seeds = request.seeds()[first:first + request.batch_size]
+            seeds = request.seeds()[first : first + request.batch_size]
             steps_before = self.done_steps
             try:
                 latents = self.sample_batch(first, seeds, control)
@@ -304,8 +322,12 @@ class _Run:
                 continue
             for b, image in enumerate(self.finish_images(first, latents)):
                 infotext = format_infotext(
-                    request, seed=seeds[b], model_name=model_name, model_hash=result.model_hash,
-                    batch_pos=b if request.batch_size > 1 else None, version=version,
+                    request,
+                    seed=seeds[b],
+                    model_name=model_name,
+                    model_hash=result.model_hash,
+                    batch_pos=b if request.batch_size > 1 else None,
+                    version=version,
                 )
                 result.images.append(image)
                 result.seeds.append(seeds[b])
@@ -337,18 +359,33 @@ class _Run:
             denoiser = InpaintDenoiser(denoiser, init_latent, noise, repaint)
         return self._sample(first, denoiser, noise, generators, control, init_latent, img2img.denoising_strength)
 
-    def _sample(self, first: int, denoiser: Any, noise: torch.Tensor, generators: list[torch.Generator],
-                control: GenerationControl, init_latent: torch.Tensor | None = None,
-                denoising_strength: float = 1.0) -> torch.Tensor:
+    def _sample(
+        self,
+        first: int,
+        denoiser: Any,
+        noise: torch.Tensor,
+        generators: list[torch.Generator],
+        control: GenerationControl,
+        init_latent: torch.Tensor | None = None,
+        denoising_strength: float = 1.0,
+    ) -> torch.Tensor:
         from webui.sampling import sample
 
         request = self.request
         with torch.no_grad():  # with no step left (a tiny strength), sample() returns init_latent as encoded
             return sample(
-                request.sampler, denoiser, noise, steps=request.steps, schedule=request.scheduler,
-                alphas_cumprod=self.alphas_cumprod, generator=generators, init_latent=init_latent,
-                denoising_strength=denoising_strength, callback=self._step_callback(first),
-                cancel=control.should_stop, options=request.sampler_options,
+                request.sampler,
+                denoiser,
+                noise,
+                steps=request.steps,
+                schedule=request.scheduler,
+                alphas_cumprod=self.alphas_cumprod,
+                generator=generators,
+                init_latent=init_latent,
+                denoising_strength=denoising_strength,
+                callback=self._step_callback(first),
+                cancel=control.should_stop,
+                options=request.sampler_options,
             )
 
     def finish_images(self, first: int, latents: torch.Tensor) -> list[Image.Image]:
@@ -375,11 +412,18 @@ class _Run:
             eta = (now - batch_started) / step_in_batch * (self.total_steps - self.done_steps)
             denoised = info.get("denoised")
             preview = self.previewer(denoised) if self.previewer is not None and denoised is not None else None
-            self.progress(Progress(
-                step=self.done_steps, total_steps=self.total_steps, image_index=first,
-                images_total=self.request.total_images, sampling_step=step_in_batch,
-                sampling_steps=self.steps_per_batch, eta_seconds=eta, elapsed_seconds=now - self.started,
-                preview=preview,
-            ))
+            self.progress(
+                Progress(
+                    step=self.done_steps,
+                    total_steps=self.total_steps,
+                    image_index=first,
+                    images_total=self.request.total_images,
+                    sampling_step=step_in_batch,
+                    sampling_steps=self.steps_per_batch,
+                    eta_seconds=eta,
+                    elapsed_seconds=now - self.started,
+                    preview=preview,
+                )
+            )
 
         return on_step

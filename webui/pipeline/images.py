@@ -44,7 +44,13 @@ def resize_image(image: Image.Image, width: int, height: int, mode: int = 0) -> 
 
 
 def prepare_mask(
-    mask: Image.Image, source_size: tuple[int, int], width: int, height: int, *, resize_mode: int, blur: int,
+    mask: Image.Image,
+    source_size: tuple[int, int],
+    width: int,
+    height: int,
+    *,
+    resize_mode: int,
+    blur: int,
     invert: bool,
 ) -> Image.Image:
     """Greyscale mask (white = repaint) at the output size, inverted and Gaussian-blurred as asked.

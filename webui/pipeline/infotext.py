@@ -106,8 +106,13 @@ def format_infotext(
 ) -> str:
     """The ``parameters`` text of one image of ``request``."""
     params = infotext_parameters(
-        request, seed=seed, model_name=model_name, model_hash=model_hash, batch_pos=batch_pos,
-        version=version, extra=extra,
+        request,
+        seed=seed,
+        model_name=model_name,
+        model_hash=model_hash,
+        batch_pos=batch_pos,
+        version=version,
+        extra=extra,
     )
     line = ", ".join(f"{key}: {quote(value)}" for key, value in params.items())
     negative = f"\n{NEGATIVE_PREFIX} {request.negative_prompt}" if request.negative_prompt else ""
@@ -130,7 +135,7 @@ def parse_infotext(text: str) -> dict[str, str]:
         line = line.strip()
         if line.startswith(NEGATIVE_PREFIX):
             in_negative = True
-            line = line[len(NEGATIVE_PREFIX):].strip()
+            line = line[len(NEGATIVE_PREFIX) :].strip()
         (negative if in_negative else prompt).append(line)
     result: dict[str, str] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
     for key, value in _PARAM.findall(last):
@@ -158,9 +163,7 @@ _FIELDS: dict[str, tuple[str, type]] = {
 }
 
 
-def request_from_infotext(
-    infotext: str | dict[str, str], base: GenerationRequest | None = None
-) -> GenerationRequest:
+def request_from_infotext(infotext: str | dict[str, str], base: GenerationRequest | None = None) -> GenerationRequest:
     """A request that regenerates the image an infotext describes.
 
     ``base`` supplies what an infotext cannot hold (init images, masks); by default a plain

@@ -99,7 +99,7 @@ def parse(text: str) -> list:
     while i < len(text):
         ch = text[i]
         if ch == "\\" and i + 1 < len(text):
-            plain.append(text[i:i + 2])
+            plain.append(text[i : i + 2])
             i += 2
             continue
         end = _matching(text, i) if ch in _PAIRS else -1
@@ -110,7 +110,7 @@ def parse(text: str) -> list:
         if plain:
             nodes.append("".join(plain))
             plain = []
-        nodes.append(_bracket(text[i], text[i + 1:end], text[end]))
+        nodes.append(_bracket(text[i], text[i + 1 : end], text[end]))
         i = end + 1
     if plain:
         nodes.append("".join(plain))

@@ -176,9 +176,7 @@ def chunk_prompt(
 
 def empty_chunk(ids: TokenIds, chunk_length: int = CHUNK_LENGTH) -> PromptChunk:
     """The chunk of an empty prompt, used to pad a shorter prompt to another's chunk count."""
-    return PromptChunk(
-        tokens=[ids.bos, ids.eos, *([ids.pad] * chunk_length)], multipliers=[1.0] * (chunk_length + 2)
-    )
+    return PromptChunk(tokens=[ids.bos, ids.eos, *([ids.pad] * chunk_length)], multipliers=[1.0] * (chunk_length + 2))
 
 
 def pad_chunks(chunks: Sequence[PromptChunk], count: int, ids: TokenIds) -> list[PromptChunk]:

@@ -260,10 +260,20 @@ def resolve_request(
     if isinstance(request, Img2ImgRequest):
         img2img = ResolvedImg2Img(**{f.name: values[f.name] for f in fields(ResolvedImg2Img)})
     return ResolvedRequest(
-        prompt=values["prompt"], negative_prompt=values["negative_prompt"], sampler=sampler, scheduler=schedule,
-        steps=values["steps"], cfg_scale=values["cfg_scale"], width=width, height=height,
-        seed=resolve_seed(values["seed"]), batch_size=values["batch_size"], n_iter=values["n_iter"],
-        clip_skip=values["clip_skip"], sampler_options=MappingProxyType(options), given_options=tuple(given),
+        prompt=values["prompt"],
+        negative_prompt=values["negative_prompt"],
+        sampler=sampler,
+        scheduler=schedule,
+        steps=values["steps"],
+        cfg_scale=values["cfg_scale"],
+        width=width,
+        height=height,
+        seed=resolve_seed(values["seed"]),
+        batch_size=values["batch_size"],
+        n_iter=values["n_iter"],
+        clip_skip=values["clip_skip"],
+        sampler_options=MappingProxyType(options),
+        given_options=tuple(given),
         img2img=img2img,
     )
 

@@ -35,30 +35,55 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--vae-batch-size", type=int, default=VAE.batch_size)
     demo.add_argument("--vae-crop", type=int, default=VAE.crop, help="VAE training crop size in pixels")
     demo.add_argument("--vae-lr", type=float, default=VAE.lr)
-    demo.add_argument("--decoder-steps", type=int, default=0,
-                      help="decoder fine-tuning steps after the UNet phase (encoder and latents stay fixed)")
+    demo.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=0,
+        help="decoder fine-tuning steps after the UNet phase (encoder and latents stay fixed)",
+    )
     demo.add_argument("--decoder-lr", type=float, default=5e-4)
-    demo.add_argument("--only-decoder", action="store_true",
-                      help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)")
-    demo.add_argument("--text-steps", type=int, default=TEXT.steps,
-                      help="contrastive pretraining steps of the text encoder before the UNet phase (0 = none)")
+    demo.add_argument(
+        "--only-decoder",
+        action="store_true",
+        help="run just the decoder fine-tuning of a run whose VAE phase is done (may run alongside)",
+    )
+    demo.add_argument(
+        "--text-steps",
+        type=int,
+        default=TEXT.steps,
+        help="contrastive pretraining steps of the text encoder before the UNet phase (0 = none)",
+    )
     demo.add_argument("--diffusion-steps", type=int, default=DIFFUSION.steps)
     demo.add_argument("--batch-size", type=int, default=DIFFUSION.batch_size, help="diffusion phase batch size")
     demo.add_argument("--lr", type=float, default=DIFFUSION.lr, help="diffusion phase peak learning rate")
-    demo.add_argument("--offset-noise", type=float, default=DIFFUSION.offset_noise,
-                      help="per-channel constant noise std (makes the caption, not the noise, set the colours)")
-    demo.add_argument("--high-noise-weight", type=float, default=DIFFUSION.high_noise_weight,
-                      help="largest loss weight of high-noise steps (x0-error weighting below SNR 1)")
-    demo.add_argument("--pool-size", type=int, default=DIFFUSION.pool_size,
-                      help="scenes encoded once for the diffusion phase")
+    demo.add_argument(
+        "--offset-noise",
+        type=float,
+        default=DIFFUSION.offset_noise,
+        help="per-channel constant noise std (makes the caption, not the noise, set the colours)",
+    )
+    demo.add_argument(
+        "--high-noise-weight",
+        type=float,
+        default=DIFFUSION.high_noise_weight,
+        help="largest loss weight of high-noise steps (x0-error weighting below SNR 1)",
+    )
+    demo.add_argument(
+        "--pool-size", type=int, default=DIFFUSION.pool_size, help="scenes encoded once for the diffusion phase"
+    )
     demo.add_argument("--image-size", type=int, default=64)
-    demo.add_argument("--bf16", choices=("vae", "all", "none"), default="vae",
-                      help="bfloat16 autocast for the VAE phase, both phases or none")
+    demo.add_argument(
+        "--bf16",
+        choices=("vae", "all", "none"),
+        default="vae",
+        help="bfloat16 autocast for the VAE phase, both phases or none",
+    )
     demo.add_argument("--checkpoint-every", type=int, default=250)
     demo.add_argument("--sample-every", type=int, default=500)
     demo.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    demo.add_argument("--threads", type=int, default=2,
-                      help="torch CPU threads; on a shared machine also set OMP_WAIT_POLICY=PASSIVE")
+    demo.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads; on a shared machine also set OMP_WAIT_POLICY=PASSIVE"
+    )
     demo.add_argument("--ship-dtype", choices=("auto", "fp32", "fp16"), default="auto")
     ship = commands.add_parser("ship", help="write a finished run's weights to the ship folder")
     ship.add_argument("--run-dir", type=Path, default=Path("train-runs/demo"))
@@ -66,21 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--ship-dtype", choices=("auto", "fp32", "fp16"), default="auto")
     # The measuring commands load a model the same way: a models.yaml name or a checkpoint path.
     which_model = argparse.ArgumentParser(add_help=False)
-    which_model.add_argument("--model", default="demo",
-                             help="a models.yaml name, or a checkpoint file/folder (then --size applies)")
+    which_model.add_argument(
+        "--model", default="demo", help="a models.yaml name, or a checkpoint file/folder (then --size applies)"
+    )
     which_model.add_argument("--models-yaml", type=Path, default=Path("models.yaml"))
     which_model.add_argument("--size", type=int, default=64, help="native size of a model given as a path")
     which_model.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    adherence = commands.add_parser("adherence", parents=[which_model],
-                                    help="generate from 40 plain prompts and read the images back")
-    adherence.add_argument("--prompts", choices=("target", "validation"), default="target",
-                           help="the prompts the test holds to the targets, or 40 others")
+    adherence = commands.add_parser(
+        "adherence", parents=[which_model], help="generate from 40 plain prompts and read the images back"
+    )
+    adherence.add_argument(
+        "--prompts",
+        choices=("target", "validation"),
+        default="target",
+        help="the prompts the test holds to the targets, or 40 others",
+    )
     adherence.add_argument("--sampler", help="default: the model's recommended sampler (else DPM++ 2M)")
     adherence.add_argument("--steps", type=int, help="default: the model's recommended steps (else 8)")
     adherence.add_argument("--cfg", type=float, help="default: the model's recommended CFG scale (else 5)")
     adherence.add_argument("--limit", type=_positive_int, help="only the first N prompts")
-    sensitivity = commands.add_parser("sensitivity", parents=[which_model],
-                                      help="how much swapping a shape or colour word changes the noise prediction")
+    sensitivity = commands.add_parser(
+        "sensitivity",
+        parents=[which_model],
+        help="how much swapping a shape or colour word changes the noise prediction",
+    )
     sensitivity.add_argument("--scenes", type=_positive_int, default=10, help="scenes to average over")
     return parser
 
@@ -115,8 +149,9 @@ def load_measured_model(args: argparse.Namespace):
             path, tokenizer, size = fetch_model_file(entry), entry.tokenizer, entry.native_size
         else:
             path, tokenizer, size = Path(args.model), None, (args.size, args.size)
-        model = load_model(path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device),
-                           compute_hash=False)
+        model = load_model(
+            path, tokenizer=tokenizer, native_size=size, device=pick_device(args.device), compute_hash=False
+        )
     except ValueError as error:  # CheckpointError and its kinds: the message names the problem
         known = ", ".join(registry.names) if registry is not None else f"none ({args.models_yaml} not found)"
         raise SystemExit(f"cannot load model {args.model!r}: {error}\nmodels.yaml names: {known}") from None
@@ -132,9 +167,15 @@ def run_adherence(args: argparse.Namespace) -> None:
         (entry.sampler, entry.scheduler, entry.steps, entry.cfg_scale) if entry is not None else (None,) * 4
     )
     prompts = target_prompts() if args.prompts == "target" else validation_prompts()
-    report = measure_adherence(model, create_sampler_registry(), prompts[: args.limit],
-                               sampler=args.sampler or sampler or "DPM++ 2M", steps=args.steps or steps or 8,
-                               cfg_scale=args.cfg or cfg or 5.0, scheduler=scheduler or "Automatic")
+    report = measure_adherence(
+        model,
+        create_sampler_registry(),
+        prompts[: args.limit],
+        sampler=args.sampler or sampler or "DPM++ 2M",
+        steps=args.steps or steps or 8,
+        cfg_scale=args.cfg or cfg or 5.0,
+        scheduler=scheduler or "Automatic",
+    )
     print(report.table())
 
 
@@ -152,17 +193,39 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         options,
         run_dir=args.run_dir,
         ship_dir=None if args.no_ship else args.ship_dir,
-        decoder=replace(options.decoder, steps=args.decoder_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
-                        lr=args.decoder_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"),
-                        seed=args.seed),
-        vae=replace(options.vae, steps=args.vae_steps, batch_size=args.vae_batch_size, crop=args.vae_crop,
-                    lr=args.vae_lr, image_size=args.image_size, bf16=args.bf16 in ("vae", "all"), seed=args.seed),
+        decoder=replace(
+            options.decoder,
+            steps=args.decoder_steps,
+            batch_size=args.vae_batch_size,
+            crop=args.vae_crop,
+            lr=args.decoder_lr,
+            image_size=args.image_size,
+            bf16=args.bf16 in ("vae", "all"),
+            seed=args.seed,
+        ),
+        vae=replace(
+            options.vae,
+            steps=args.vae_steps,
+            batch_size=args.vae_batch_size,
+            crop=args.vae_crop,
+            lr=args.vae_lr,
+            image_size=args.image_size,
+            bf16=args.bf16 in ("vae", "all"),
+            seed=args.seed,
+        ),
         text=replace(options.text, steps=args.text_steps, seed=args.seed),
-        diffusion=replace(options.diffusion, steps=args.diffusion_steps, batch_size=args.batch_size, lr=args.lr,
-                          pool_size=args.pool_size, offset_noise=args.offset_noise, image_size=args.image_size,
-                          high_noise_weight=args.high_noise_weight,
-                          bf16=args.bf16 == "all",
-                          seed=args.seed),
+        diffusion=replace(
+            options.diffusion,
+            steps=args.diffusion_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            pool_size=args.pool_size,
+            offset_noise=args.offset_noise,
+            image_size=args.image_size,
+            high_noise_weight=args.high_noise_weight,
+            bf16=args.bf16 == "all",
+            seed=args.seed,
+        ),
         architecture=architecture,
         checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every,

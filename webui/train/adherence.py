@@ -98,15 +98,19 @@ class AdherenceReport:
         for row in self.rows:
             r = row.reading
             marks = "".join("." if ok else "x" for ok in (row.background_ok, row.colours_ok, row.shape_ok))
-            lines.append(f"{row.prompt.text:<46} {r.background:<7} {r.colour or '-':<7} {r.shape or '-':<9} "
-                         f"{r.fill:.2f}  {r.solidity:.2f}  {r.drop:.2f}  {marks}")
+            lines.append(
+                f"{row.prompt.text:<46} {r.background:<7} {r.colour or '-':<7} {r.shape or '-':<9} "
+                f"{r.fill:.2f}  {r.solidity:.2f}  {r.drop:.2f}  {marks}"
+            )
         per_shape = ", ".join(
             f"{kind} {sum(row.shape_ok for row in self.rows if row.prompt.kind == kind)}"
             f"/{sum(row.prompt.kind == kind for row in self.rows)}"
             for kind in data.SHAPES
         )
-        lines.append(f"of {len(self.rows)}: background right {self.background_rate:.0%}; background and shape "
-                     f"colour right {self.colour_rate:.0%}; shape class right {self.shape_rate:.0%} ({per_shape})")
+        lines.append(
+            f"of {len(self.rows)}: background right {self.background_rate:.0%}; background and shape "
+            f"colour right {self.colour_rate:.0%}; shape class right {self.shape_rate:.0%} ({per_shape})"
+        )
         return "\n".join(lines)
 
 
@@ -125,8 +129,14 @@ def measure_adherence(
 
     rows = []
     for prompt in prompts:
-        request = GenerationRequest(prompt=prompt.text, sampler_name=sampler, scheduler=scheduler, steps=steps,
-                                    cfg_scale=cfg_scale, seed=prompt.seed)
+        request = GenerationRequest(
+            prompt=prompt.text,
+            sampler_name=sampler,
+            scheduler=scheduler,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            seed=prompt.seed,
+        )
         image = generate(model, resolve_request(request, sampler_registry, native_size(model))).images[0]
         rows.append(AdherenceRow(prompt, measure.read_image(image)))
     return AdherenceReport(rows, f"{sampler} ({scheduler}), {steps} steps, CFG {cfg_scale:g}")

@@ -149,8 +149,11 @@ def random_scene(rng: np.random.Generator, two_shape_probability: float = 0.1) -
         first, second = PAIRS[rng.integers(len(PAIRS))]
         shapes = tuple(
             _jittered_shape(
-                rng, SHAPES[rng.integers(len(SHAPES))], others[rng.integers(len(others))],
-                ("small", "medium")[rng.integers(2)], position,
+                rng,
+                SHAPES[rng.integers(len(SHAPES))],
+                others[rng.integers(len(others))],
+                ("small", "medium")[rng.integers(2)],
+                position,
             )
             for position in (first, second)
         )
@@ -247,8 +250,10 @@ def render(scene: Scene, size: int = 128) -> Image.Image:
         points = shape_polygon(shape.kind, shape.cx * big, shape.cy * big, shape.half * big)
         if shape.kind == "circle":
             r = shape.half * big
-            draw.ellipse((shape.cx * big - r, shape.cy * big - r, shape.cx * big + r, shape.cy * big + r),
-                         fill=COLOURS[shape.colour])
+            draw.ellipse(
+                (shape.cx * big - r, shape.cy * big - r, shape.cx * big + r, shape.cy * big + r),
+                fill=COLOURS[shape.colour],
+            )
         else:
             draw.polygon(points, fill=COLOURS[shape.colour])
     return image.reduce(SUPERSAMPLE)

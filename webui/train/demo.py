@@ -92,18 +92,28 @@ class DemoArchitecture:
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(
-            model_channels=self.unet_channels, channel_mult=self.unet_mult, num_res_blocks=self.unet_res_blocks,
-            attention_resolutions=self.unet_attention, num_heads=8, context_dim=self.text_width,
+            model_channels=self.unet_channels,
+            channel_mult=self.unet_mult,
+            num_res_blocks=self.unet_res_blocks,
+            attention_resolutions=self.unet_attention,
+            num_heads=8,
+            context_dim=self.text_width,
         )
 
     def text_config(self, tokenizer):
         from transformers import CLIPTextConfig
 
         return CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=self.text_width, intermediate_size=4 * self.text_width,
-            num_hidden_layers=self.text_layers, num_attention_heads=max(1, self.text_width // 64),
-            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=self.text_width,
+            intermediate_size=4 * self.text_width,
+            num_hidden_layers=self.text_layers,
+            num_attention_heads=max(1, self.text_width // 64),
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
 
 
@@ -132,8 +142,9 @@ SaveFunction = Callable[[int, float, float | None], None]
 class Phase:
     """Progress bar, loss log and periodic checkpoints of one training phase: the per-step callback."""
 
-    def __init__(self, name: str, run_dir: Path, total: int, start: int, elapsed: float, every: int,
-                 save: SaveFunction):
+    def __init__(
+        self, name: str, run_dir: Path, total: int, start: int, elapsed: float, every: int, save: SaveFunction
+    ):
         self.name, self.run_dir, self.every, self.save = name, run_dir, every, save
         self.done = start
         self.elapsed0 = elapsed
@@ -179,9 +190,19 @@ class PhaseRun:
         extend_when_done: whether a finished phase trains on when asked for more steps than it ran.
     """
 
-    def __init__(self, name: str, run_dir: Path, steps: int, modules: Mapping[str, nn.Module],
-                 optimizer: torch.optim.Optimizer, config: Any, *, checkpoint_every: int,
-                 after_save: Callable[[int, bool], None] | None = None, extend_when_done: bool = True):
+    def __init__(
+        self,
+        name: str,
+        run_dir: Path,
+        steps: int,
+        modules: Mapping[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        config: Any,
+        *,
+        checkpoint_every: int,
+        after_save: Callable[[int, bool], None] | None = None,
+        extend_when_done: bool = True,
+    ):
         self.name, self.run_dir, self.steps = name, run_dir, steps
         self.modules, self.optimizer, self.config = dict(modules), optimizer, config
         self.checkpoint_every, self.after_save, self.extend_when_done = checkpoint_every, after_save, extend_when_done
@@ -208,18 +229,27 @@ class PhaseRun:
         return None
 
     def save(self, step: int, seconds: float, loss: float | None, done: bool = False, **results: float) -> None:
-        save_state(self.path, {
-            **{key: module.state_dict() for key, module in self.modules.items()},
-            "optimizer": self.optimizer.state_dict(), "step": step, "elapsed": seconds, "loss": loss, "done": done,
-            **results, "config": asdict(self.config),
-        })
+        save_state(
+            self.path,
+            {
+                **{key: module.state_dict() for key, module in self.modules.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "step": step,
+                "elapsed": seconds,
+                "loss": loss,
+                "done": done,
+                **results,
+                "config": asdict(self.config),
+            },
+        )
         if self.after_save is not None:
             self.after_save(step, done)
 
     def train(self, loop: Callable[[int, Phase], None]) -> Phase:
         """Run ``loop(start_step, progress)``; an interrupt (Ctrl-C; SIGTERM via the CLI) saves the last step first."""
-        progress = Phase(self.name, self.run_dir, self.steps, self.start, self.elapsed, self.checkpoint_every,
-                         self.save)
+        progress = Phase(
+            self.name, self.run_dir, self.steps, self.start, self.elapsed, self.checkpoint_every, self.save
+        )
         try:
             loop(self.start, progress)
         except KeyboardInterrupt:
@@ -260,8 +290,16 @@ def run_vae_phase(options: DemoOptions, device: torch.device) -> AutoencoderKL:
     vae = vae.to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99))
     # A finished VAE stays finished: its latents were normalised and the pool was encoded with them.
-    run = PhaseRun("vae", run_dir, config.steps, {"model": vae}, optimizer, config,
-                   checkpoint_every=options.checkpoint_every, extend_when_done=False)
+    run = PhaseRun(
+        "vae",
+        run_dir,
+        config.steps,
+        {"model": vae},
+        optimizer,
+        config,
+        checkpoint_every=options.checkpoint_every,
+        extend_when_done=False,
+    )
     if (state := run.resume()) is not None:
         print(f"vae: done earlier ({state['step']} steps, PSNR {state['psnr']:.2f} dB)", flush=True)
         return vae.eval()
@@ -270,8 +308,10 @@ def run_vae_phase(options: DemoOptions, device: torch.device) -> AutoencoderKL:
     means, _ = encode_images(vae, images, device)
     normalize_latents(vae, means)
     value = reconstruction_psnr(vae, config.seed, 64, device, config.image_size)
-    print(f"vae: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}, PSNR {value:.2f} dB",
-          flush=True)
+    print(
+        f"vae: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}, PSNR {value:.2f} dB",
+        flush=True,
+    )
     run.finish(progress, psnr=value)
     return vae
 
@@ -285,16 +325,20 @@ def run_decoder_phase(options: DemoOptions, device: torch.device) -> Autoencoder
     vae = AutoencoderKL(options.architecture.vae).to(device)
     vae.load_state_dict(vae_state["model"])
     optimizer = torch.optim.AdamW(decoder_parameters(vae), lr=config.lr, weight_decay=0.0)
-    run = PhaseRun("decoder", run_dir, config.steps, {"model": vae}, optimizer, config,
-                   checkpoint_every=options.checkpoint_every)
+    run = PhaseRun(
+        "decoder", run_dir, config.steps, {"model": vae}, optimizer, config, checkpoint_every=options.checkpoint_every
+    )
     if run.resume() is not None:
         return vae.eval()
     progress = run.train(
         lambda start, on_step: train_vae_steps(vae, optimizer, config, start, device, on_step, decoder_only=True)
     )
     value = reconstruction_psnr(vae, config.seed, 64, device, config.image_size)
-    print(f"decoder: {config.steps} steps in {progress.elapsed:.0f} s, PSNR {value:.2f} dB "
-          f"(before: {vae_state['psnr']:.2f} dB)", flush=True)
+    print(
+        f"decoder: {config.steps} steps in {progress.elapsed:.0f} s, PSNR {value:.2f} dB "
+        f"(before: {vae_state['psnr']:.2f} dB)",
+        flush=True,
+    )
     run.finish(progress, psnr=value)
     return vae
 
@@ -312,18 +356,21 @@ def get_pool(options: DemoOptions, vae: AutoencoderKL, device: torch.device) -> 
         print("pool: the saved latents were made from other scenes; encoding the pool again", flush=True)
     t0 = time.perf_counter()
     bar = tqdm(total=config.pool_size, desc="encode pool", mininterval=10.0)
-    pool = build_pool(vae, scenes, config.image_size, device,
-                      progress=lambda n: bar.update(n - bar.n))
+    pool = build_pool(vae, scenes, config.image_size, device, progress=lambda n: bar.update(n - bar.n))
     bar.close()
     latents = pool.means.float() * vae.config.scale_factor
-    print(f"pool: {config.pool_size} latents in {time.perf_counter() - t0:.0f} s; scaled mean "
-          f"{latents.mean():.3f} std {latents.std():.3f}", flush=True)
+    print(
+        f"pool: {config.pool_size} latents in {time.perf_counter() - t0:.0f} s; scaled mean "
+        f"{latents.mean():.3f} std {latents.std():.3f}",
+        flush=True,
+    )
     save_state(path, {"scenes_sha256": digest, "means": pool.means, "stds": pool.stds})
     return pool
 
 
-def run_text_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, tokenizer,
-                   device: torch.device) -> dict[str, torch.Tensor] | None:
+def run_text_phase(
+    options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, tokenizer, device: torch.device
+) -> dict[str, torch.Tensor] | None:
     """Pretrain the text encoder contrastively; returns its state dict (None when ``text.steps`` is 0)."""
     config, run_dir, arch = options.text, options.run_dir, options.architecture
     if config.steps == 0:
@@ -333,23 +380,41 @@ def run_text_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, t
     latent_size = arch.image_size // 2 ** (len(arch.vae.ch_mult) - 1)
     towers = ContrastiveTowers(arch.vae.z_channels, latent_size, arch.text_width).to(device)
     optimizer = torch.optim.AdamW([*text_model.parameters(), *towers.parameters()], lr=config.lr, weight_decay=0.01)
-    run = PhaseRun("text", run_dir, config.steps, {"text": text_model, "towers": towers}, optimizer, config,
-                   checkpoint_every=options.checkpoint_every)
+    run = PhaseRun(
+        "text",
+        run_dir,
+        config.steps,
+        {"text": text_model, "towers": towers},
+        optimizer,
+        config,
+        checkpoint_every=options.checkpoint_every,
+    )
     if (state := run.resume()) is not None:
         print(f"text: done earlier ({state['step']} steps, shape separation {state['separation']:.0%})", flush=True)
         return state["text"]
-    progress = run.train(lambda start, on_step: train_text_steps(
-        text_model, towers, tokenizer, optimizer, pool, config, start, device, vae.config.scale_factor, on_step
-    ))
+    progress = run.train(
+        lambda start, on_step: train_text_steps(
+            text_model, towers, tokenizer, optimizer, pool, config, start, device, vae.config.scale_factor, on_step
+        )
+    )
     separation = shape_separation(text_model, tokenizer, device)
-    print(f"text: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}, shape separation "
-          f"{separation:.0%} (chance 20%)", flush=True)
+    print(
+        f"text: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}, shape separation "
+        f"{separation:.0%} (chance 20%)",
+        flush=True,
+    )
     run.finish(progress, separation=separation)
     return text_model.state_dict()
 
 
-def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPool, tokenizer,
-                        device: torch.device, text_init: dict[str, torch.Tensor] | None = None):
+def run_diffusion_phase(
+    options: DemoOptions,
+    vae: AutoencoderKL,
+    pool: LatentPool,
+    tokenizer,
+    device: torch.device,
+    text_init: dict[str, torch.Tensor] | None = None,
+):
     """Train the UNet, and the text encoder unless it was pretrained (``text_init``) and is kept frozen."""
     from webui.train.preview import PREVIEW_PROMPTS, ddim_sample, grid
 
@@ -369,23 +434,52 @@ def run_diffusion_phase(options: DemoOptions, vae: AutoencoderKL, pool: LatentPo
 
     def draw_samples(step: int, done: bool) -> None:
         if done or step % options.sample_every == 0:
-            images = ddim_sample(ema_unet, ema_text, tokenizer, vae, PREVIEW_PROMPTS, steps=20,
-                                 seed=config.seed, size=arch.image_size, device=device)
+            images = ddim_sample(
+                ema_unet,
+                ema_text,
+                tokenizer,
+                vae,
+                PREVIEW_PROMPTS,
+                steps=20,
+                seed=config.seed,
+                size=arch.image_size,
+                device=device,
+            )
             grid(images).save(samples / f"step-{step:06d}.png")
             unet.train()
             text_model.train()
 
     modules = {"unet": unet, "text": text_model, "ema_unet": ema_unet, "ema_text": ema_text}
-    run = PhaseRun("diffusion", run_dir, config.steps, modules, optimizer, config,
-                   checkpoint_every=options.checkpoint_every, after_save=draw_samples)
+    run = PhaseRun(
+        "diffusion",
+        run_dir,
+        config.steps,
+        modules,
+        optimizer,
+        config,
+        checkpoint_every=options.checkpoint_every,
+        after_save=draw_samples,
+    )
     if (state := run.resume()) is not None:
         print(f"diffusion: done earlier ({state['step']} steps)", flush=True)
         return ema_unet, ema_text
     samples.mkdir(exist_ok=True)
-    progress = run.train(lambda start, on_step: train_diffusion_steps(
-        unet, text_model, ema_unet, ema_text, tokenizer, optimizer, pool, config, start, device,
-        vae.config.scale_factor, on_step,
-    ))
+    progress = run.train(
+        lambda start, on_step: train_diffusion_steps(
+            unet,
+            text_model,
+            ema_unet,
+            ema_text,
+            tokenizer,
+            optimizer,
+            pool,
+            config,
+            start,
+            device,
+            vae.config.scale_factor,
+            on_step,
+        )
+    )
     print(f"diffusion: {config.steps} steps in {progress.elapsed:.0f} s, loss {progress.smooth:.4f}", flush=True)
     run.finish(progress)
     return ema_unet, ema_text
@@ -451,6 +545,7 @@ def ship(run_dir: Path, ship_dir: Path, architecture: DemoArchitecture | None = 
     if (ship_dir / "tokenizer").exists():
         shutil.rmtree(ship_dir / "tokenizer")
     shutil.copytree(run_dir / "tokenizer", ship_dir / "tokenizer")
-    print(f"shipped {path} ({path.stat().st_size / 2**20:.1f} MiB, {params / 1e6:.2f}M parameters, {dtype})",
-          flush=True)
+    print(
+        f"shipped {path} ({path.stat().st_size / 2**20:.1f} MiB, {params / 1e6:.2f}M parameters, {dtype})", flush=True
+    )
     return path

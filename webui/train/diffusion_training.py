@@ -71,8 +71,13 @@ def pool_scenes(seed: int, count: int) -> list[data.Scene]:
 
 
 @torch.no_grad()
-def build_pool(vae: AutoencoderKL, scenes: list[data.Scene], size: int, device: torch.device,
-               progress: Callable[[int], None] | None = None) -> LatentPool:
+def build_pool(
+    vae: AutoencoderKL,
+    scenes: list[data.Scene],
+    size: int,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> LatentPool:
     """Render and encode ``scenes`` in chunks."""
     count = len(scenes)
     means, stds = [], []
@@ -89,8 +94,9 @@ def build_pool(vae: AutoencoderKL, scenes: list[data.Scene], size: int, device: 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """(B, 77) ids: start token, caption, end token, padded with the end token (as SD 1.x)."""
-    return tokenizer(captions, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def batch_captions(
@@ -212,7 +218,14 @@ def train_diffusion_steps(
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             loss = diffusion_loss(
-                unet, text_model, ids, x0, alphas_cumprod, generator, config.min_snr_gamma, config.offset_noise,
+                unet,
+                text_model,
+                ids,
+                x0,
+                alphas_cumprod,
+                generator,
+                config.min_snr_gamma,
+                config.offset_noise,
                 config.high_noise_weight,
             )
         optimizer.zero_grad(set_to_none=True)

@@ -101,8 +101,9 @@ def read_image(image: Image.Image) -> Reading:
     """Background colour, shape colour and shape class of a one-shape picture."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     h, w, _ = rgb.shape
-    border = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
-                             rgb[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3), rgb[:, -2:].reshape(-1, 3)]
+    )
     background_rgb = np.median(border, axis=0)
     background = nearest_colour(background_rgb)
     mask = np.sqrt(((rgb - background_rgb) ** 2).sum(axis=2)) > MASK_DISTANCE

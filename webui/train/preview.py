@@ -69,8 +69,14 @@ def ddim_sample(
     # Drawn in float64 as the earlier preview loop drew it (a float32 draw is another draw), so that the grids
     # of runs sampled before and after it changed to the app's sampler stay comparable.
     noise = torch.randn((b, unet.config.in_channels, h, h), generator=generator, dtype=torch.float64).float()
-    latents = sample(sampler, DiscreteEpsDenoiser(eps_fn, alphas_cumprod), noise.to(device), steps=steps,
-                     alphas_cumprod=alphas_cumprod, generator=generator)
+    latents = sample(
+        sampler,
+        DiscreteEpsDenoiser(eps_fn, alphas_cumprod),
+        noise.to(device),
+        steps=steps,
+        alphas_cumprod=alphas_cumprod,
+        generator=generator,
+    )
     images = vae.decode(latents / vae.config.scale_factor).float().cpu()
     return [to_pil(image) for image in images]
 

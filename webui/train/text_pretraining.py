@@ -50,11 +50,17 @@ class ContrastiveTowers(nn.Module):
         super().__init__()
         side = math.ceil(math.ceil(latent_size / 2) / 2)
         self.image = nn.Sequential(
-            nn.Conv2d(latent_channels, 64, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(128, 128, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(latent_channels, 64, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(128, 128, 3, stride=2, padding=1),
+            nn.SiLU(),
             # Flattened rather than pooled: where a shape sits is part of what a caption says.
-            nn.Flatten(), nn.Linear(128 * side * side, 256), nn.SiLU(), nn.Linear(256, embed_dim),
+            nn.Flatten(),
+            nn.Linear(128 * side * side, 256),
+            nn.SiLU(),
+            nn.Linear(256, embed_dim),
         )
         self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
         # CLIP's learnt temperature, started at 1 / 0.07 and capped at 100.
@@ -66,8 +72,9 @@ def scene_description(scene: data.Scene) -> tuple:
     return scene.background, tuple((s.kind, s.colour, s.size, s.position) for s in scene.shapes)
 
 
-def contrastive_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor, matches: torch.Tensor,
-                     logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_loss(
+    text_embeds: torch.Tensor, image_embeds: torch.Tensor, matches: torch.Tensor, logit_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP's symmetric cross-entropy, with every matching pair of the batch as a target.
 
     ``matches[i, j]`` is 1 where caption i describes image j (the diagonal always). Returns the loss
@@ -78,8 +85,10 @@ def contrastive_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor, matc
     logits = logit_scale.exp().clamp(max=100.0) * text_embeds @ image_embeds.T
     per_caption = matches / matches.sum(dim=1, keepdim=True)
     per_image = matches / matches.sum(dim=0, keepdim=True)
-    loss = 0.5 * (-(per_caption * logits.log_softmax(dim=1)).sum(dim=1).mean()
-                  - (per_image * logits.log_softmax(dim=0)).sum(dim=0).mean())
+    loss = 0.5 * (
+        -(per_caption * logits.log_softmax(dim=1)).sum(dim=1).mean()
+        - (per_image * logits.log_softmax(dim=0)).sum(dim=0).mean()
+    )
     accuracy = matches.gather(1, logits.argmax(dim=1, keepdim=True)).mean()
     return loss, accuracy
 
@@ -94,8 +103,9 @@ def pooled_text(text_model: nn.Module, tokenizer, captions: list[str], device: t
     return text_model(input_ids=ids.to(device)).pooler_output
 
 
-def contrastive_batch(scenes: list[data.Scene], descriptions: list[tuple], indices: np.ndarray,
-                      rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
+def contrastive_batch(
+    scenes: list[data.Scene], descriptions: list[tuple], indices: np.ndarray, rng: np.random.Generator
+) -> tuple[list[str], torch.Tensor]:
     """Fresh captions for the scenes at ``indices`` and their (B, B) matrix of matching descriptions."""
     captions = [data.caption(scenes[i], rng) for i in indices]
     keys = [descriptions[i] for i in indices]
@@ -128,8 +138,7 @@ def train_text_steps(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         text_embeds = towers.text_projection(pooled_text(text_model, tokenizer, captions, device))
-        loss, accuracy = contrastive_loss(text_embeds, towers.image(latents), matches.to(device),
-                                          towers.logit_scale)
+        loss, accuracy = contrastive_loss(text_embeds, towers.image(latents), matches.to(device), towers.logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

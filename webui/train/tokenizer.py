@@ -96,13 +96,16 @@ def write_tokenizer(folder: str | Path, texts: Iterable[str]) -> Path:
     merges = learn_merges(texts)
     vocab = build_vocab(merges)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
-    )
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     # Positional paths: transformers 5 ignores vocab_file=/merges_file= keywords (see FACTS.md).
     tokenizer = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MODEL_MAX_LENGTH,
-        bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS,
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        model_max_length=MODEL_MAX_LENGTH,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        unk_token=EOS,
     )
     # Adds tokenizer.json and tokenizer_config.json next to vocab.json and merges.txt.
     tokenizer.save_pretrained(str(folder))

@@ -51,8 +51,11 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
         with gr.Row(equal_height=True):
             names = [m.name for m in backend.model_choices(service)]
             model = gr.Dropdown(
-                names, value=backend.default_model(service), label="Stable Diffusion checkpoint",
-                elem_id="model_checkpoint", scale=3,
+                names,
+                value=backend.default_model(service),
+                label="Stable Diffusion checkpoint",
+                elem_id="model_checkpoint",
+                scale=3,
             )
             model_status = gr.Markdown(elem_id="model_status")
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -77,8 +80,10 @@ def _wire_model_dropdown(service: Service, model: gr.Dropdown, status: gr.Markdo
         entry = backend.find_model(service, name)
         sizes: list[Any] = []
         for _ in tabs:
-            sizes += [entry.width if entry and entry.width else gr.skip(),
-                      entry.height if entry and entry.height else gr.skip()]
+            sizes += [
+                entry.width if entry and entry.width else gr.skip(),
+                entry.height if entry and entry.height else gr.skip(),
+            ]
         if not name:
             return ["", *sizes]
         try:
@@ -91,12 +96,15 @@ def _wire_model_dropdown(service: Service, model: gr.Dropdown, status: gr.Markdo
     outputs: list[Any] = [status]
     for tab in tabs:
         outputs += [tab.width, tab.height]
-    model.input(choose, model, outputs, concurrency_id="models", concurrency_limit=1,
-                api_visibility="undocumented")
+    model.input(choose, model, outputs, concurrency_id="models", concurrency_limit=1, api_visibility="undocumented")
 
 
 def _wire_send_to(
-    service: Service, tabs: gr.Tabs, txt2img: GenerationTab, img2img: GenerationTab, inputs: Img2ImgInputs,
+    service: Service,
+    tabs: gr.Tabs,
+    txt2img: GenerationTab,
+    img2img: GenerationTab,
+    inputs: Img2ImgInputs,
     pnginfo: PngInfoTab,
 ) -> None:
     """Send to img2img / inpaint (from a gallery or PNG Info) and Send to txt2img (from PNG Info).
@@ -112,8 +120,7 @@ def _wire_send_to(
     def destination(inpaint: bool, image: Any) -> list[Any]:
         """Updates for `targets(inpaint)`, less the parameters."""
         if inpaint:
-            return [gr.Tabs(selected="img2img"), gr.Tabs(selected=INPAINT_TAB), MODES[1], editor_update(image),
-                    None]
+            return [gr.Tabs(selected="img2img"), gr.Tabs(selected=INPAINT_TAB), MODES[1], editor_update(image), None]
         return [gr.Tabs(selected="img2img"), gr.Tabs(selected=PLAIN_TAB), MODES[0], image]
 
     def targets(inpaint: bool) -> list[Any]:
@@ -126,15 +133,17 @@ def _wire_send_to(
             if image is None:
                 raise gr.Error("Generate an image first.")
             infotext = shown.infotext(index)
-            values = request_widget_values(request_from_infotext(infotext, Img2ImgRequest()), samplers) \
-                if infotext else [gr.skip()] * len(parameters)
+            values = (
+                request_widget_values(request_from_infotext(infotext, Img2ImgRequest()), samplers)
+                if infotext
+                else [gr.skip()] * len(parameters)
+            )
             return [*destination(inpaint, image), *values]
 
         return send
 
     for source in (txt2img, img2img):
-        source.send_to_img2img.click(gallery_to(False), [source.results, source.selected], targets(False),
-                                     **QUIET)
+        source.send_to_img2img.click(gallery_to(False), [source.results, source.selected], targets(False), **QUIET)
         source.send_to_inpaint.click(gallery_to(True), [source.results, source.selected], targets(True), **QUIET)
 
     def png_to_img2img(inpaint: bool) -> Any:
@@ -149,11 +158,12 @@ def _wire_send_to(
     def png_to_txt2img(text: str) -> list[Any]:
         if not text:
             raise gr.Error("Drop a PNG with generation parameters first.")
-        return [gr.Tabs(selected="txt2img"),
-                *request_widget_values(request_from_infotext(text, GenerationRequest()), samplers)]
+        return [
+            gr.Tabs(selected="txt2img"),
+            *request_widget_values(request_from_infotext(text, GenerationRequest()), samplers),
+        ]
 
     png = [pnginfo.image, pnginfo.parameters]
-    pnginfo.send_to_txt2img.click(png_to_txt2img, pnginfo.parameters, [tabs, *txt2img.parameter_components()],
-                                  **QUIET)
+    pnginfo.send_to_txt2img.click(png_to_txt2img, pnginfo.parameters, [tabs, *txt2img.parameter_components()], **QUIET)
     pnginfo.send_to_img2img.click(png_to_img2img(False), png, targets(False), **QUIET)
     pnginfo.send_to_inpaint.click(png_to_img2img(True), png, targets(True), **QUIET)

@@ -30,8 +30,13 @@ def model_choices(service: Service) -> list[ModelChoice]:
     """Every valid models.yaml entry, in file order."""
     return [
         ModelChoice(
-            name=entry.name, width=entry.width, height=entry.height, sampler=entry.sampler,
-            scheduler=entry.scheduler, steps=entry.steps, cfg_scale=entry.cfg_scale,
+            name=entry.name,
+            width=entry.width,
+            height=entry.height,
+            sampler=entry.sampler,
+            scheduler=entry.scheduler,
+            steps=entry.steps,
+            cfg_scale=entry.cfg_scale,
         )
         for entry in service.registry.entries
     ]

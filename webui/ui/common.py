@@ -126,8 +126,15 @@ class GenerationTab:
     def parameter_components(self) -> list[gr.components.Component]:
         """The widgets an infotext fills in (PNG Info / Send to), in `request_widget_values` order."""
         return [
-            self.prompt, self.negative_prompt, self.sampler, self.scheduler, self.steps,
-            self.cfg_scale, self.width, self.height, self.seed,
+            self.prompt,
+            self.negative_prompt,
+            self.sampler,
+            self.scheduler,
+            self.steps,
+            self.cfg_scale,
+            self.width,
+            self.height,
+            self.seed,
         ]
 
     def outputs(self) -> list[gr.components.Component]:
@@ -140,11 +147,17 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
             prompt = gr.Textbox(
-                value="", label="Prompt", lines=3, placeholder="Prompt",
+                value="",
+                label="Prompt",
+                lines=3,
+                placeholder="Prompt",
                 elem_id=f"{tab}_prompt",
             )
             negative = gr.Textbox(
-                value="", label="Negative prompt", lines=2, placeholder="Negative prompt",
+                value="",
+                label="Negative prompt",
+                lines=2,
+                placeholder="Negative prompt",
                 elem_id=f"{tab}_neg_prompt",
             )
         with gr.Column(scale=1, min_width=160):
@@ -169,12 +182,19 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
         schedules = backend.schedule_names()
         default_schedule = model.scheduler if model and model.scheduler in schedules else schedules[0]
         scheduler = gr.Dropdown(schedules, value=default_schedule, label="Schedule type", elem_id=f"{tab}_scheduler")
-    steps = gr.Slider(1, MAX_STEPS, value=(model.steps if model and model.steps else 20), step=1, label="Steps",
-                      elem_id=f"{tab}_steps")
+    steps = gr.Slider(
+        1,
+        MAX_STEPS,
+        value=(model.steps if model and model.steps else 20),
+        step=1,
+        label="Steps",
+        elem_id=f"{tab}_steps",
+    )
     with gr.Row():
         width_w = gr.Slider(MIN_SIZE, MAX_SIZE, value=width, step=SIZE_MULTIPLE, label="Width", elem_id=f"{tab}_width")
-        height_w = gr.Slider(MIN_SIZE, MAX_SIZE, value=height, step=SIZE_MULTIPLE, label="Height",
-                             elem_id=f"{tab}_height")
+        height_w = gr.Slider(
+            MIN_SIZE, MAX_SIZE, value=height, step=SIZE_MULTIPLE, label="Height", elem_id=f"{tab}_height"
+        )
     with gr.Row():
         batch_count = gr.Slider(1, MAX_N_ITER, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
         batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
@@ -185,9 +205,17 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
         random_seed = gr.Button("🎲", size="sm", scale=0, min_width=40, elem_id=f"{tab}_random_seed")
         reuse_seed = gr.Button("♻️", size="sm", scale=0, min_width=40, elem_id=f"{tab}_reuse_seed")
     return {
-        "sampler": sampler, "scheduler": scheduler, "steps": steps, "width": width_w, "height": height_w,
-        "batch_count": batch_count, "batch_size": batch_size, "cfg_scale": cfg_scale, "seed": seed,
-        "random_seed": random_seed, "reuse_seed": reuse_seed,
+        "sampler": sampler,
+        "scheduler": scheduler,
+        "steps": steps,
+        "width": width_w,
+        "height": height_w,
+        "batch_count": batch_count,
+        "batch_size": batch_size,
+        "cfg_scale": cfg_scale,
+        "seed": seed,
+        "random_seed": random_seed,
+        "reuse_seed": reuse_seed,
     }
 
 
@@ -196,7 +224,12 @@ def build_outputs(tab: str) -> OutputWidgets:
     progress = gr.HTML(value="", elem_id=f"{tab}_progress")
     preview = gr.Image(label="Preview", interactive=False, visible=False, elem_id=f"{tab}_preview", height=320)
     gallery = gr.Gallery(
-        label="Output", columns=4, height=480, object_fit="contain", format="png", interactive=False,
+        label="Output",
+        columns=4,
+        height=480,
+        object_fit="contain",
+        format="png",
+        interactive=False,
         elem_id=f"{tab}_gallery",
     )
     with gr.Row():
@@ -204,8 +237,14 @@ def build_outputs(tab: str) -> OutputWidgets:
         send_to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id=f"{tab}_send_to_inpaint")
     info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id=f"{tab}_info", buttons=["copy"])
     return {
-        "progress": progress, "preview": preview, "gallery": gallery, "send_to_img2img": send_to_img2img,
-        "send_to_inpaint": send_to_inpaint, "info": info, "results": gr.State(ShownResult()), "selected": gr.State(0),
+        "progress": progress,
+        "preview": preview,
+        "gallery": gallery,
+        "send_to_img2img": send_to_img2img,
+        "send_to_inpaint": send_to_inpaint,
+        "info": info,
+        "results": gr.State(ShownResult()),
+        "selected": gr.State(0),
     }
 
 
@@ -230,9 +269,7 @@ def readable_error(exc: BaseException) -> gr.Error:
     return gr.Error(message, title=f"Generation failed ({type(exc).__name__})")
 
 
-def run_generation(
-    tracker: JobTracker, request: Any, model_name: str | None, session: str | None
-) -> Iterator[tuple]:
+def run_generation(tracker: JobTracker, request: Any, model_name: str | None, session: str | None) -> Iterator[tuple]:
     """The body of a Generate handler: yields `GenerationTab.outputs()` updates until the images arrive.
 
     The request is checked where every request is, when the service queues it: a bad one raises
@@ -248,8 +285,12 @@ def run_generation(
             result = update.result
             shown = ShownResult(list(result.images), list(result.seeds), list(result.infotexts))
             yield (
-                gallery_items(result), shown.infotext(0), update.html, gr.Image(value=None, visible=False),
-                shown, 0,
+                gallery_items(result),
+                shown.infotext(0),
+                update.html,
+                gr.Image(value=None, visible=False),
+                shown,
+                0,
             )
     except gr.Error:
         raise
@@ -260,15 +301,31 @@ def run_generation(
 
 
 def generation_fields(
-    prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float, cfg_scale: float,
-    width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
+    prompt: str,
+    negative_prompt: str,
+    sampler_name: str,
+    scheduler: str,
+    steps: float,
+    cfg_scale: float,
+    width: float,
+    height: float,
+    seed: float | None,
+    n_iter: float,
+    batch_size: float,
 ) -> dict[str, Any]:
     """The request fields both tabs share, from widget values (numbers arrive from Gradio as floats)."""
     return {
-        "prompt": prompt or "", "negative_prompt": negative_prompt or "", "sampler_name": sampler_name or "",
-        "scheduler": scheduler or "Automatic", "steps": int(steps), "cfg_scale": float(cfg_scale),
-        "width": int(width), "height": int(height), "seed": RANDOM_SEED if seed is None else int(seed),
-        "n_iter": int(n_iter), "batch_size": int(batch_size),
+        "prompt": prompt or "",
+        "negative_prompt": negative_prompt or "",
+        "sampler_name": sampler_name or "",
+        "scheduler": scheduler or "Automatic",
+        "steps": int(steps),
+        "cfg_scale": float(cfg_scale),
+        "width": int(width),
+        "height": int(height),
+        "seed": RANDOM_SEED if seed is None else int(seed),
+        "n_iter": int(n_iter),
+        "batch_size": int(batch_size),
     }
 
 
@@ -276,8 +333,15 @@ def request_widget_values(request: Any, samplers: list[str]) -> list[Any]:
     """Widget values for `GenerationTab.parameter_components()` from a request (e.g. parsed from a PNG)."""
     sampler = next((s for s in samplers if s.lower() == str(request.sampler_name).lower()), gr.skip())
     return [
-        request.prompt, request.negative_prompt, sampler, request.scheduler, request.steps,
-        request.cfg_scale, request.width or gr.skip(), request.height or gr.skip(), request.seed,
+        request.prompt,
+        request.negative_prompt,
+        sampler,
+        request.scheduler,
+        request.steps,
+        request.cfg_scale,
+        request.width or gr.skip(),
+        request.height or gr.skip(),
+        request.seed,
     ]
 
 
@@ -310,5 +374,12 @@ def wire_token_counter(tab: GenerationTab, service: Service, model: gr.Dropdown)
 
     inputs = [model, tab.prompt, tab.negative_prompt, tab.steps]
     for source in (tab.prompt, tab.negative_prompt):
-        source.change(count, inputs, tab.tokens, queue=False, show_progress="hidden", trigger_mode="always_last",
-                      api_visibility="undocumented")
+        source.change(
+            count,
+            inputs,
+            tab.tokens,
+            queue=False,
+            show_progress="hidden",
+            trigger_mode="always_last",
+            api_visibility="undocumented",
+        )

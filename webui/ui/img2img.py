@@ -99,8 +99,12 @@ def brush_radius(width: int, height: int) -> int:
 
 def mask_brush(size: tuple[int, int] | None) -> gr.Brush:
     """The mask brush for an image of ``size`` (width, height); gradio's own default size when unknown."""
-    return gr.Brush(default_size=brush_radius(*size) if size else "auto", colors=MASK_COLORS,
-                    default_color=MASK_COLORS[0], color_mode="fixed")
+    return gr.Brush(
+        default_size=brush_radius(*size) if size else "auto",
+        colors=MASK_COLORS,
+        default_color=MASK_COLORS[0],
+        color_mode="fixed",
+    )
 
 
 def image_size(image: Image.Image | str | Path | None) -> tuple[int, int] | None:
@@ -169,10 +173,25 @@ def inpaint_inputs(
 
 
 def img2img_request(
-    mode: str, init_image: Image.Image | None, inpaint_image: dict | None, inpaint_mask: Image.Image | None,
-    prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float, cfg_scale: float,
-    width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
-    denoising_strength: float, resize_mode: int | None, mask_blur: float, mask_mode: int | None,
+    mode: str,
+    init_image: Image.Image | None,
+    inpaint_image: dict | None,
+    inpaint_mask: Image.Image | None,
+    prompt: str,
+    negative_prompt: str,
+    sampler_name: str,
+    scheduler: str,
+    steps: float,
+    cfg_scale: float,
+    width: float,
+    height: float,
+    seed: float | None,
+    n_iter: float,
+    batch_size: float,
+    denoising_strength: float,
+    resize_mode: int | None,
+    mask_blur: float,
+    mask_mode: int | None,
     inpainting_fill: int | None,
 ) -> Img2ImgRequest:
     """The request the img2img widgets describe; in ``inpaint`` mode it carries the mask."""
@@ -181,8 +200,9 @@ def img2img_request(
     if mode == "inpaint":
         image, mask = inpaint_inputs(inpaint_image, inpaint_mask, init_image)
     return Img2ImgRequest(
-        **generation_fields(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
-                            n_iter, batch_size),
+        **generation_fields(
+            prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter, batch_size
+        ),
         init_images=[image.convert("RGB")] if image is not None else [],
         denoising_strength=float(denoising_strength),
         resize_mode=int(resize_mode or 0),
@@ -204,49 +224,105 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         with gr.Column(scale=1):
             with gr.Tabs(elem_id="img2img_mode_tabs") as mode_tabs:
                 with gr.Tab("img2img", id=PLAIN_TAB) as plain_tab:
-                    init_image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"],
-                                          elem_id="img2img_image", height=360)
+                    init_image = gr.Image(
+                        label="Image", type="pil", sources=["upload", "clipboard"], elem_id="img2img_image", height=360
+                    )
                 with gr.Tab("Inpaint", id=INPAINT_TAB) as inpaint_tab:
                     # PNG, not gradio's default WebP: the background comes back lossless, so that the
                     # unmasked part of the result is exactly the image that was sent here.
                     inpaint_image = gr.ImageMask(
-                        label="Image and mask (paint over what to repaint)", type="pil",
-                        sources=["upload", "clipboard"], elem_id="img2img_inpaint", height=360,
-                        brush=mask_brush(native), format="png",
+                        label="Image and mask (paint over what to repaint)",
+                        type="pil",
+                        sources=["upload", "clipboard"],
+                        elem_id="img2img_inpaint",
+                        height=360,
+                        brush=mask_brush(native),
+                        format="png",
                     )
-                    inpaint_mask = gr.Image(label="Mask (optional upload; white = repaint)", type="pil",
-                                            image_mode="L", sources=["upload"], elem_id="img2img_mask", height=160)
+                    inpaint_mask = gr.Image(
+                        label="Mask (optional upload; white = repaint)",
+                        type="pil",
+                        image_mode="L",
+                        sources=["upload"],
+                        elem_id="img2img_mask",
+                        height=160,
+                    )
                     with gr.Row():
                         mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
                         mask_mode = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index", label="Mask mode")
-                    inpainting_fill = gr.Radio(list(INPAINTING_FILLS), value=INPAINTING_FILLS[1], type="index",
-                                               label="Masked content")
+                    inpainting_fill = gr.Radio(
+                        list(INPAINTING_FILLS), value=INPAINTING_FILLS[1], type="index", label="Masked content"
+                    )
             plain_tab.select(lambda: MODES[0], None, mode, queue=False, api_visibility="undocumented")
             inpaint_tab.select(lambda: MODES[1], None, mode, queue=False, api_visibility="undocumented")
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode")
             settings = build_settings(name, service, entry)
-            denoising_strength = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                           elem_id="img2img_denoising_strength")
+            denoising_strength = gr.Slider(
+                0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
+            )
         with gr.Column(scale=1):
             outputs = build_outputs(name)
-    tab = GenerationTab(name=name, prompt=prompt, negative_prompt=negative, generate=generate,
-                        interrupt=interrupt, skip=skip, tokens=tokens, denoising_strength=denoising_strength,
-                        **settings, **outputs)
+    tab = GenerationTab(
+        name=name,
+        prompt=prompt,
+        negative_prompt=negative,
+        generate=generate,
+        interrupt=interrupt,
+        skip=skip,
+        tokens=tokens,
+        denoising_strength=denoising_strength,
+        **settings,
+        **outputs,
+    )
 
     def img2img(
-        model_name: str, mode: str, init_image: Image.Image | None, inpaint_image: dict | None,
-        inpaint_mask: Image.Image | None, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str,
-        steps: float, cfg_scale: float, width: float, height: float, seed: float, n_iter: float,
-        batch_size: float, denoising_strength: float, resize_mode: int, mask_blur: float, mask_mode: int,
-        inpainting_fill: int, request: gr.Request,
+        model_name: str,
+        mode: str,
+        init_image: Image.Image | None,
+        inpaint_image: dict | None,
+        inpaint_mask: Image.Image | None,
+        prompt: str,
+        negative_prompt: str,
+        sampler_name: str,
+        scheduler: str,
+        steps: float,
+        cfg_scale: float,
+        width: float,
+        height: float,
+        seed: float,
+        n_iter: float,
+        batch_size: float,
+        denoising_strength: float,
+        resize_mode: int,
+        mask_blur: float,
+        mask_mode: int,
+        inpainting_fill: int,
+        request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate from an image (mode "img2img") or repaint its masked part (mode "inpaint": pass the image
         as init_image and a white-on-black inpaint_mask)."""
         try:
             gen_request = img2img_request(
-                mode, init_image, inpaint_image, inpaint_mask, prompt, negative_prompt, sampler_name, scheduler,
-                steps, cfg_scale, width, height, seed, n_iter, batch_size, denoising_strength, resize_mode,
-                mask_blur, mask_mode, inpainting_fill,
+                mode,
+                init_image,
+                inpaint_image,
+                inpaint_mask,
+                prompt,
+                negative_prompt,
+                sampler_name,
+                scheduler,
+                steps,
+                cfg_scale,
+                width,
+                height,
+                seed,
+                n_iter,
+                batch_size,
+                denoising_strength,
+                resize_mode,
+                mask_blur,
+                mask_mode,
+                inpainting_fill,
             )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
@@ -256,11 +332,38 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
         yield from run_generation(tracker, gen_request, model_name, request.session_hash if request else None)
 
-    inputs = [model, mode, init_image, inpaint_image, inpaint_mask, prompt, negative, tab.sampler, tab.scheduler,
-              tab.steps, tab.cfg_scale, tab.width, tab.height, tab.seed, tab.batch_count, tab.batch_size,
-              denoising_strength, resize_mode, mask_blur, mask_mode, inpainting_fill]
-    generate.click(img2img, inputs, tab.outputs(), api_name="img2img", show_progress="minimal",
-                   concurrency_id="generate", concurrency_limit=8)
+    inputs = [
+        model,
+        mode,
+        init_image,
+        inpaint_image,
+        inpaint_mask,
+        prompt,
+        negative,
+        tab.sampler,
+        tab.scheduler,
+        tab.steps,
+        tab.cfg_scale,
+        tab.width,
+        tab.height,
+        tab.seed,
+        tab.batch_count,
+        tab.batch_size,
+        denoising_strength,
+        resize_mode,
+        mask_blur,
+        mask_mode,
+        inpainting_fill,
+    ]
+    generate.click(
+        img2img,
+        inputs,
+        tab.outputs(),
+        api_name="img2img",
+        show_progress="minimal",
+        concurrency_id="generate",
+        concurrency_limit=8,
+    )
     wire_common(tab, tracker)
     wire_token_counter(tab, service, model)
     wire_mask_editor(inpaint_image)
@@ -270,6 +373,13 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
 def wire_mask_editor(editor: gr.ImageMask) -> None:
     """Size the brush to each image put into the editor, and install the page script that keeps uploads."""
     # Fires for uploads and for images sent here; updates only the brush, never the value (no loop).
-    editor.upload(fitted_brush, editor, editor, queue=False, show_progress="hidden", trigger_mode="always_last",
-                  api_visibility="undocumented")
+    editor.upload(
+        fitted_brush,
+        editor,
+        editor,
+        queue=False,
+        show_progress="hidden",
+        trigger_mode="always_last",
+        api_visibility="undocumented",
+    )
     gr.on(triggers=None, fn=None, js=UPLOAD_GUARD_JS, queue=False, api_visibility="undocumented")

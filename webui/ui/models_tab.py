@@ -14,8 +14,12 @@ def build_models_tab(service: Service, model: gr.Dropdown) -> None:
     """Lay out the tab (inside the caller's ``gr.Tab``); loading here also selects the model on top."""
     names = [m.name for m in backend.model_choices(service)]
     table = gr.Dataframe(
-        value=backend.model_status_rows(service), headers=backend.MODEL_STATUS_HEADERS, interactive=False,
-        label="Models (from models.yaml)", elem_id="models_table", wrap=True,
+        value=backend.model_status_rows(service),
+        headers=backend.MODEL_STATUS_HEADERS,
+        interactive=False,
+        label="Models (from models.yaml)",
+        elem_id="models_table",
+        wrap=True,
     )
     with gr.Row():
         chosen = gr.Dropdown(names, value=model.value, label="Model", elem_id="models_choice", scale=3)
@@ -42,19 +46,34 @@ def build_models_tab(service: Service, model: gr.Dropdown) -> None:
             return backend.model_status_rows(service), f"**Could not unload {name}:** {exc}"
         return backend.model_status_rows(service), f"Unloaded **{name}**."
 
-    load.click(do_load, chosen, [table, message, model], concurrency_id="models", concurrency_limit=1,
-               api_visibility="undocumented")
-    unload.click(do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1,
-                 api_visibility="undocumented")
+    load.click(
+        do_load,
+        chosen,
+        [table, message, model],
+        concurrency_id="models",
+        concurrency_limit=1,
+        api_visibility="undocumented",
+    )
+    unload.click(
+        do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1, api_visibility="undocumented"
+    )
+
     def do_refresh(current: str | None, picked: str | None) -> tuple[list, str, Any, Any]:
         service.reload_registry()
         names = [m.name for m in backend.model_choices(service)]
         count = f"{len(names)} model{'s' if len(names) != 1 else ''} in models.yaml"
         return (
-            backend.model_status_rows(service), f"Re-read models.yaml: {count}.",
+            backend.model_status_rows(service),
+            f"Re-read models.yaml: {count}.",
             gr.Dropdown(choices=names, value=current if current in names else backend.default_model(service)),
             gr.Dropdown(choices=names, value=picked if picked in names else None),
         )
 
-    refresh.click(do_refresh, [model, chosen], [table, message, model, chosen], concurrency_id="models",
-                  concurrency_limit=1, api_visibility="undocumented")
+    refresh.click(
+        do_refresh,
+        [model, chosen],
+        [table, message, model, chosen],
+        concurrency_id="models",
+        concurrency_limit=1,
+        api_visibility="undocumented",
+    )

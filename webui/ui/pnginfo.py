@@ -35,11 +35,13 @@ class PngInfoTab:
 def build_pnginfo_tab() -> PngInfoTab:
     with gr.Row(equal_height=False):
         with gr.Column():
-            image = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"],
-                             elem_id="pnginfo_image", height=400)
+            image = gr.Image(
+                label="Source", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo_image", height=400
+            )
         with gr.Column():
-            parameters = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_parameters",
-                                    buttons=["copy"])
+            parameters = gr.Textbox(
+                label="Parameters", lines=6, interactive=False, elem_id="pnginfo_parameters", buttons=["copy"]
+            )
             fields = gr.JSON(label="Fields", open=True, elem_id="pnginfo_fields")
             with gr.Row():
                 send_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")

@@ -23,12 +23,24 @@ from webui.ui.jobs import JobTracker
 
 
 def txt2img_request(
-    prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float, cfg_scale: float,
-    width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
+    prompt: str,
+    negative_prompt: str,
+    sampler_name: str,
+    scheduler: str,
+    steps: float,
+    cfg_scale: float,
+    width: float,
+    height: float,
+    seed: float | None,
+    n_iter: float,
+    batch_size: float,
 ) -> GenerationRequest:
     """The request the txt2img widgets describe."""
-    return GenerationRequest(**generation_fields(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
-                                                 width, height, seed, n_iter, batch_size))
+    return GenerationRequest(
+        **generation_fields(
+            prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter, batch_size
+        )
+    )
 
 
 def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
@@ -40,26 +52,75 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             settings = build_settings(name, service, backend.find_model(service, model.value))
         with gr.Column(scale=1):
             outputs = build_outputs(name)
-    tab = GenerationTab(name=name, prompt=prompt, negative_prompt=negative, generate=generate,
-                        interrupt=interrupt, skip=skip, tokens=tokens, **settings, **outputs)
+    tab = GenerationTab(
+        name=name,
+        prompt=prompt,
+        negative_prompt=negative,
+        generate=generate,
+        interrupt=interrupt,
+        skip=skip,
+        tokens=tokens,
+        **settings,
+        **outputs,
+    )
 
     def txt2img(
-        model_name: str, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float,
-        cfg_scale: float, width: float, height: float, seed: float, n_iter: float, batch_size: float,
+        model_name: str,
+        prompt: str,
+        negative_prompt: str,
+        sampler_name: str,
+        scheduler: str,
+        steps: float,
+        cfg_scale: float,
+        width: float,
+        height: float,
+        seed: float,
+        n_iter: float,
+        batch_size: float,
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate images from a prompt; yields live progress, finally the gallery and parameters."""
         try:
-            gen_request = txt2img_request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale,
-                                          width, height, seed, n_iter, batch_size)
+            gen_request = txt2img_request(
+                prompt,
+                negative_prompt,
+                sampler_name,
+                scheduler,
+                steps,
+                cfg_scale,
+                width,
+                height,
+                seed,
+                n_iter,
+                batch_size,
+            )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
         yield from run_generation(tracker, gen_request, model_name, request.session_hash if request else None)
 
-    inputs = [model, prompt, negative, tab.sampler, tab.scheduler, tab.steps, tab.cfg_scale, tab.width,
-              tab.height, tab.seed, tab.batch_count, tab.batch_size]
-    generate.click(txt2img, inputs, tab.outputs(), api_name="txt2img", show_progress="minimal",
-                   concurrency_id="generate", concurrency_limit=8)
+    inputs = [
+        model,
+        prompt,
+        negative,
+        tab.sampler,
+        tab.scheduler,
+        tab.steps,
+        tab.cfg_scale,
+        tab.width,
+        tab.height,
+        tab.seed,
+        tab.batch_count,
+        tab.batch_size,
+    ]
+    generate.click(
+        txt2img,
+        inputs,
+        tab.outputs(),
+        api_name="txt2img",
+        show_progress="minimal",
+        concurrency_id="generate",
+        concurrency_limit=8,
+    )
     wire_common(tab, tracker)
     wire_token_counter(tab, service, model)
     return tab
