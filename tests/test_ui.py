@@ -289,16 +289,21 @@ def test_img2img_and_inpaint_endpoints_send_image_and_mask(ui_url, fake_service,
     image = gradio_client.handle_file(str(init_path))
     none = {"inpaint_image": None, "inpaint_mask": None}
     gallery, info, _, _ = client.predict(mode="img2img", init_image=image, **none, **common, api_name="/img2img")
-    request = fake_service.submitted[-1].request
-    assert len(gallery) == 1 and isinstance(request, Img2ImgRequest) and request.mask is None
+    request = fake_service.submitted[-1].request.img2img
+    assert len(gallery) == 1 and request is not None and request.mask is None
     assert request.denoising_strength == 0.6 and request.init_images[0].getpixel((5, 5)) == (10, 200, 30)
 
     mask_file = gradio_client.handle_file(str(mask_path))
     client.predict(
         mode="inpaint", init_image=image, inpaint_image=None, inpaint_mask=mask_file, **common, api_name="/img2img"
     )
-    request = fake_service.submitted[-1].request
-    assert request.mask is not None and request.mask.getpixel((5, 5)) == 255 and request.mask.getpixel((60, 5)) == 0
+    request = fake_service.submitted[-1].request.img2img
+    assert (
+        request is not None
+        and request.mask is not None
+        and request.mask.getpixel((5, 5)) == 255
+        and request.mask.getpixel((60, 5)) == 0
+    )
     assert request.mask_blur == 2 and request.inpainting_fill == 1 and request.inpainting_mask_invert == 0
 
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import inspect
 import time
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
 from webui.jobs import Job, JobQueue
 from webui.models.manager import ModelStatus
-from webui.models.registry import ModelEntry, Registry
-from webui.pipeline import GenerationRequest, GenerationResult, InvalidRequest, Progress
+from webui.models.registry import SD1_NATIVE_SIZE, ModelEntry, Registry
+from webui.pipeline import GenerationRequest, GenerationResult, Progress, resolve_request
 from webui.sampling import create_sampler_registry
 from webui.sampling.registry import SamplerRegistry
 from webui.service import IDLE, ProgressSnapshot, Service
@@ -117,10 +118,11 @@ class FakeService:
     # --- jobs -----------------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
-        request.validate()
-        if request.sampler_name not in self._samplers.names:
-            raise InvalidRequest("sampler_name", f"unknown sampler {request.sampler_name!r}")
-        job = self._queue.submit(Job(request, model_name, save=save))
+        # Resolved as the real service does (a random seed is 1000 here, so that tests can predict pixels).
+        entry = self._registry.get(model_name) if model_name else self._registry.default
+        native = entry.native_size if entry is not None else SD1_NATIVE_SIZE
+        fixed_seed = replace(request, seed=1000) if request.seed == -1 else request
+        job = self._queue.submit(Job(resolve_request(fixed_seed, self._samplers, native), model_name, save=save))
         self.submitted.append(job)
         return job
 
@@ -156,8 +158,7 @@ class FakeService:
         if request.prompt == FAILING_PROMPT:
             time.sleep(step_seconds)
             raise RuntimeError("the VAE decoded NaNs; try --precision fp32")
-        assert request.width is not None and request.height is not None, "the UI always sends a size"
-        seed = 1000 if request.seed == -1 else request.seed
+        seed = request.seed
         images, seeds, infotexts = [], [], []
         total = request.steps * request.total_images
         for i in range(request.total_images):
