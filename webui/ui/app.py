@@ -54,7 +54,7 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         banner_html = backend.problems_banner(service)
         banner = gr.HTML(banner_html, visible=bool(banner_html), elem_id="models_problems")
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):  # a long error next to the dropdown must not stretch it
             names = [m.name for m in backend.model_choices(service)]
             model = gr.Dropdown(
                 names,
@@ -64,7 +64,7 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                 scale=3,
             )
             cancel_download = gr.Button(
-                "Cancel download", visible=False, elem_id="model_cancel", scale=0, min_width=140
+                "Cancel download", visible=False, elem_id="model_cancel", size="sm", scale=0, min_width=140
             )
             model_status = gr.Markdown(elem_id="model_status")
         with gr.Tabs(elem_id="tabs") as tabs:
