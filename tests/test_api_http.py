@@ -118,7 +118,10 @@ class StubService:
         self.calls.append("skip")
         return False
 
-    def select_model(self, name: str) -> None:
+    def download_plan(self, name: str) -> None:
+        return None  # the stub's models are all on disk
+
+    def select_model(self, name: str, progress: Any = None, cancel: Any = None) -> None:
         self.models.load(name)
 
     def unload_model(self, name: str | None = None) -> None:

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,15 +70,20 @@ def _pump(stream: io.TextIOBase, lines: list[str]) -> None:
         lines.append(line.rstrip("\n"))
 
 
-def start_server(models_yaml: Path, outputs: Path, *args: str) -> Server:
-    """Start ``launch.py`` on a free port and wait until it answers (or fail with its output)."""
+def start_server(models_yaml: Path, outputs: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """Start ``launch.py`` on a free port and wait until it answers (or fail with its output); ``env`` is
+    added to (and overrides) the environment, e.g. ``HF_HUB_OFFLINE=0`` with ``HF_ENDPOINT`` for a stand-in hub."""
     port = free_port()
-    env = os.environ | {
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = (
+        os.environ
+        | {
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "PYTHONUNBUFFERED": "1",
+        }
+        | (env or {})
+    )
     command = [
         sys.executable,
         str(ROOT / "launch.py"),
@@ -710,3 +716,83 @@ def test_browser_inpaint_upload_registers_on_the_first_try(server, page, tmp_pat
     wait_for_editor_image(page)
     paint_stroke(page)
     assert_repainted_only_under_a_thin_stroke(inpaint_in_browser(page, server), source)
+
+
+# --- choosing a model that is not on disk (a stand-in hub in this process) -------------------------------
+
+
+def _dropdown_value(page) -> str:
+    return page.locator("#model_checkpoint input").first.input_value()
+
+
+def _wait_status(page, text: str, timeout: float = 60_000) -> str:
+    status = page.locator("#model_status")
+    try:
+        page.wait_for_function(
+            "([el, t]) => el.innerText.includes(t)", arg=[status.element_handle(), text], timeout=timeout
+        )
+    except Exception as exc:
+        raise AssertionError(f"{text!r} not in the model status: {status.inner_text()!r}") from exc
+    return status.inner_text()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_hub_model_says_plan_shows_progress_cancels_and_fails_offline(tiny_checkpoint, page, tmp_path,
+                                                                            screenshots_dir):  # fmt: skip
+    from tests.support.hub_server import fake_hub
+
+    models_yaml = tmp_path / "models.yaml"
+    models_yaml.write_text(
+        "models:\n"
+        f"  - {{name: tiny, path: {tiny_checkpoint.path}, default: true, width: 64, height: 64}}\n"
+        f"  - {{name: hub-tiny, repo: someone/tiny, file: tiny.safetensors, tokenizer: {tiny_checkpoint.tokenizer_dir},"
+        " width: 128, height: 128}\n"
+        "  - {name: typo, path: x.safetensors, sampler: DPM++2M}\n"
+    )
+    with ExitStack() as stack:
+        hub_stack = stack.enter_context(ExitStack())
+        hub = hub_stack.enter_context(fake_hub(chunk_size=64 * 1024, delay=0.1))  # ~20 s for 12 MB: time to cancel
+        hub.add("someone/tiny", "tiny.safetensors", tiny_checkpoint.path.read_bytes())
+        env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": hub.url,
+               "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}  # fmt: skip
+        server = start_server(models_yaml, tmp_path / "outputs", env=env)
+        stack.callback(stop_server, server)
+        page.goto(server.url)
+        banner = page.locator("#models_problems")
+        banner.wait_for(timeout=30_000)
+        assert "models.yaml has 1 problem" in banner.inner_text() and "DPM++2M" in banner.inner_text()
+        page.get_by_role("tab", name="Models").click()  # load the local model first: it is what stays
+        assert "DPM++2M" in page.locator("#models_table").inner_text()
+        page.locator("#models_load").click()
+        message = page.locator("#models_message")
+        page.wait_for_function("el => el.innerText.includes('Loaded')", arg=message.element_handle(), timeout=120_000)
+        page.get_by_role("tab", name="txt2img").click()
+        set_number(page, "txt2img_width", 192)  # the user's own size: a failed switch must keep it
+
+        pick(page, "model_checkpoint", "hub-tiny")
+        text = _wait_status(page, "downloads 11.7 MB")
+        assert "from the Hugging Face hub (someone/tiny/tiny.safetensors)" in text
+        text = _wait_status(page, "ETA")
+        assert re.search(r"Downloading \S+ from someone/tiny: [\d.]+ (kB|MB) of 11\.7 MB \(\d+%\)", text), text
+        cancel = page.locator("#model_cancel")
+        assert cancel.is_visible()
+        page.screenshot(path=str(screenshots_dir / "model_download_progress.png"))
+        cancel.click()
+        text = _wait_status(page, "cancelled", timeout=10_000)
+        assert "Still using tiny" in text and _dropdown_value(page) == "tiny"
+        assert not cancel.is_visible()
+        assert page.locator("#txt2img_width input[type=number]").first.input_value() == "192"
+        page.screenshot(path=str(screenshots_dir / "model_download_cancelled.png"))
+        file_gets = [path for method, path in hub.requests if method == "GET" and path.endswith("tiny.safetensors")]
+        assert len(file_gets) == 1, hub.requests  # one pick, one download (no second event on the blur)
+
+        hub_stack.close()  # the stand-in hub is gone: the machine is "offline"
+        pick(page, "model_checkpoint", "hub-tiny")
+        text = _wait_status(page, "Could not load", timeout=60_000)
+        assert "cannot be reached" in text and "To fix it" in text and "Still using tiny" in text, text
+        assert "Traceback" not in text and _dropdown_value(page) == "tiny"
+        assert page.locator("#txt2img_width input[type=number]").first.input_value() == "192"
+        page.screenshot(path=str(screenshots_dir / "model_download_offline.png"))
+        print("screenshots:", screenshots_dir)
+    assert "Traceback" not in server.output, server.output

@@ -29,6 +29,7 @@ from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
 
 if TYPE_CHECKING:
+    from webui.models.download import DownloadPlan, ProgressCallback
     from webui.models.manager import ModelManager, ModelStatus
     from webui.models.model import StableDiffusionModel
     from webui.models.registry import Registry
@@ -120,8 +121,21 @@ class Service(Protocol):
         """The sha256 of a model's file when known without a long read."""
         ...
 
-    def select_model(self, name: str) -> None:
-        """Load ``name`` (after the running job) and make it current."""
+    def download_plan(self, name: str) -> DownloadPlan | None:
+        """What selecting ``name`` would download first (size, source, destination); None if nothing.
+
+        May ask the hub (up to about 10 s when it cannot be reached): call it from a worker thread.
+        """
+        ...
+
+    def select_model(
+        self, name: str, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> None:
+        """Download ``name``'s file if needed (``progress`` gets :class:`DownloadProgress`, setting ``cancel``
+        stops it; no lock held meanwhile), then load it (after the running job) and make it current.
+
+        Raises ``DownloadCancelled``, ``DownloadError`` or the loader's error; the current model stays then.
+        """
         ...
 
     def unload_model(self, name: str | None = None) -> None:
@@ -360,10 +374,21 @@ class WebUIService:
     def _loaded_model(self, name: str) -> StableDiffusionModel | None:
         return self.models.loaded().get(name)
 
-    def select_model(self, name: str) -> None:
-        """Make ``name`` the current model, loading it if needed; waits for the running job first."""
+    def download_plan(self, name: str) -> DownloadPlan | None:
+        """What selecting ``name`` would download (None: its file is on disk); may ask the hub."""
+        return self.models.download_plan(name)
+
+    def select_model(
+        self, name: str, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> None:
+        """Make ``name`` the current model: download its file if needed, then load it.
+
+        The download runs outside the device lock, so generations with the loaded model go on meanwhile;
+        only the load waits for the running job.
+        """
+        self.models.ensure_downloaded(name, progress, cancel)
         with self._device_lock:
-            self.models.get(name)
+            self.models.get(name, download=False)
 
     def unload_model(self, name: str | None = None) -> None:
         """Free ``name`` (None: every model); waits for the running job first."""
@@ -422,7 +447,7 @@ class WebUIService:
             job.progress = progress
 
         with self._device_lock:
-            model = self.models.get(job.model_name)
+            model = self.models.get(job.model_name, download=False)  # selecting a model downloads, Generate never
             return generate(
                 model,
                 job.request,

@@ -13,13 +13,16 @@ Usage (pytest puts ``tests/`` on ``sys.path``)::
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from webui.jobs import Job, JobQueue
+from webui.models.download import DownloadCancelled, DownloadError, DownloadPlan, DownloadProgress, ProgressCallback
 from webui.models.manager import ModelStatus
 from webui.models.registry import SD1_NATIVE_SIZE, ModelEntry, Registry
 from webui.pipeline import GenerationRequest, GenerationResult, Progress, resolve_request
@@ -47,8 +50,11 @@ class FakeService:
     Args:
         step_seconds: how long each fake sampling step takes (read when a job runs, so tests may change it).
 
-    Attributes for tests: ``submitted`` (every accepted job, in order) and ``added_entries`` (models that the
-    next :meth:`reload_registry` adds, as if someone had edited models.yaml).
+    Attributes for tests: ``submitted`` (every accepted job, in order), ``added_entries`` (models that the
+    next :meth:`reload_registry` adds, as if someone had edited models.yaml), ``hub_sizes`` (model name ->
+    bytes: these models "need a download" first, which :meth:`select_model` fakes in ``download_steps``
+    progress updates ``download_step_seconds`` apart, or fails with ``download_error`` when that is set) and
+    ``selects`` (every name passed to :meth:`select_model`, in order).
     """
 
     def __init__(self, step_seconds: float = 0.01):
@@ -61,6 +67,11 @@ class FakeService:
         self._current: str | None = None
         self._load_errors: dict[str, str] = {}
         self._queue = JobQueue(self._run, name="fake-generation")
+        self.hub_sizes: dict[str, int] = {}
+        self.download_steps = 4
+        self.download_step_seconds = 0.05
+        self.download_error: str | None = None
+        self.selects: list[str] = []
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -86,6 +97,7 @@ class FakeService:
                 default=default is not None and e.name == default.name,
                 error=self._load_errors.get(e.name),
                 short_hash=None,
+                needs_download=e.name in self.hub_sizes,
             )
             for e in self._registry.entries
         ]
@@ -93,12 +105,45 @@ class FakeService:
     def model_sha256(self, name: str) -> str | None:
         return None  # no files behind the fake models
 
-    def select_model(self, name: str) -> None:
+    def download_plan(self, name: str) -> DownloadPlan | None:
         entry = self._registry.get(name)
+        size = self.hub_sizes.get(entry.name)
+        if size is None:
+            return None
+        url = f"https://huggingface.co/someone/{entry.name}/resolve/main/{entry.name}.safetensors"
+        return DownloadPlan(entry.name, f"someone/{entry.name}", f"{entry.name}.safetensors", "main", url,
+                            Path("/cache/huggingface/hub"), size)  # fmt: skip
+
+    def select_model(
+        self, name: str, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> None:
+        entry = self._registry.get(name)
+        self.selects.append(entry.name)
+        if entry.name in self.hub_sizes:
+            self._fake_download(entry.name, self.hub_sizes[entry.name], progress, cancel)
         if entry.name == BROKEN_MODEL:
             self._load_errors[entry.name] = "broken.safetensors: not a Stable Diffusion 1.x checkpoint"
             raise ValueError(self._load_errors[entry.name])
         self._current = entry.name
+
+    def _fake_download(
+        self, name: str, size: int, progress: ProgressCallback | None, cancel: threading.Event | None
+    ) -> None:
+        """Stands for ``ModelManager.ensure_downloaded``: progress updates, then the file is "on disk"."""
+        if self.download_error is not None:
+            self._load_errors[name] = self.download_error
+            raise DownloadError(self.download_error)
+        for i in range(1, self.download_steps + 1):
+            if cancel is not None and cancel.wait(self.download_step_seconds):
+                raise DownloadCancelled(f"model {name!r}: download cancelled")
+            if cancel is None:
+                time.sleep(self.download_step_seconds)
+            elapsed = i * self.download_step_seconds
+            done = size * i // self.download_steps
+            if progress is not None:
+                progress(DownloadProgress(name, f"{name}.safetensors", done, size, elapsed, done / elapsed,
+                                          finished=i == self.download_steps))  # fmt: skip
+        del self.hub_sizes[name]
 
     def unload_model(self, name: str | None = None) -> None:
         if name is None or self._registry.get(name).name == self._current:

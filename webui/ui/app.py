@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
@@ -22,6 +23,9 @@ CSS = """
 /* passed to launch(css=...): gradio 6 takes page-level CSS there */
 .sd-job-status { font-variant-numeric: tabular-nums; padding: 4px 0; }
 .sd-job-status progress { height: 6px; display: block; margin-top: 4px; }
+#model_status progress { width: 100%; height: 6px; display: block; }
+.sd-problems { border: 1px solid #d97706; border-radius: 6px; padding: 4px 10px; background: rgba(217,119,6,.08); }
+.sd-problems summary { cursor: pointer; }
 """
 
 # Passed to launch(js=...): Ctrl+Enter (Cmd+Enter) in a prompt box clicks that tab's Generate, as in A1111.
@@ -48,7 +52,9 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
     """
     tracker = JobTracker(service, poll_interval=poll_interval)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        with gr.Row(equal_height=True):
+        banner_html = backend.problems_banner(service)
+        banner = gr.HTML(banner_html, visible=bool(banner_html), elem_id="models_problems")
+        with gr.Row(equal_height=False):  # a long error next to the dropdown must not stretch it
             names = [m.name for m in backend.model_choices(service)]
             model = gr.Dropdown(
                 names,
@@ -56,6 +62,9 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                 label="Stable Diffusion checkpoint",
                 elem_id="model_checkpoint",
                 scale=3,
+            )
+            cancel_download = gr.Button(
+                "Cancel download", visible=False, elem_id="model_cancel", size="sm", scale=0, min_width=140
             )
             model_status = gr.Markdown(elem_id="model_status")
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -66,37 +75,53 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("Models", id="models"):
-                build_models_tab(service, model)
+                build_models_tab(service, model, banner)
 
-        _wire_model_dropdown(service, model, model_status, [txt2img, img2img])
+        _wire_model_dropdown(service, model, model_status, cancel_download, [txt2img, img2img])
         _wire_send_to(service, tabs, txt2img, img2img, img2img_inputs, pnginfo)
     return demo
 
 
-def _wire_model_dropdown(service: Service, model: gr.Dropdown, status: gr.Markdown, tabs: list[GenerationTab]) -> None:
-    """Choosing a checkpoint loads it (errors shown next to it) and sets its native width/height."""
+def _wire_model_dropdown(
+    service: Service, model: gr.Dropdown, status: gr.Markdown, cancel: gr.Button, tabs: list[GenerationTab]
+) -> None:
+    """Choosing a checkpoint downloads it if needed (said first, with progress and a Cancel button), loads it
+    and sets its width/height; on failure the dropdown goes back to the model still loaded, sizes untouched.
 
-    def choose(name: str | None) -> list[Any]:
-        entry = backend.find_model(service, name)
-        sizes: list[Any] = []
-        for _ in tabs:
-            sizes += [
-                entry.width if entry and entry.width else gr.skip(),
-                entry.height if entry and entry.height else gr.skip(),
-            ]
-        if not name:
-            return ["", *sizes]
-        try:
-            backend.load_model(service, name)
-        except Exception as exc:
-            gr.Warning(f"Could not load {name}: {exc}")
-            return [f"⚠️ {exc}", *sizes]
-        return [f"Loaded **{name}**", *sizes]
+    Wired to ``select`` (one event per pick: gradio 6's Dropdown also fires ``input`` on the blur after a
+    pick), without a concurrency limit shared with anything else: a download holds no slot and no lock that
+    generation or the Models tab need, and each session runs its own selection (the service shares one
+    download between sessions that pick the same model).
+    """
+    switcher = backend.ModelSwitcher(service)
 
-    outputs: list[Any] = [status]
+    def outputs_of(update: backend.SelectionUpdate) -> list[Any]:
+        value: Any = gr.skip()
+        sizes: list[Any] = [gr.skip()] * (2 * len(tabs))
+        if update.done:
+            value = update.model
+            if update.size is not None:
+                width, height = update.size
+                sizes = [width or gr.skip(), height or gr.skip()] * len(tabs)
+        return [value, update.message, gr.Button(visible=update.cancellable), *sizes]
+
+    def choose(name: str | None, request: gr.Request) -> Iterator[list[Any]]:
+        updated = False
+        for update in switcher.select(name, request.session_hash or ""):
+            updated = True
+            yield outputs_of(update)
+        if not updated:  # nothing to do (the current model, or a repeat event of a pick already running)
+            yield [gr.skip()] * len(outputs)
+
+    def stop(request: gr.Request) -> Any:
+        switcher.cancel(request.session_hash or "")
+        return gr.Button(visible=False)
+
+    outputs: list[Any] = [model, status, cancel]
     for tab in tabs:
         outputs += [tab.width, tab.height]
-    model.input(choose, model, outputs, concurrency_id="models", concurrency_limit=1, api_visibility="undocumented")
+    model.select(choose, model, outputs, concurrency_limit=None, api_visibility="undocumented", show_progress="hidden")
+    cancel.click(stop, None, cancel, **QUIET)  # not queued: it must act even while the queue is busy
 
 
 def _wire_send_to(

@@ -10,8 +10,12 @@ from webui.service import Service
 from webui.ui import backend
 
 
-def build_models_tab(service: Service, model: gr.Dropdown) -> None:
-    """Lay out the tab (inside the caller's ``gr.Tab``); loading here also selects the model on top."""
+def build_models_tab(service: Service, model: gr.Dropdown, banner: gr.HTML | None = None) -> None:
+    """Lay out the tab (inside the caller's ``gr.Tab``); loading here also selects the model on top.
+
+    The table has a row per model and one per models.yaml problem (invalid entry, unknown sampler...);
+    Refresh re-reads models.yaml and updates those rows, the dropdowns and the page's problems ``banner``.
+    """
     names = [m.name for m in backend.model_choices(service)]
     table = gr.Dataframe(
         value=backend.model_status_rows(service),
@@ -58,21 +62,28 @@ def build_models_tab(service: Service, model: gr.Dropdown) -> None:
         do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1, api_visibility="undocumented"
     )
 
-    def do_refresh(current: str | None, picked: str | None) -> tuple[list, str, Any, Any]:
+    def do_refresh(current: str | None, picked: str | None) -> list[Any]:
         service.reload_registry()
         names = [m.name for m in backend.model_choices(service)]
         count = f"{len(names)} model{'s' if len(names) != 1 else ''} in models.yaml"
-        return (
+        problems = len(backend.registry_problems(service))
+        if problems:
+            count += f", {problems} problem{'s' if problems != 1 else ''} (listed above)"
+        updates: list[Any] = [
             backend.model_status_rows(service),
             f"Re-read models.yaml: {count}.",
             gr.Dropdown(choices=names, value=current if current in names else backend.default_model(service)),
             gr.Dropdown(choices=names, value=picked if picked in names else None),
-        )
+        ]
+        if banner is not None:
+            html = backend.problems_banner(service)
+            updates.append(gr.HTML(html, visible=bool(html)))
+        return updates
 
     refresh.click(
         do_refresh,
         [model, chosen],
-        [table, message, model, chosen],
+        [table, message, model, chosen, *([banner] if banner is not None else [])],
         concurrency_id="models",
         concurrency_limit=1,
         api_visibility="undocumented",
