@@ -1,20 +1,55 @@
-"""The Models tab: every models.yaml entry with its status; load / unload; loading errors in plain words."""
+"""The Models tab: every models.yaml entry with its status; load / unload; loading errors in plain words.
+
+The table follows the service: it is refreshed when the tab is opened, after each generation and on a timer
+(only sent to the browser when a row changed), so it never says "not loaded" about a model in use.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from webui.ui import backend
 
+# Model, Status, Source, Hash, Error: the long Source and Error columns get the room, and wrap.
+COLUMN_WIDTHS: list[str | int] = ["16%", "15%", "27%", "12%", "30%"]
 
-def build_models_tab(service: Any, model: gr.Dropdown) -> None:
+
+@dataclass
+class ModelsTab:
+    service: Any
+    table: gr.Dataframe
+
+    def wire_live_status(self, tab: gr.Tab, timer: gr.Timer, galleries: list[gr.Gallery]) -> None:
+        """Refresh the table when ``tab`` is selected, on every ``timer`` tick and when a gallery changes."""
+
+        def refresh(shown: list[list[str]] | None) -> Any:
+            rows = backend.model_status_rows(self.service)
+            return gr.skip() if _same_rows(shown, rows) else rows
+
+        quiet: dict[str, Any] = {"queue": False, "api_visibility": "undocumented", "show_progress": "hidden"}
+        tab.select(refresh, self.table, self.table, **quiet)
+        timer.tick(refresh, self.table, self.table, **quiet)
+        for gallery in galleries:
+            gallery.change(refresh, self.table, self.table, **quiet)
+
+
+def _same_rows(shown: list[list[str]] | None, rows: list[list[str]]) -> bool:
+    """Whether the table in the browser already shows ``rows`` (cells compared as text)."""
+    if shown is None:
+        return False
+    return [[str(cell) for cell in row] for row in shown] == rows
+
+
+def build_models_tab(service: Any, model: gr.Dropdown) -> ModelsTab:
     """Lay out the tab (inside the caller's ``gr.Tab``); loading here also selects the model on top."""
     names = [m.name for m in backend.model_choices(service)]
     table = gr.Dataframe(
         value=backend.model_status_rows(service), headers=backend.MODEL_STATUS_HEADERS, interactive=False,
-        label="Models (from models.yaml)", elem_id="models_table", wrap=True,
+        label="Models (from models.yaml)", elem_id="models_table", wrap=True, type="array",
+        column_widths=COLUMN_WIDTHS,
     )
     with gr.Row():
         chosen = gr.Dropdown(names, value=model.value, label="Model", elem_id="models_choice", scale=3)
@@ -41,7 +76,7 @@ def build_models_tab(service: Any, model: gr.Dropdown) -> None:
             return backend.model_status_rows(service), f"**Could not unload {name}:** {exc}"
         return backend.model_status_rows(service), f"Unloaded **{name}**."
 
-    hidden = {"api_visibility": "undocumented"}
+    hidden: dict[str, Any] = {"api_visibility": "undocumented"}
     load.click(do_load, chosen, [table, message, model], concurrency_id="models", concurrency_limit=1, **hidden)
     unload.click(do_unload, chosen, [table, message], concurrency_id="models", concurrency_limit=1, **hidden)
     def do_refresh(current: str | None, picked: str | None) -> tuple[list, str, Any, Any]:
@@ -58,3 +93,4 @@ def build_models_tab(service: Any, model: gr.Dropdown) -> None:
 
     refresh.click(do_refresh, [model, chosen], [table, message, model, chosen], concurrency_id="models",
                   concurrency_limit=1, **hidden)
+    return ModelsTab(service, table)
