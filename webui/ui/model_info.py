@@ -43,7 +43,7 @@ def status_line(service: Any) -> str:
     loaded = getattr(models, "loaded", None)
     model = loaded().get(name) if name and callable(loaded) else None
     if model is None:
-        return NO_MODEL
+        return name or NO_MODEL  # a manager that cannot show its models: the name at least
     width, height = getattr(model, "native_size", None) or (None, None)
     parts = [name]
     if width and height:
