@@ -553,11 +553,15 @@ def first_look_shot(target, name: str) -> Path:
 
 
 def wait_text(page, selector: str, pattern: str, timeout: float = 30_000) -> str:
-    """Wait until the element's text matches the regular expression ``pattern``; returns the text."""
-    element = page.locator(selector).first
-    page.wait_for_function("([el, p]) => new RegExp(p).test(el.innerText.trim())", arg=[element.element_handle(),
-                           pattern], timeout=timeout)
-    return element.inner_text().strip()
+    """Wait until the element's text matches the regular expression ``pattern``; returns the text.
+
+    The element is looked up again on every check, so a re-rendered one is followed (a handle would go stale).
+    """
+    page.wait_for_function(
+        "([s, p]) => { const el = document.querySelector(s); return !!el && new RegExp(p).test(el.innerText.trim()); }",
+        arg=[selector, pattern], timeout=timeout,
+    )
+    return page.locator(selector).first.inner_text().strip()
 
 
 def count_toasts(page, text: str) -> int:
