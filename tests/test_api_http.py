@@ -128,6 +128,9 @@ class StubService:
         self.calls.append("unload")
         self.models.current_name = None
 
+    def loaded_model_info(self) -> None:
+        return None  # the stub never holds a model
+
     def model_sha256(self, name: str) -> str | None:
         return "ab" * 32 if name == "tiny" else None
 

@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -143,8 +144,8 @@ def demo_models_yaml(folder: Path) -> Path | None:
         ]
         if entry.tokenizer:
             lines.append(f"    tokenizer: {json.dumps(entry.tokenizer)}")
-        for key in ("width", "height", "sampler", "scheduler", "steps", "cfg_scale"):
-            if getattr(entry, key):
+        for key in ("width", "height", "sampler", "scheduler", "steps", "cfg_scale", "description", "examples"):
+            if getattr(entry, key, None):
                 lines.append(f"    {key}: {json.dumps(getattr(entry, key))}")
         path = folder / "models.yaml"
         path.write_text("\n".join(lines) + "\n")
@@ -796,3 +797,230 @@ def test_browser_hub_model_says_plan_shows_progress_cancels_and_fails_offline(ti
         page.screenshot(path=str(screenshots_dir / "model_download_offline.png"))
         print("screenshots:", screenshots_dir)
     assert "Traceback" not in server.output, server.output
+
+
+# --- a new user's first look (issue 21): header, status line, examples, seeds, gallery, PNG Info, Models tab ----
+
+FIRST_LOOK_SHOTS = Path(tempfile.gettempdir()) / "sd-webui-first-look"
+STATUS_LOADED = re.compile(r"^Model: \S+ · 64×64 · fp32 · cpu$")
+
+
+def first_look_shot(target, name: str) -> Path:
+    """Screenshot a page (whole) or an element into a temporary folder (never docs/); returns the file."""
+    FIRST_LOOK_SHOTS.mkdir(parents=True, exist_ok=True)
+    path = FIRST_LOOK_SHOTS / name
+    if hasattr(target, "set_viewport_size"):
+        target.screenshot(path=str(path), full_page=True)
+    else:
+        target.screenshot(path=str(path))
+    return path
+
+
+def wait_text(page, selector: str, pattern: str, timeout: float = 30_000) -> str:
+    """Wait until the element's text matches the regular expression ``pattern``; returns the text.
+
+    The element is looked up again on every check, so a re-rendered one is followed (a handle would go stale).
+    """
+    page.wait_for_function(
+        "([s, p]) => { const el = document.querySelector(s); return !!el && new RegExp(p).test(el.innerText.trim()); }",
+        arg=[selector, pattern],
+        timeout=timeout,
+    )
+    return page.locator(selector).first.inner_text().strip()
+
+
+def count_toasts(page, text: str) -> int:
+    return page.evaluate("(t) => (window.__toasts || []).filter((x) => x.includes(t)).length", text)
+
+
+def watch_toasts(page) -> None:
+    """Record the text of every toast shown from now on (they disappear by themselves)."""
+    page.evaluate("""() => {
+      window.__toasts = [];
+      new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((n) => {
+        if (n.nodeType !== 1) return;
+        const toasts = n.matches(".toast-item") ? [n] : Array.from(n.querySelectorAll(".toast-item"));
+        toasts.forEach((t) => window.__toasts.push(t.innerText));
+      }))).observe(document.body, {childList: true, subtree: true});
+    }""")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_header_status_line_description_and_example_prompts(server, models_yaml, page):
+    from webui.models.registry import load_registry
+
+    entry = load_registry(models_yaml).default
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(server.url)
+    assert "Stable Diffusion web UI" in page.locator("#sd_header").inner_text()
+    # The status line follows the service by itself: unload in the Models tab, it says so.
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models_unload").click()
+    wait_text(page, "#sd_status_line", "^Model: no model loaded$")
+    page.get_by_role("tab", name="txt2img").click()
+    if entry.description:
+        assert entry.description[:40] in page.locator("#model_description").inner_text()
+    if not entry.examples:
+        pytest.skip("the test model's models.yaml entry lists no example prompts")
+    buttons = page.locator("#model_examples button")
+    assert [b.inner_text().strip() for b in buttons.all()] == list(entry.examples)
+    first_look_shot(page, "header-no-model-1280.png")
+    page.set_viewport_size({"width": 800, "height": 900})
+    first_look_shot(page, "header-no-model-800.png")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    buttons.nth(1).click()
+    prompt = page.locator("#txt2img_prompt textarea")
+    page.wait_for_function(
+        "([el, p]) => el.value === p", arg=[prompt.element_handle(), entry.examples[1]], timeout=10_000
+    )
+    page.locator("#txt2img_generate").click()
+    page.locator("#txt2img_gallery img:visible").first.wait_for(timeout=120_000)
+    assert STATUS_LOADED.match(wait_text(page, "#sd_status_line", STATUS_LOADED.pattern))
+    first_look_shot(page, "header-after-example-1280.png")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_seed_buttons_are_words_with_tooltips(server, page):
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(server.url)
+    for tab in ("txt2img", "img2img"):
+        page.get_by_role("tab", name=tab).first.click()  # gradio renders a tab's content when it is first shown
+        for button, word in (("random_seed", "Random"), ("reuse_seed", "Reuse")):
+            element = page.locator(f"#{tab}_{button}")
+            assert element.inner_text().strip() == word
+            assert element.bounding_box()["width"] >= 50  # the word fits; an emoji without a font left an empty box
+            assert "seed" in (element.get_attribute("title") or "").lower()
+    for width in (1280, 800):  # Seed, Random and Reuse stay on one row
+        page.set_viewport_size({"width": width, "height": 900})
+        page.locator("#img2img_seed").scroll_into_view_if_needed()
+        seed, random_, reuse = (
+            page.locator(f"#img2img_{name}").bounding_box() for name in ("seed", "random_seed", "reuse_seed")
+        )
+        assert abs(seed["y"] - random_["y"]) < 2 and abs(seed["y"] - reuse["y"]) < 2, (width, seed, random_, reuse)
+        FIRST_LOOK_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(
+            path=str(FIRST_LOOK_SHOTS / f"seed-buttons-{width}.png"),
+            clip={
+                "x": seed["x"],
+                "y": seed["y"],
+                "width": reuse["x"] + reuse["width"] - seed["x"],
+                "height": seed["height"],
+            },
+        )
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_small_images_are_shown_large_and_pixel_crisp_with_captions_below(server, page):
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(server.url)
+    page.locator("#txt2img_prompt textarea").fill("a white star on a red background")
+    set_number(page, "txt2img_batch_size", 3)
+    set_number(page, "txt2img_steps", 4)
+    page.locator("#txt2img_generate").click()
+    thumbnails = page.locator("#txt2img_gallery .thumbnail-item")
+    thumbnails.nth(2).locator("img").wait_for(timeout=120_000)
+    page.wait_for_timeout(500)
+    for i in range(3):
+        image = thumbnails.nth(i).locator("img")
+        box, caption = image.bounding_box(), thumbnails.nth(i).locator(".caption-label").bounding_box()
+        assert box["height"] >= 128, box  # readable: at least twice the 64 px it has
+        assert image.evaluate("e => getComputedStyle(e).imageRendering") == "pixelated"
+        assert caption["y"] >= box["y"] + box["height"] - 1, (box, caption)  # the seed caption is below the image
+    assert gallery_image(page).size == (64, 64)  # what is downloaded keeps its real size
+    first_look_shot(page.locator("#txt2img_gallery"), "gallery-64px.png")
+    page.locator("#txt2img_send_to_img2img").click()
+    shown = page.locator("#img2img_image img:visible").first
+    shown.wait_for(timeout=10_000)
+    page.wait_for_timeout(500)
+    assert shown.bounding_box()["width"] >= 256, shown.bounding_box()
+    assert shown.evaluate("e => [e.naturalWidth, getComputedStyle(e).imageRendering]") == [64, "pixelated"]
+    first_look_shot(page.locator("#img2img_image"), "img2img-input-64px.png")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_png_info_reads_each_dropped_image_once(server, page, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    chunk = PngInfo()
+    chunk.add_text("parameters", "a red star\nSteps: 8, Sampler: Euler, CFG scale: 3, Seed: 5, Size: 64x64")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "with.png", pnginfo=chunk)
+    Image.new("RGB", (64, 64), "blue").save(tmp_path / "without.png")
+    page.goto(server.url)
+    page.get_by_role("tab", name="PNG Info").click()
+    watch_toasts(page)
+    reads = []  # PNG Info is the only queued event on this tab (the status timer is not queued)
+    page.on("request", lambda r: reads.append(r.url) if "/queue/join" in r.url else None)
+    upload = page.locator("#pnginfo_image input[type=file]")
+    parameters = page.locator("#pnginfo_parameters textarea")
+    upload.set_input_files(str(tmp_path / "with.png"))
+    page.wait_for_function("el => el.value.startsWith('a red star')", arg=parameters.element_handle(), timeout=30_000)
+    # Dropping a second image onto the first one: one read (gradio's change event fired twice here, and a
+    # PNG without parameters gave the same toast twice), its own (empty) parameters, one toast.
+    upload.set_input_files(str(tmp_path / "without.png"))
+    page.get_by_text("This image has no generation parameters").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(2000)  # a second read would arrive within this time
+    assert len(reads) == 2, reads
+    assert parameters.input_value() == ""
+    assert count_toasts(page, "no generation parameters") == 1
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_token_counter_tells_how_long_prompts_are_chunked(server, page):
+    page.goto(server.url)
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models_load").click()
+    wait_text(page, "#sd_status_line", STATUS_LOADED.pattern, timeout=120_000)
+    page.get_by_role("tab", name="txt2img").click()
+    page.locator("#txt2img_prompt textarea").fill(" ".join(["red star"] * 250))  # a 500-word prompt
+    counter = page.locator("#txt2img_token_counter")
+    text = wait_text(page, "#txt2img_token_counter", r"^Prompt: \d+/\d+ \(\d+ chunks\)")
+    tokens, capacity, chunks = map(int, re.match(r"Prompt: (\d+)/(\d+) \((\d+) chunks\)", text).groups())
+    assert tokens >= 500 and capacity == chunks * 75 and capacity - 75 < tokens <= capacity, text
+    title = counter.locator("[title]").first.get_attribute("title")
+    assert "chunks of 75 tokens" in title and "encoded on its own" in title
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_models_tab_stays_current_and_keeps_its_columns_at_1280_and_800_px(models_yaml, browser, tmp_path):
+    # The test model plus an entry whose (long-named) file is missing, so that a long error fills a row.
+    missing = tmp_path / ("a-checkpoint-file-that-is-not-there-" * 3 + ".safetensors")
+    yaml = tmp_path / "models.yaml"
+    yaml.write_text(models_yaml.read_text() + f"  - name: missing\n    path: {json.dumps(str(missing))}\n")
+    running = start_server(yaml, tmp_path / "outputs")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(running.url)
+        page.get_by_role("tab", name="Models").click()
+        table = page.locator("#models_table")
+        assert "not loaded, default" in table.inner_text() and "loaded (current)" not in table.inner_text()
+        # A generation from elsewhere (another client) loads the model: the open table shows it by itself.
+        gallery, *_ = _client(running.url).predict(**TXT2IMG, api_name="/txt2img")
+        assert len(gallery) == 1
+        wait_text(page, "#models_table", r"loaded \(current\), default", timeout=15_000)
+        pick(page, "models_choice", "missing")
+        page.locator("#models_load").click()
+        wait_text(page, "#models_message", "Could not load missing", timeout=60_000)
+        page.locator("#models_refresh").click()
+        wait_text(page, "#models_message", "Re-read models.yaml")
+        for width in (1280, 800):
+            page.set_viewport_size({"width": width, "height": 900})
+            page.wait_for_timeout(1000)
+            headers = table.locator("thead th")
+            frame = table.bounding_box()
+            assert [h.inner_text().strip() for h in headers.all()] == ["Model", "Status", "Source", "Hash", "Error"]
+            for header in headers.all():
+                box = header.bounding_box()
+                assert box["height"] <= 60, (width, header.inner_text(), box)  # one line, not a letter per line
+                assert box["x"] + box["width"] <= frame["x"] + frame["width"] + 1, (width, header.inner_text())
+            assert "load failed" in table.inner_text()  # the error is shown, wrapped inside its cell
+            first_look_shot(page, f"models-tab-{width}.png")
+    finally:
+        context.close()
+        stop_server(running)

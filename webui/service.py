@@ -89,6 +89,16 @@ class ProgressSnapshot:
         )
 
 
+@dataclass(frozen=True)
+class LoadedModelInfo:
+    """The model in memory, as the page's status line names it."""
+
+    name: str
+    native_size: tuple[int, int]  # (width, height)
+    dtype: torch.dtype
+    device: torch.device
+
+
 class Service(Protocol):
     """Everything the UI (``webui.ui``) and the REST API (``webui.api``) may ask of the service.
 
@@ -115,6 +125,10 @@ class Service(Protocol):
 
     def model_status(self) -> list[ModelStatus]:
         """One row per registry entry: loaded, current, default, last load error; never waits for a load."""
+        ...
+
+    def loaded_model_info(self) -> LoadedModelInfo | None:
+        """What the current model is, if it is in memory: name, native size, precision, device; never loads."""
         ...
 
     def model_sha256(self, name: str) -> str | None:
@@ -335,6 +349,13 @@ class WebUIService:
     def model_status(self) -> list[ModelStatus]:
         """One row per registry entry (the Models tab); never waits for a load in progress."""
         return self.models.status()
+
+    def loaded_model_info(self) -> LoadedModelInfo | None:
+        name = self.models.current_name
+        model = self._loaded_model(name) if name is not None else None
+        if model is None:
+            return None
+        return LoadedModelInfo(name=model.name, native_size=native_size(model), dtype=model.dtype, device=model.device)
 
     def reload_registry(self) -> Registry:
         """Re-read ``models.yaml`` (A1111's "refresh checkpoints"); loaded models stay loaded."""

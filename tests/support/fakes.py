@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from webui.jobs import Job, JobQueue
@@ -28,7 +29,7 @@ from webui.models.registry import SD1_NATIVE_SIZE, ModelEntry, Registry
 from webui.pipeline import GenerationRequest, GenerationResult, Progress, resolve_request
 from webui.sampling import create_sampler_registry
 from webui.sampling.registry import SamplerRegistry
-from webui.service import IDLE, ProgressSnapshot, Service
+from webui.service import IDLE, LoadedModelInfo, ProgressSnapshot, Service
 
 FAKE_SAMPLERS = ("Euler a", "Euler", "DDIM")  # built-in samplers the fake offers, in this order
 BROKEN_MODEL = "broken"  # the fake model that fails to load, as a checkpoint of another architecture would
@@ -101,6 +102,12 @@ class FakeService:
             )
             for e in self._registry.entries
         ]
+
+    def loaded_model_info(self) -> LoadedModelInfo | None:
+        if self._current is None:
+            return None
+        entry = self._registry.get(self._current)
+        return LoadedModelInfo(entry.name, entry.native_size, torch.float32, torch.device("cpu"))
 
     def model_sha256(self, name: str) -> str | None:
         return None  # no files behind the fake models

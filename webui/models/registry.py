@@ -14,7 +14,8 @@ Schema (top level ``models:``, a list of mappings)::
         tokenizer: openai/clip-vit-large-patch14           # folder (relative to this YAML) or hub id
 
 Other optional fields: ``revision`` (hub), ``dtype`` (auto, fp16, bf16, fp32), ``sampler``,
-``scheduler``, ``steps``, ``cfg_scale``, ``clip_skip``, ``description``.
+``scheduler``, ``steps``, ``cfg_scale``, ``clip_skip``, ``description`` (shown under the checkpoint
+dropdown) and ``examples`` (a list of prompts the model draws well; the UI offers them as one-click examples).
 
 Problems are data, never exceptions: :func:`load_registry` keeps every valid entry and reports each
 problem once as a :class:`RegistryProblem` (file, entry, field, message; ``str()`` is the one-line report):
@@ -70,6 +71,7 @@ class ModelEntry:
     clip_skip: int | None = None
     description: str = ""
     label: str | None = field(default=None, compare=False)  # "#1 ('demo')": where it is in models.yaml
+    examples: tuple[str, ...] = ()  # prompts that show what the model can draw
 
     @property
     def is_hub(self) -> bool:
@@ -104,6 +106,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "cfg_scale": ((int, float), "a number"),
     "clip_skip": ((int,), "an integer"),
     "description": ((str,), "a string"),
+    "examples": ((list,), "a list of prompts"),
 }
 
 
@@ -250,6 +253,9 @@ def _check_entry(raw: Any, index: int, yaml_path: Path) -> tuple[ModelEntry | No
         value = raw.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             error(key, f"must be at least 1, got {value}")
+    examples = raw.get("examples")
+    if isinstance(examples, list) and not all(isinstance(p, str) and p.strip() for p in examples):
+        error("examples", f"must be a list of non-empty prompt strings, got {examples!r}")
     if isinstance(raw.get("dtype"), str) and raw["dtype"] not in PRECISIONS:
         error("dtype", f"must be one of {', '.join(PRECISIONS)}, got {raw['dtype']!r}")
     if errors:
@@ -265,6 +271,8 @@ def _check_entry(raw: Any, index: int, yaml_path: Path) -> tuple[ModelEntry | No
         values["tokenizer"] = str(local.resolve()) if local.exists() else values["tokenizer"]
     if "cfg_scale" in values:
         values["cfg_scale"] = float(values["cfg_scale"])
+    if "examples" in values:
+        values["examples"] = tuple(p.strip() for p in values["examples"])
     return ModelEntry(**values, label=label), []
 
 

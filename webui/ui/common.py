@@ -28,6 +28,7 @@ from webui.pipeline.requests import (
 from webui.service import Service
 from webui.ui import backend
 from webui.ui.jobs import JobTracker, _status_html
+from webui.ui.model_info import token_counter_html
 
 RANDOM_SEED = -1
 
@@ -201,9 +202,12 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
     cfg = model.cfg_scale if model and model.cfg_scale else 7.0
     cfg_scale = gr.Slider(1.0, MAX_CFG_SCALE, value=cfg, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, minimum=-1, scale=4, elem_id=f"{tab}_seed")
-        random_seed = gr.Button("🎲", size="sm", scale=0, min_width=40, elem_id=f"{tab}_random_seed")
-        reuse_seed = gr.Button("♻️", size="sm", scale=0, min_width=40, elem_id=f"{tab}_reuse_seed")
+        seed = gr.Number(
+            value=RANDOM_SEED, label="Seed", precision=0, minimum=-1, scale=4, min_width=120, elem_id=f"{tab}_seed"
+        )
+        # Words, not 🎲/♻️: those render as empty boxes where no emoji font is installed. Tooltips: app.TOOLTIPS.
+        random_seed = gr.Button("Random", size="sm", scale=0, min_width=72, elem_id=f"{tab}_random_seed")
+        reuse_seed = gr.Button("Reuse", size="sm", scale=0, min_width=72, elem_id=f"{tab}_reuse_seed")
     return {
         "sampler": sampler,
         "scheduler": scheduler,
@@ -367,13 +371,15 @@ def wire_common(tab: GenerationTab, tracker: JobTracker) -> None:
 
 
 def wire_token_counter(tab: GenerationTab, service: Service, model: gr.Dropdown) -> None:
-    """Show "Prompt: 12/75 tokens" (A1111's counter) while typing; blank until the model is loaded."""
+    """Show "Prompt: 12/75 tokens" (A1111's counter) while typing, "(3 chunks)" past 75 tokens and a tooltip
+    on how chunks are encoded; blank until the model is loaded, so it is counted again once images arrive (the
+    first Generate loads the model)."""
 
     def count(model_name: str | None, prompt: str, negative: str, steps: float) -> str:
-        return backend.token_counter_text(service, model_name, prompt, negative, int(steps or 1))
+        return token_counter_html(service, model_name, prompt, negative, int(steps or 1))
 
     inputs = [model, tab.prompt, tab.negative_prompt, tab.steps]
-    for source in (tab.prompt, tab.negative_prompt):
+    for source in (tab.prompt, tab.negative_prompt, tab.gallery):
         source.change(
             count,
             inputs,

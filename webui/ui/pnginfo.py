@@ -55,5 +55,10 @@ def build_pnginfo_tab() -> PngInfoTab:
             gr.Info("This image has no generation parameters.")
         return text, (parse_infotext(text) if text else {})
 
-    image.change(show, image, [parameters, fields], api_name="png_info", show_progress="hidden")
+    # Not .change: gradio 6 fires it twice with the same file when a new image replaces the shown one (two
+    # identical toasts); .upload fires once per dropped, chosen or pasted image, .clear once on removal.
+    image.upload(show, image, [parameters, fields], api_name="png_info", show_progress="hidden")
+    image.clear(
+        lambda: ("", {}), None, [parameters, fields], queue=False, api_visibility="undocumented", show_progress="hidden"
+    )
     return PngInfoTab(image, parameters, fields, send_to_txt2img, send_to_img2img, send_to_inpaint)
