@@ -16,7 +16,6 @@ gr = pytest.importorskip("gradio")
 
 from webui.models.manager import ModelManager  # noqa: E402
 from webui.models.registry import load_registry  # noqa: E402
-from webui.pipeline.conditioning import count_tokens  # noqa: E402
 from webui.pipeline.requests import GenerationRequest  # noqa: E402
 from webui.service import WebUIService  # noqa: E402
 from webui.ui import JS, build_ui  # noqa: E402
@@ -204,8 +203,8 @@ def test_seed_buttons_are_words_with_tooltips_not_emoji(service):
 def test_token_counter_says_how_many_chunks_a_long_prompt_takes_and_explains_them(service):
     long_prompt = " ".join(["red star"] * 250)
     assert token_counter_html(service, "tiny", long_prompt, "", 20) == ""  # model not loaded yet
-    model = service.select_model("tiny")
-    tokens, capacity = count_tokens(model.text_encoder, long_prompt)
+    service.select_model("tiny")
+    tokens, capacity = service.token_count(long_prompt, 20, "tiny")
     assert capacity > 150  # the premise: more than two chunks of 75
     counter = token_counter_html(service, "tiny", long_prompt, "", 20)
     assert f"Prompt: {tokens}/{capacity} ({capacity // 75} chunks) · Negative: 0/75 tokens" in counter
