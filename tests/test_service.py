@@ -191,7 +191,9 @@ def test_service_interrupt_and_skip_act_on_the_running_job(service):
     wait_until(lambda: job.progress.image_index >= 1)
     assert service.interrupt()
     result = job.result(TIMEOUT)
-    assert job.state == JobState.INTERRUPTED and result.interrupted and result.images == []
+    assert job.state == JobState.INTERRUPTED and result.interrupted
+    # Batch 1 was skipped; batch 2's current latent is kept, marked as interrupted.
+    assert result.seeds == [2] and len(result.images) == 1 and "Interrupted: step " in result.infotexts[0]
     assert after.result(TIMEOUT).seeds == [2] and after.state == JobState.DONE
     assert not service.interrupt()  # nothing running
 

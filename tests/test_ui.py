@@ -165,6 +165,63 @@ def test_progress_line_shows_queue_position_then_step_total_eta():
     assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
 
 
+def test_interrupt_is_acknowledged_at_once_in_the_status_line_and_in_progress():
+    """A job stuck in a long model call (it ignores the flag for now) still shows "Interrupting…" at once."""
+    from webui.api.routes import progress_body
+    from webui.service import ProgressSnapshot
+
+    release = threading.Event()
+    queue = JobQueue(lambda job: GenerationResult(request=job.request, interrupted=release.wait(60)))
+    try:
+        job = queue.submit(Job(GenerationRequest(steps=8)))
+        while job.state != JobState.RUNNING:
+            time.sleep(0.005)
+        job.progress = Progress(2, 8, 0, 1, 2, 8, 158.0, 40.0)
+        assert "Step 2/8" in describe(job).html
+        job.interrupt()
+        status = describe(job).html
+        body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
+    finally:
+        release.set()
+        queue.close()
+    assert "Interrupting…" in status and "ETA" not in status and 'data-state="running"' in status
+    assert body["textinfo"] == "Interrupting…" and body["active"]
+    assert body["state"]["interrupted"] and body["state"]["stopping_generation"]
+    assert job.state == JobState.INTERRUPTED and not job.interrupting
+
+
+def test_queue_line_shows_the_running_job_its_owner_and_how_many_wait(fake_service):
+    from webui.ui.jobs import JobTracker, queue_text
+
+    fake_service.step_seconds = 0.05
+    request = GenerationRequest(prompt="p", steps=150, width=64, height=64)
+    tracker = JobTracker(fake_service, poll_interval=0.01)
+    mine = tracker.follow(request, "tiny", "tab-1")
+    try:
+        update = next(mine)
+        while update.state != JobState.RUNNING:  # the queue was empty: it starts at once
+            update = next(mine)
+        job = tracker.job_of("tab-1")
+        assert "Running: 64x64, 150 steps for this tab · 0 waiting" in update.html
+        assert queue_text(fake_service, None) == "Running: 64x64, 150 steps for another tab · 0 waiting"
+        api_job = fake_service.submit(request, owner="API")
+        alice = fake_service.submit(request, owner="alice")
+        assert queue_text(fake_service, job) == "Running: 64x64, 150 steps for this tab · 2 waiting"
+        job.interrupt()
+        while fake_service.progress().job_id != api_job.id:
+            time.sleep(0.01)
+        assert queue_text(fake_service, job) == "Running: 64x64, 150 steps for API · 1 waiting"
+        api_job.interrupt()
+        while fake_service.progress().job_id != alice.id:
+            time.sleep(0.01)
+        assert queue_text(fake_service, job) == "Running: 64x64, 150 steps for alice · 0 waiting"
+        alice.interrupt()
+        alice.wait(10)
+        assert queue_text(fake_service, job) == "Queue: nothing running · 0 waiting"
+    finally:
+        mine.close()
+
+
 def test_token_counter_appears_once_the_model_is_loaded(fake_service):
     from webui.ui.backend import token_counter_text
 

@@ -60,15 +60,23 @@ class Job:
         model_name: the registry model to generate with; None: the current (or default) one.
         save: write the images to the service's outputs folder.
         job_id: the id to use; a fresh random one by default.
+        owner: who submitted it, for the queue display: a user name, ``"API"``; None for an anonymous browser tab.
     """
 
     def __init__(
-        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, job_id: str | None = None
+        self,
+        request: GenerationRequest,
+        model_name: str | None = None,
+        *,
+        save: bool = True,
+        job_id: str | None = None,
+        owner: str | None = None,
     ):
         self.id = job_id or uuid.uuid4().hex
         self.request = request
         self.model_name = model_name
         self.save = save
+        self.owner = owner
         self.progress: Progress | None = None  # set by the runner while the job runs
         self.error: BaseException | None = None
         self.created_at = time.time()
@@ -101,6 +109,11 @@ class Job:
         return self._done.is_set()
 
     @property
+    def interrupting(self) -> bool:
+        """Interrupt was asked for and the job has not stopped yet (the UI says "Interrupting…")."""
+        return self.control.interrupted and not self.done
+
+    @property
     def error_message(self) -> str | None:
         return None if self.error is None else str(self.error) or type(self.error).__name__
 
@@ -118,7 +131,7 @@ class Job:
         return self._result
 
     def interrupt(self) -> None:
-        """Stop now: a queued job is dropped, a running one stops within one step keeping finished images."""
+        """Stop now: a queued job is dropped, a running one stops within one UNet block, keeping what it has."""
         self.control.interrupt()
         if self._queue is not None:
             self._queue.cancel(self)

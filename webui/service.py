@@ -56,11 +56,14 @@ class ProgressSnapshot:
     images_total: int = 0
     preview: Image.Image | None = None
     error: str | None = None
+    interrupting: bool = False  # Interrupt was asked for; the job has not stopped yet
 
     @property
     def textinfo(self) -> str:
         if self.state == JobState.QUEUED:
             return f"In queue: position {self.queue_position}"
+        if self.interrupting:
+            return "Interrupting…"
         if self.state == JobState.RUNNING:
             return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
         if self.state == JobState.ERROR:
@@ -85,6 +88,7 @@ class ProgressSnapshot:
             images_total=p.images_total if p else job.request.total_images,
             preview=p.preview if p else None,
             error=job.error_message,
+            interrupting=job.interrupting,
         )
 
 
@@ -136,8 +140,10 @@ class Service(Protocol):
         """``(tokens, capacity)`` of ``prompt``; None while the model is not loaded."""
         ...
 
-    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
-        """Queue a request; raises ``InvalidRequest`` at once for a bad one."""
+    def submit(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
+        """Queue a request; raises ``InvalidRequest`` at once for a bad one. ``owner``: see :class:`Job`."""
         ...
 
     def get_job(self, job_id: str) -> Job:
@@ -221,7 +227,9 @@ class WebUIService:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+    def submit(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
         """Queue ``request``; raises :class:`InvalidRequest` at once for a bad request.
 
         This is the one place where a request is checked and resolved
@@ -229,10 +237,10 @@ class WebUIService:
         caller that reuses its request object cannot change a queued job, and a random seed is drawn
         once. A width or height left out becomes :meth:`_default_size`'s. ``model_name`` None uses the
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
-        ``save_images``).
+        ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
         """
         resolved = resolve_request(request, self.samplers, self._default_size(model_name))
-        return self._queue.submit(Job(resolved, model_name, save=save))
+        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
 
     def _default_size(self, model_name: str | None = None) -> tuple[int, int]:
         """``(width, height)`` for a request that leaves them out, known without loading anything.

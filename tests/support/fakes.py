@@ -116,11 +116,13 @@ class FakeService:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+    def submit(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
         request.validate()
         if request.sampler_name not in self._samplers.names:
             raise InvalidRequest("sampler_name", f"unknown sampler {request.sampler_name!r}")
-        job = self._queue.submit(Job(request, model_name, save=save))
+        job = self._queue.submit(Job(request, model_name, save=save, owner=owner))
         self.submitted.append(job)
         return job
 

@@ -269,15 +269,19 @@ def readable_error(exc: BaseException) -> gr.Error:
     return gr.Error(message, title=f"Generation failed ({type(exc).__name__})")
 
 
-def run_generation(tracker: JobTracker, request: Any, model_name: str | None, session: str | None) -> Iterator[tuple]:
+def run_generation(
+    tracker: JobTracker, request: Any, model_name: str | None, session: str | None, owner: str | None = None
+) -> Iterator[tuple]:
     """The body of a Generate handler: yields `GenerationTab.outputs()` updates until the images arrive.
+
+    ``owner``: the logged-in user name (None without a login), shown to others in the queue line.
 
     The request is checked where every request is, when the service queues it: a bad one raises
     `InvalidRequest` from `tracker.follow`, shown like any other failure.
     """
     skip = gr.skip()
     try:
-        for update in tracker.follow(request, model_name, session):
+        for update in tracker.follow(request, model_name, session, owner):
             if update.result is None:
                 preview = gr.Image(value=update.preview, visible=True) if update.preview is not None else skip
                 yield skip, skip, update.html, preview, skip, skip
