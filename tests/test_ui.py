@@ -222,6 +222,23 @@ def test_queue_line_shows_the_running_job_its_owner_and_how_many_wait(fake_servi
         mine.close()
 
 
+def test_sizes_far_above_the_native_size_warn_with_the_time_measured_on_this_machine(fake_service):
+    from webui.ui.backend import find_model
+    from webui.ui.common import size_infos, size_warning
+
+    tiny = find_model(fake_service, "tiny")  # native 64x64
+    assert size_infos(tiny) == ("native 64", "native 64")
+    assert size_infos(find_model(fake_service, "big")) == ("native 128", "native 96")
+    assert size_warning(fake_service, tiny, 128, 128, 8) == ""  # up to twice the native side
+    before = size_warning(fake_service, tiny, 1024, 1024, 8)
+    assert "1024x1024 is 256x the native size (64x64)" in before and "no job has run yet" in before
+    fake_service.step_seconds = 0.001
+    fake_service.submit(GenerationRequest(prompt="p", steps=2, width=64, height=64)).result(30)
+    after = size_warning(fake_service, tiny, 1024, 1024, 8)
+    # The fake's estimate: 1 ms per step at 64x64, times 256 for the pixels, times 8 steps = 2 s.
+    assert "1024x1024 is 256x the native size (64x64): about 2 s on this machine" in after
+
+
 def test_token_counter_appears_once_the_model_is_loaded(fake_service):
     from webui.ui.backend import token_counter_text
 
@@ -275,6 +292,13 @@ def test_unload_from_the_models_tab_waits_for_the_running_generation(real_servic
 
 def _components(url: str) -> list[dict]:
     return [c.get("props", {}) | {"type": c.get("type")} for c in httpx.get(url + "config").json()["components"]]
+
+
+def test_size_sliders_show_the_native_size_and_a_warning_area(ui_url):
+    components = _components(ui_url)
+    sliders = [c for c in components if c.get("label") in ("Width", "Height")]
+    assert len(sliders) == 4 and all(c.get("info") == "native 64" for c in sliders)  # txt2img and img2img
+    assert {c.get("elem_id") for c in components} >= {"txt2img_size_hint", "img2img_size_hint"}
 
 
 def test_controls_carry_the_labels_users_know_and_list_every_sampler(ui_url):

@@ -146,6 +146,10 @@ class Service(Protocol):
         """Queue a request; raises ``InvalidRequest`` at once for a bad one. ``owner``: see :class:`Job`."""
         ...
 
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        """About how long sampling ``images`` images of that size takes here; None before any job has run."""
+        ...
+
     def get_job(self, job_id: str) -> Job:
         """A queued, running or recent job; KeyError if unknown."""
         ...
@@ -224,6 +228,9 @@ class WebUIService:
         # running generation instead of loading a second model next to it.
         self._device_lock = threading.RLock()
         self._queue = JobQueue(self._run_job)
+        # Seconds of one sampling step per latent pixel per image, measured on this service's device by the
+        # last job that ran two steps or more; what the size warning's time estimate is made of.
+        self._step_seconds_per_pixel: float | None = None
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -274,6 +281,17 @@ class WebUIService:
     def get_job(self, job_id: str) -> Job:
         """The job with ``job_id`` (recent finished jobs are kept); KeyError if unknown."""
         return self._queue.get(job_id)
+
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        """About how long sampling ``images`` images of ``width`` x ``height`` takes on this device.
+
+        Proportional to the latent pixels (attention grows faster, so large sizes are underestimated),
+        from the last measured job; None before a job has run.
+        """
+        per_pixel = self._step_seconds_per_pixel
+        if per_pixel is None:
+            return None
+        return per_pixel * latent_pixels(width, height) * steps * images
 
     @property
     def jobs(self) -> list[Job]:
@@ -426,8 +444,13 @@ class WebUIService:
         return cached[1]
 
     def _run_job(self, job: Job) -> GenerationResult:
+        first: list[Progress] = []
+
         def on_progress(progress: Progress) -> None:
+            if not first:
+                first.append(progress)  # its time includes the prompt encoding: measure from it on
             job.progress = progress
+            self._record_step_time(first[0], progress, job.request.width, job.request.height, job.request.batch_size)
 
         with self._device_lock:
             model = self.models.get(job.model_name)
@@ -441,3 +464,15 @@ class WebUIService:
                 version=self.version,
                 model_name=model.name,
             )
+
+    def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
+        steps = last.step - first.step
+        if steps <= 0:
+            return
+        seconds = (last.elapsed_seconds - first.elapsed_seconds) / steps
+        self._step_seconds_per_pixel = seconds / (latent_pixels(width, height) * batch_size)
+
+
+def latent_pixels(width: int, height: int) -> int:
+    """Pixels of the latent of an SD 1.x image (1/8 of each side)."""
+    return max(1, width // 8) * max(1, height // 8)

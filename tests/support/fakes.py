@@ -129,6 +129,12 @@ class FakeService:
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)
 
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        """The fake's steps take ``step_seconds`` at 64x64 and grow with the pixels; unknown before a job ran."""
+        if not any(job.done for job in self._queue.jobs):
+            return None
+        return self.step_seconds * width * height / 64**2 * steps * images
+
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
         job = self.get_job(job_id) if job_id is not None else self._queue.running
         waiting = len(self._queue.waiting)
