@@ -182,6 +182,12 @@ def unet_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
+def stop_points(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every module inside the UNet's blocks: at 1024 px one attention block alone takes seconds on a CPU,
+    so checking only between blocks is not enough (a hook costs microseconds, a module call far more)."""
+    return [module for block in unet_blocks(unet) for module in block.modules()]
+
+
 @contextmanager
 def stop_between_blocks(blocks: list[torch.nn.Module], should_stop: Callable[[], bool]) -> Iterator[None]:
     """While inside, each of ``blocks`` first raises ``SamplingCancelled`` if ``should_stop()``.
@@ -355,7 +361,7 @@ class _Run:
             steps_before = self.done_steps
             extra: dict[str, Any] | None = None
             try:
-                with stop_between_blocks(unet_blocks(self.model.unet), control.should_stop):
+                with stop_between_blocks(stop_points(self.model.unet), control.should_stop):
                     latents = self.sample_batch(first, seeds, control)
             except SamplingCancelled:
                 if not control.interrupted:
