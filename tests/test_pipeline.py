@@ -244,6 +244,34 @@ def test_interrupt_from_another_thread_acts_within_a_fraction_of_a_slow_step(tin
     assert returned - clicked[0] < step_seconds / 2, (returned - clicked[0], step_seconds)
 
 
+def test_a_long_attention_is_split_into_query_chunks_that_an_interrupt_can_stop_between(monkeypatch):
+    """At 1024 px on the demo model one self-attention was a single ~20 s kernel call with no hook inside:
+    an interrupt waited for it. Above ATTENTION_CHUNK_SCORES the queries go in chunks, each through to_q
+    (a hooked module), with the same result."""
+    from webui.models import unet as unet_module
+    from webui.pipeline.generation import stop_between_blocks
+    from webui.sampling import SamplingCancelled
+
+    torch.manual_seed(0)
+    attention = unet_module.Attention(query_dim=32, context_dim=32, heads=4, dim_head=8).eval()
+    x = torch.randn(2, 100, 32)  # 100 tokens: 2 x 4 x 100 x 100 = 80000 scores
+    with torch.no_grad():
+        whole = attention(x)
+    monkeypatch.setattr(unet_module, "ATTENTION_CHUNK_SCORES", 2 * 4 * 100 * 30)  # 30 queries a chunk
+    calls: list[int] = []
+    handle = attention.to_q.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[1]))
+    with torch.no_grad():
+        chunked = attention(x)
+    handle.remove()
+    assert calls == [30, 30, 30, 10]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+    # A stop during the second chunk stops the attention before its third chunk.
+    flag = iter([False, False, True])
+    with stop_between_blocks([attention.to_q], lambda: next(flag)), pytest.raises(SamplingCancelled):
+        attention(x)
+
+
 def test_skip_abandons_the_current_batch_and_goes_on(tiny_model, samplers):
     control = GenerationControl()
 
