@@ -129,6 +129,9 @@ def test_progress_reports_steps_eta_and_a_latent_preview(tiny_model, samplers):
     events = []
     previewer = fit_latent_preview(tiny_model.vae, tiny_model.scale_factor)
     resolve_and_generate(tiny_model, samplers, req(steps=3, n_iter=2), progress=events.append, previewer=previewer)
+    # After each batch's last step, the same progress again, marked decoding.
+    assert [(p.step, p.decoding) for p in events if p.decoding] == [(3, True), (6, True)]
+    events = [p for p in events if not p.decoding]
     assert [(p.step, p.total_steps) for p in events] == [(i, 6) for i in range(1, 7)]
     assert [p.image_index for p in events] == [0, 0, 0, 1, 1, 1]
     assert [p.sampling_step for p in events] == [1, 2, 3, 1, 2, 3]
@@ -182,6 +185,36 @@ def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_the_curre
     # The kept image is the decoded x0 estimate of step 3: not the finished image of seed 8.
     full = resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=20, seed=8))
     assert np.abs(pixels(result.images[1]) - pixels(full.images[0])).max() > 0
+
+
+def test_progress_says_decoding_before_each_batch_is_decoded_and_after_an_interrupt(tiny_model, samplers, monkeypatch):
+    """At 1024 px the VAE's decode takes longer than a step: the status must be able to say what runs."""
+    control = GenerationControl()
+    events: list[tuple[str, int, int]] = []
+    decode = tiny_model.decode
+
+    def recording_decode(z):
+        events.append(("decode", -1, -1))
+        return decode(z)
+
+    def on_progress(p):
+        events.append(("decoding" if p.decoding else "step", p.image_index, p.sampling_step))
+        if p.image_index == 1 and p.sampling_step == 2:
+            control.interrupt()
+
+    monkeypatch.setattr(tiny_model, "decode", recording_decode)
+    result = resolve_and_generate(
+        tiny_model, samplers, req(sampler_name="Euler", steps=3, n_iter=3), progress=on_progress, control=control
+    )
+    assert result.interrupted and len(result.images) == 2
+    assert events == [
+        *[("step", 0, s) for s in (1, 2, 3)],
+        ("decoding", 0, 3),
+        ("decode", -1, -1),
+        *[("step", 1, s) for s in (1, 2)],
+        ("decoding", 1, 2),  # the kept image of the interrupted batch
+        ("decode", -1, -1),
+    ]
 
 
 def test_interrupt_inside_a_unet_step_stops_before_the_next_block(tiny_model, samplers):

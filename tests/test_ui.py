@@ -13,6 +13,7 @@ import gc
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -181,12 +182,17 @@ def test_interrupt_is_acknowledged_at_once_in_the_status_line_and_in_progress():
         job.interrupt()
         status = describe(job).html
         body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
+        job.progress = replace(job.progress, decoding=True)  # sampling stopped; the kept image is being decoded
+        decoding_status = describe(job).html
+        decoding_body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
     finally:
         release.set()
         queue.close()
     assert "Interrupting…" in status and "ETA" not in status and 'data-state="running"' in status
     assert body["textinfo"] == "Interrupting…" and body["active"]
     assert body["state"]["interrupted"] and body["state"]["stopping_generation"]
+    assert "Interrupting… decoding the current image" in decoding_status
+    assert decoding_body["textinfo"] == "Interrupting… decoding the current image" and decoding_body["active"]
     assert job.state == JobState.INTERRUPTED and not job.interrupting
 
 

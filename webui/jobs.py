@@ -52,6 +52,12 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+def interrupting_text(decoding: bool) -> str:
+    """The status between Interrupt and the job's end. Sampling stops within a moment, but decoding the
+    image it keeps takes long at large sizes (about 90 s at 1024 px on the demo model here): say so."""
+    return "Interrupting… decoding the current image" if decoding else "Interrupting…"
+
+
 class Job:
     """One queued generation. Thread-safe to read from any thread; created by ``WebUIService.submit``.
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 import torch
 from PIL import Image
 
-from webui.jobs import Job, JobQueue, JobState
+from webui.jobs import Job, JobQueue, JobState, interrupting_text
 from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
@@ -57,13 +57,14 @@ class ProgressSnapshot:
     preview: Image.Image | None = None
     error: str | None = None
     interrupting: bool = False  # Interrupt was asked for; the job has not stopped yet
+    decoding: bool = False  # sampling is over and the images (the kept one after an Interrupt) are being decoded
 
     @property
     def textinfo(self) -> str:
         if self.state == JobState.QUEUED:
             return f"In queue: position {self.queue_position}"
         if self.interrupting:
-            return "Interrupting…"
+            return interrupting_text(self.decoding)
         if self.state == JobState.RUNNING:
             return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
         if self.state == JobState.ERROR:
@@ -89,6 +90,7 @@ class ProgressSnapshot:
             preview=p.preview if p else None,
             error=job.error_message,
             interrupting=job.interrupting,
+            decoding=bool(p is not None and p.decoding and running),
         )
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ class Progress:
     eta_seconds: float | None
     elapsed_seconds: float
     preview: Image.Image | None = None
+    # Sampling of this batch is over (finished or interrupted) and its images are being decoded: at 1024 px
+    # the VAE's decode takes longer than a sampling step on a CPU.
+    decoding: bool = False
 
     @property
     def fraction(self) -> float:
@@ -342,6 +345,7 @@ class _Run:
         # The sampler's latest x0 estimate of the batch being sampled, and its 1-based step: what an
         # interrupt keeps (AUTOMATIC1111 decodes its ``current_latent`` likewise).
         self.latest: tuple[torch.Tensor, int] | None = None
+        self.last_progress: Progress | None = None
 
     def all_batches(
         self, control: GenerationControl, outputs_dir: Path | None, model_name: str | None, version: str | None
@@ -373,6 +377,8 @@ class _Run:
                     break
                 latents, step = self.latest
                 extra = {"Interrupted": f"step {step}/{self.steps_per_batch}"}
+            if self.progress is not None and self.last_progress is not None:
+                self.progress(replace(self.last_progress, decoding=True))
             for b, image in enumerate(self.finish_images(first, latents)):
                 infotext = format_infotext(
                     request,
@@ -458,7 +464,7 @@ class _Run:
 
     def _step_callback(self, first: int) -> Callable[[dict[str, Any]], None]:
         steps_before, batch_started = self.done_steps, time.monotonic()
-        self.latest = None
+        self.latest = self.last_progress = None
 
         def on_step(info: dict[str, Any]) -> None:
             step_in_batch = int(info["i"]) + 1
@@ -470,18 +476,17 @@ class _Run:
             now = time.monotonic()
             eta = (now - batch_started) / step_in_batch * (self.total_steps - self.done_steps)
             preview = self.previewer(denoised) if self.previewer is not None and denoised is not None else None
-            self.progress(
-                Progress(
-                    step=self.done_steps,
-                    total_steps=self.total_steps,
-                    image_index=first,
-                    images_total=self.request.total_images,
-                    sampling_step=step_in_batch,
-                    sampling_steps=self.steps_per_batch,
-                    eta_seconds=eta,
-                    elapsed_seconds=now - self.started,
-                    preview=preview,
-                )
+            self.last_progress = Progress(
+                step=self.done_steps,
+                total_steps=self.total_steps,
+                image_index=first,
+                images_total=self.request.total_images,
+                sampling_step=step_in_batch,
+                sampling_steps=self.steps_per_batch,
+                eta_seconds=eta,
+                elapsed_seconds=now - self.started,
+                preview=preview,
             )
+            self.progress(self.last_progress)
 
         return on_step

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from webui.jobs import ACTIVE_STATES, Job, JobState
+from webui.jobs import ACTIVE_STATES, Job, JobState, interrupting_text
 from webui.pipeline import GenerationRequest, GenerationResult, Progress
 from webui.service import Service
 
@@ -58,19 +58,20 @@ def _describe(job: Job, queue: str) -> JobUpdate:
         return JobUpdate(state, _status_html(text, None, state, queue), step_key=(state, position))
     progress = job.progress
     if state == JobState.RUNNING and job.interrupting:
-        # Acknowledged at once: the job stops within one UNet block, then decodes what it has.
+        # Acknowledged at once: the job stops within one UNet module, then decodes what it has.
         fraction = progress.fraction if progress is not None else 0.0
-        return JobUpdate(state, _status_html("Interrupting…", fraction, state, queue), step_key=("interrupting",))
+        text = interrupting_text(progress is not None and progress.decoding)
+        return JobUpdate(state, _status_html(text, fraction, state, queue), step_key=("interrupting", text))
     if state == JobState.RUNNING and progress is not None:
         parts = [f"Step {progress.step}/{progress.total_steps}"]
         if progress.images_total > 1:
             parts.append(f"image {min(progress.image_index + 1, progress.images_total)}/{progress.images_total}")
-        parts.append(f"ETA {format_seconds(progress.eta_seconds)}")
+        parts.append("decoding" if progress.decoding else f"ETA {format_seconds(progress.eta_seconds)}")
         return JobUpdate(
             state,
             _status_html(" · ".join(parts), progress.fraction, state, queue),
             preview=progress.preview,
-            step_key=(state, progress.step, progress.image_index, progress.preview is not None),
+            step_key=(state, progress.step, progress.image_index, progress.preview is not None, progress.decoding),
         )
     if state == JobState.RUNNING:
         return JobUpdate(state, _status_html("Starting…", 0.0, state, queue), step_key=("starting",))
