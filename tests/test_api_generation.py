@@ -167,6 +167,10 @@ def test_interrupt_stops_the_running_job_and_the_queue_goes_on(
     assert response.status_code == 200
     info = json.loads(response.json()["info"])
     assert info["interrupted"] is True and info["id_task"] == "task(long)"
+    # What the interrupted batch had is kept, as A1111 does: its 4 images, marked in their infotexts.
+    kept = response.json()["images"]
+    assert len(kept) == 4 and from_b64(kept[0]).size == (SIZE, SIZE)
+    assert all("Interrupted: step " in text for text in info["infotexts"])
     done = _task_progress(url, "task(long)")
     assert done["completed"] and done["state"]["interrupted"]
     assert len(api.txt2img(prompt="after", seed=5, width=SIZE, height=SIZE).images) == 1

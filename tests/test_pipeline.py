@@ -129,6 +129,9 @@ def test_progress_reports_steps_eta_and_a_latent_preview(tiny_model, samplers):
     events = []
     previewer = fit_latent_preview(tiny_model.vae, tiny_model.scale_factor)
     resolve_and_generate(tiny_model, samplers, req(steps=3, n_iter=2), progress=events.append, previewer=previewer)
+    # After each batch's last step, the same progress again, marked decoding.
+    assert [(p.step, p.decoding) for p in events if p.decoding] == [(3, True), (6, True)]
+    events = [p for p in events if not p.decoding]
     assert [(p.step, p.total_steps) for p in events] == [(i, 6) for i in range(1, 7)]
     assert [p.image_index for p in events] == [0, 0, 0, 1, 1, 1]
     assert [p.sampling_step for p in events] == [1, 2, 3, 1, 2, 3]
@@ -147,7 +150,9 @@ def test_latent_preview_fit_approximates_the_vae(tiny_model):
 
 
 @pytest.mark.slow
-def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_images(tiny_model, samplers, tmp_path):
+def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_the_current_latent(
+    tiny_model, samplers, tmp_path
+):
     control = GenerationControl()
     calls_at_interrupt = []
 
@@ -167,11 +172,137 @@ def test_interrupt_during_step_3_of_20_stops_within_one_step_and_keeps_finished_
         )
     assert result.interrupted
     assert len(calls.batches) == calls_at_interrupt[0] == 23  # no UNet call after the interrupt
-    assert result.seeds == [7] and len(result.images) == 1 and len(result.paths) == 1
-    with Image.open(result.paths[0]) as saved:
+    # The finished batch, and the interrupted one's image at step 3 (as A1111 keeps its current latent).
+    assert result.seeds == [7, 8] and len(result.images) == 2 and len(result.paths) == 2
+    assert "Interrupted" not in result.infotexts[0]
+    assert result.infotexts[1].endswith("Interrupted: step 3/20")
+    with Image.open(result.paths[1]) as saved:
         saved.load()
-        assert saved.size == (64, 64) and "Seed: 7" in saved.info["parameters"]
-    assert [p.name for p in result.paths[0].parent.iterdir()] == [result.paths[0].name]
+        assert saved.size == (64, 64) and "Seed: 8" in saved.info["parameters"]
+        parsed = parse_infotext(saved.info["parameters"])
+    assert parsed["Interrupted"] == "step 3/20" and parsed["Seed"] == "8" and parsed["Steps"] == "20"
+    assert sorted(p.name for p in result.paths[0].parent.iterdir()) == sorted(p.name for p in result.paths)
+    # The kept image is the decoded x0 estimate of step 3: not the finished image of seed 8.
+    full = resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=20, seed=8))
+    assert np.abs(pixels(result.images[1]) - pixels(full.images[0])).max() > 0
+
+
+def test_progress_says_decoding_before_each_batch_is_decoded_and_after_an_interrupt(tiny_model, samplers, monkeypatch):
+    """At 1024 px the VAE's decode takes longer than a step: the status must be able to say what runs."""
+    control = GenerationControl()
+    events: list[tuple[str, int, int]] = []
+    decode = tiny_model.decode
+
+    def recording_decode(z):
+        events.append(("decode", -1, -1))
+        return decode(z)
+
+    def on_progress(p):
+        events.append(("decoding" if p.decoding else "step", p.image_index, p.sampling_step))
+        if p.image_index == 1 and p.sampling_step == 2:
+            control.interrupt()
+
+    monkeypatch.setattr(tiny_model, "decode", recording_decode)
+    result = resolve_and_generate(
+        tiny_model, samplers, req(sampler_name="Euler", steps=3, n_iter=3), progress=on_progress, control=control
+    )
+    assert result.interrupted and len(result.images) == 2
+    assert events == [
+        *[("step", 0, s) for s in (1, 2, 3)],
+        ("decoding", 0, 3),
+        ("decode", -1, -1),
+        *[("step", 1, s) for s in (1, 2)],
+        ("decoding", 1, 2),  # the kept image of the interrupted batch
+        ("decode", -1, -1),
+    ]
+
+
+def test_interrupt_inside_a_unet_step_stops_before_the_next_block(tiny_model, samplers):
+    """The stop flag is checked between UNet blocks: a click during a long step acts within one block."""
+    from webui.pipeline.generation import unet_blocks
+
+    control = GenerationControl()
+    blocks = unet_blocks(tiny_model.unet)
+    ran: list[int] = []
+    # Forward (post) hooks: ``ran`` lists the blocks that completed.
+    handles = [b.register_forward_hook(lambda _m, _a, _o, i=i: ran.append(i)) for i, b in enumerate(blocks)]
+    middle = len(blocks) // 2
+
+    def click_during_step_3(_module, _args, _output):
+        if len(ran) > 2 * len(blocks):  # the third UNet call is under way
+            control.interrupt()
+
+    handles.append(blocks[middle].register_forward_hook(click_during_step_3))
+    try:
+        result = resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=8), control=control)
+    finally:
+        for h in handles:
+            h.remove()
+    assert result.interrupted
+    # Step 3 stopped right after the block that saw the click: the next block never started.
+    assert ran[-1] == middle and len(ran) == 2 * len(blocks) + middle + 1
+    assert result.infotexts[0].endswith("Interrupted: step 2/8") and len(result.images) == 1
+    # The hooks are gone after the job: the model is untouched.
+    assert all(not b._forward_pre_hooks for b in blocks)
+
+
+def test_interrupt_from_another_thread_acts_within_a_fraction_of_a_slow_step(tiny_model, samplers):
+    import threading
+    import time
+
+    from webui.pipeline.generation import unet_blocks
+
+    control = GenerationControl()
+    blocks = unet_blocks(tiny_model.unet)
+    per_block = 0.05  # each step takes len(blocks) * 50 ms
+    step_seconds = per_block * len(blocks)
+    handles = [b.register_forward_pre_hook(lambda _m, _a: time.sleep(per_block)) for b in blocks]
+    clicked: list[float] = []
+
+    def click():
+        time.sleep(step_seconds * 1.5)  # half-way through step 2
+        clicked.append(time.monotonic())
+        control.interrupt()
+
+    thread = threading.Thread(target=click)
+    try:
+        thread.start()
+        result = resolve_and_generate(tiny_model, samplers, req(sampler_name="Euler", steps=8), control=control)
+        returned = time.monotonic()
+    finally:
+        thread.join()
+        for h in handles:
+            h.remove()
+    assert result.interrupted and len(result.images) == 1
+    assert returned - clicked[0] < step_seconds / 2, (returned - clicked[0], step_seconds)
+
+
+def test_a_long_attention_is_split_into_query_chunks_that_an_interrupt_can_stop_between(monkeypatch):
+    """At 1024 px on the demo model one self-attention was a single ~20 s kernel call with no hook inside:
+    an interrupt waited for it. Above ATTENTION_CHUNK_SCORES the queries go in chunks, each through to_q
+    (a hooked module), with the same result."""
+    from webui.models import unet as unet_module
+    from webui.pipeline.generation import stop_between_blocks
+    from webui.sampling import SamplingCancelled
+
+    torch.manual_seed(0)
+    attention = unet_module.Attention(query_dim=32, context_dim=32, heads=4, dim_head=8).eval()
+    x = torch.randn(2, 100, 32)  # 100 tokens: 2 x 4 x 100 x 100 = 80000 scores
+    with torch.no_grad():
+        whole = attention(x)
+    monkeypatch.setattr(unet_module, "ATTENTION_CHUNK_SCORES", 2 * 4 * 100 * 30)  # 30 queries a chunk
+    calls: list[int] = []
+    handle = attention.to_q.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[1]))
+    with torch.no_grad():
+        chunked = attention(x)
+    handle.remove()
+    assert calls == [30, 30, 30, 10]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+    # A stop during the second chunk stops the attention before its third chunk.
+    flag = iter([False, False, True])
+    with stop_between_blocks([attention.to_q], lambda: next(flag)), pytest.raises(SamplingCancelled):
+        attention(x)
 
 
 def test_skip_abandons_the_current_batch_and_goes_on(tiny_model, samplers):

@@ -148,8 +148,10 @@ def test_the_service_and_its_stand_in_offer_the_whole_interface_the_ui_and_api_u
     assert interface_gaps(FakeService()) == []
 
     class RenamedParameter(FakeService):
-        def submit(self, request: GenerationRequest, model: str | None = None, *, save: bool = True) -> Job:
-            return super().submit(request, model, save=save)
+        def submit(
+            self, request: GenerationRequest, model: str | None = None, *, save: bool = True, owner: str | None = None
+        ) -> Job:
+            return super().submit(request, model, save=save, owner=owner)
 
     assert [gap.split(":")[0] for gap in interface_gaps(RenamedParameter())] == ["submit"]
     assert "close: missing" in interface_gaps(object())
@@ -191,9 +193,25 @@ def test_service_interrupt_and_skip_act_on_the_running_job(service):
     wait_until(lambda: job.progress.image_index >= 1)
     assert service.interrupt()
     result = job.result(TIMEOUT)
-    assert job.state == JobState.INTERRUPTED and result.interrupted and result.images == []
+    assert job.state == JobState.INTERRUPTED and result.interrupted
+    # Batch 1 was skipped; batch 2's current latent is kept, marked as interrupted.
+    assert result.seeds == [2] and len(result.images) == 1 and "Interrupted: step " in result.infotexts[0]
     assert after.result(TIMEOUT).seeds == [2] and after.state == JobState.DONE
     assert not service.interrupt()  # nothing running
+
+
+def test_step_time_per_latent_pixel_is_measured_from_finished_jobs(tiny_checkpoint):
+    svc = WebUIService(tiny_checkpoint.models_yaml)
+    try:
+        assert svc.estimate_seconds(64, 64, 8) is None  # nothing measured yet: no number
+        job = svc.submit(GenerationRequest(prompt="p", steps=6, seed=1, width=64, height=64, batch_size=2))
+        job.result(TIMEOUT)
+        per_step = svc.estimate_seconds(64, 64, 1, images=2)
+        # Sampling 6 steps took about what the estimate says (the job's time includes encode and decode).
+        assert per_step is not None and 0 < per_step * 5 <= job.finished_at - job.started_at
+        assert svc.estimate_seconds(128, 128, 8) == pytest.approx(4 * 8 * svc.estimate_seconds(64, 64, 1))
+    finally:
+        svc.close()
 
 
 def test_service_errors_do_not_wedge_the_queue(service):

@@ -13,6 +13,7 @@ import gc
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -165,6 +166,85 @@ def test_progress_line_shows_queue_position_then_step_total_eta():
     assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
 
 
+def test_interrupt_is_acknowledged_at_once_in_the_status_line_and_in_progress():
+    """A job stuck in a long model call (it ignores the flag for now) still shows "Interrupting…" at once."""
+    from webui.api.routes import progress_body
+    from webui.service import ProgressSnapshot
+
+    release = threading.Event()
+    queue = JobQueue(lambda job: GenerationResult(request=job.request, interrupted=release.wait(60)))
+    try:
+        job = queue.submit(Job(GenerationRequest(steps=8)))
+        while job.state != JobState.RUNNING:
+            time.sleep(0.005)
+        job.progress = Progress(2, 8, 0, 1, 2, 8, 158.0, 40.0)
+        assert "Step 2/8" in describe(job).html
+        job.interrupt()
+        status = describe(job).html
+        body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
+        job.progress = replace(job.progress, decoding=True)  # sampling stopped; the kept image is being decoded
+        decoding_status = describe(job).html
+        decoding_body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
+    finally:
+        release.set()
+        queue.close()
+    assert "Interrupting…" in status and "ETA" not in status and 'data-state="running"' in status
+    assert body["textinfo"] == "Interrupting…" and body["active"]
+    assert body["state"]["interrupted"] and body["state"]["stopping_generation"]
+    assert "Interrupting… decoding the current image" in decoding_status
+    assert decoding_body["textinfo"] == "Interrupting… decoding the current image" and decoding_body["active"]
+    assert job.state == JobState.INTERRUPTED and not job.interrupting
+
+
+def test_queue_line_shows_the_running_job_its_owner_and_how_many_wait(fake_service):
+    from webui.ui.jobs import JobTracker, queue_text
+
+    fake_service.step_seconds = 0.05
+    request = GenerationRequest(prompt="p", steps=150, width=64, height=64)
+    tracker = JobTracker(fake_service, poll_interval=0.01)
+    mine = tracker.follow(request, "tiny", "tab-1")
+    try:
+        update = next(mine)
+        while update.state != JobState.RUNNING:  # the queue was empty: it starts at once
+            update = next(mine)
+        job = tracker.job_of("tab-1")
+        assert "Running: 64x64, 150 steps for this tab · 0 waiting" in update.html
+        assert queue_text(fake_service, None) == "Running: 64x64, 150 steps for another tab · 0 waiting"
+        api_job = fake_service.submit(request, owner="API")
+        alice = fake_service.submit(request, owner="alice")
+        assert queue_text(fake_service, job) == "Running: 64x64, 150 steps for this tab · 2 waiting"
+        job.interrupt()
+        while fake_service.progress().job_id != api_job.id:
+            time.sleep(0.01)
+        assert queue_text(fake_service, job) == "Running: 64x64, 150 steps for API · 1 waiting"
+        api_job.interrupt()
+        while fake_service.progress().job_id != alice.id:
+            time.sleep(0.01)
+        assert queue_text(fake_service, job) == "Running: 64x64, 150 steps for alice · 0 waiting"
+        alice.interrupt()
+        alice.wait(10)
+        assert queue_text(fake_service, job) == "Queue: nothing running · 0 waiting"
+    finally:
+        mine.close()
+
+
+def test_sizes_far_above_the_native_size_warn_with_the_time_measured_on_this_machine(fake_service):
+    from webui.ui.backend import find_model
+    from webui.ui.common import size_infos, size_warning
+
+    tiny = find_model(fake_service, "tiny")  # native 64x64
+    assert size_infos(tiny) == ("native 64", "native 64")
+    assert size_infos(find_model(fake_service, "big")) == ("native 128", "native 96")
+    assert size_warning(fake_service, tiny, 128, 128, 8) == ""  # up to twice the native side
+    before = size_warning(fake_service, tiny, 1024, 1024, 8)
+    assert "1024x1024 is 256x the native size (64x64)" in before and "no job has run yet" in before
+    fake_service.step_seconds = 0.001
+    fake_service.submit(GenerationRequest(prompt="p", steps=2, width=64, height=64)).result(30)
+    after = size_warning(fake_service, tiny, 1024, 1024, 8)
+    # The fake's estimate: 1 ms per step at 64x64, times 256 for the pixels, times 8 steps = 2 s.
+    assert "1024x1024 is 256x the native size (64x64): about 2 s on this machine" in after
+
+
 def test_token_counter_appears_once_the_model_is_loaded(fake_service):
     from webui.ui.backend import token_counter_text
 
@@ -218,6 +298,13 @@ def test_unload_from_the_models_tab_waits_for_the_running_generation(real_servic
 
 def _components(url: str) -> list[dict]:
     return [c.get("props", {}) | {"type": c.get("type")} for c in httpx.get(url + "config").json()["components"]]
+
+
+def test_size_sliders_show_the_native_size_and_a_warning_area(ui_url):
+    components = _components(ui_url)
+    sliders = [c for c in components if c.get("label") in ("Width", "Height")]
+    assert len(sliders) == 4 and all(c.get("info") == "native 64" for c in sliders)  # txt2img and img2img
+    assert {c.get("elem_id") for c in components} >= {"txt2img_size_hint", "img2img_size_hint"}
 
 
 def test_controls_carry_the_labels_users_know_and_list_every_sampler(ui_url):

@@ -52,6 +52,12 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+def interrupting_text(decoding: bool) -> str:
+    """The status between Interrupt and the job's end. Sampling stops within a moment, but decoding the
+    image it keeps takes long at large sizes (about 90 s at 1024 px on the demo model here): say so."""
+    return "Interrupting… decoding the current image" if decoding else "Interrupting…"
+
+
 class Job:
     """One queued generation. Thread-safe to read from any thread; created by ``WebUIService.submit``.
 
@@ -60,15 +66,23 @@ class Job:
         model_name: the registry model to generate with; None: the current (or default) one.
         save: write the images to the service's outputs folder.
         job_id: the id to use; a fresh random one by default.
+        owner: who submitted it, for the queue display: a user name, ``"API"``; None for an anonymous browser tab.
     """
 
     def __init__(
-        self, request: ResolvedRequest, model_name: str | None = None, *, save: bool = True, job_id: str | None = None
+        self,
+        request: ResolvedRequest,
+        model_name: str | None = None,
+        *,
+        save: bool = True,
+        job_id: str | None = None,
+        owner: str | None = None,
     ):
         self.id = job_id or uuid.uuid4().hex
         self.request = request
         self.model_name = model_name
         self.save = save
+        self.owner = owner
         self.progress: Progress | None = None  # set by the runner while the job runs
         self.error: BaseException | None = None
         self.created_at = time.time()
@@ -101,6 +115,11 @@ class Job:
         return self._done.is_set()
 
     @property
+    def interrupting(self) -> bool:
+        """Interrupt was asked for and the job has not stopped yet (the UI says "Interrupting…")."""
+        return self.control.interrupted and not self.done
+
+    @property
     def error_message(self) -> str | None:
         return None if self.error is None else str(self.error) or type(self.error).__name__
 
@@ -118,7 +137,7 @@ class Job:
         return self._result
 
     def interrupt(self) -> None:
-        """Stop now: a queued job is dropped, a running one stops within one step keeping finished images."""
+        """Stop now: a queued job is dropped, a running one stops within one UNet block, keeping what it has."""
         self.control.interrupt()
         if self._queue is not None:
             self._queue.cancel(self)

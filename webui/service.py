@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 import torch
 from PIL import Image
 
-from webui.jobs import Job, JobQueue, JobState
+from webui.jobs import Job, JobQueue, JobState, interrupting_text
 from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
@@ -57,11 +57,15 @@ class ProgressSnapshot:
     images_total: int = 0
     preview: Image.Image | None = None
     error: str | None = None
+    interrupting: bool = False  # Interrupt was asked for; the job has not stopped yet
+    decoding: bool = False  # sampling is over and the images (the kept one after an Interrupt) are being decoded
 
     @property
     def textinfo(self) -> str:
         if self.state == JobState.QUEUED:
             return f"In queue: position {self.queue_position}"
+        if self.interrupting:
+            return interrupting_text(self.decoding)
         if self.state == JobState.RUNNING:
             return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
         if self.state == JobState.ERROR:
@@ -86,6 +90,8 @@ class ProgressSnapshot:
             images_total=p.images_total if p else job.request.total_images,
             preview=p.preview if p else None,
             error=job.error_message,
+            interrupting=job.interrupting,
+            decoding=bool(p is not None and p.decoding and running),
         )
 
 
@@ -164,8 +170,14 @@ class Service(Protocol):
         """``(tokens, capacity)`` of ``prompt``; None while the model is not loaded."""
         ...
 
-    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
-        """Queue a request; raises ``InvalidRequest`` at once for a bad one."""
+    def submit(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
+        """Queue a request; raises ``InvalidRequest`` at once for a bad one. ``owner``: see :class:`Job`."""
+        ...
+
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        """About how long sampling ``images`` images of that size takes here; None before any job has run."""
         ...
 
     def get_job(self, job_id: str) -> Job:
@@ -246,10 +258,15 @@ class WebUIService:
         # running generation instead of loading a second model next to it.
         self._device_lock = threading.RLock()
         self._queue = JobQueue(self._run_job)
+        # Seconds of one sampling step per latent pixel per image, measured on this service's device by the
+        # last job that ran two steps or more; what the size warning's time estimate is made of.
+        self._step_seconds_per_pixel: float | None = None
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+    def submit(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
         """Queue ``request``; raises :class:`InvalidRequest` at once for a bad request.
 
         This is the one place where a request is checked and resolved
@@ -257,10 +274,10 @@ class WebUIService:
         caller that reuses its request object cannot change a queued job, and a random seed is drawn
         once. A width or height left out becomes :meth:`_default_size`'s. ``model_name`` None uses the
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
-        ``save_images``).
+        ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
         """
         resolved = resolve_request(request, self.samplers, self._default_size(model_name))
-        return self._queue.submit(Job(resolved, model_name, save=save))
+        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
 
     def _default_size(self, model_name: str | None = None) -> tuple[int, int]:
         """``(width, height)`` for a request that leaves them out, known without loading anything.
@@ -294,6 +311,17 @@ class WebUIService:
     def get_job(self, job_id: str) -> Job:
         """The job with ``job_id`` (recent finished jobs are kept); KeyError if unknown."""
         return self._queue.get(job_id)
+
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        """About how long sampling ``images`` images of ``width`` x ``height`` takes on this device.
+
+        Proportional to the latent pixels (attention grows faster, so large sizes are underestimated),
+        from the last measured job; None before a job has run.
+        """
+        per_pixel = self._step_seconds_per_pixel
+        if per_pixel is None:
+            return None
+        return per_pixel * latent_pixels(width, height) * steps * images
 
     @property
     def jobs(self) -> list[Job]:
@@ -464,8 +492,13 @@ class WebUIService:
         return cached[1]
 
     def _run_job(self, job: Job) -> GenerationResult:
+        first: list[Progress] = []
+
         def on_progress(progress: Progress) -> None:
+            if not first:
+                first.append(progress)  # its time includes the prompt encoding: measure from it on
             job.progress = progress
+            self._record_step_time(first[0], progress, job.request.width, job.request.height, job.request.batch_size)
 
         with self._device_lock:
             model = self.models.get(job.model_name, download=False)  # selecting a model downloads, Generate never
@@ -479,3 +512,15 @@ class WebUIService:
                 version=self.version,
                 model_name=model.name,
             )
+
+    def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
+        steps = last.step - first.step
+        if steps <= 0:
+            return
+        seconds = (last.elapsed_seconds - first.elapsed_seconds) / steps
+        self._step_seconds_per_pixel = seconds / (latent_pixels(width, height) * batch_size)
+
+
+def latent_pixels(width: int, height: int) -> int:
+    """Pixels of the latent of an SD 1.x image (1/8 of each side)."""
+    return max(1, width // 8) * max(1, height // 8)

@@ -169,17 +169,26 @@ class FakeService:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True) -> Job:
+    def submit(
+        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
         # Resolved as the real service does (a random seed is 1000 here, so that tests can predict pixels).
         entry = self._registry.get(model_name) if model_name else self._registry.default
         native = entry.native_size if entry is not None else SD1_NATIVE_SIZE
         fixed_seed = replace(request, seed=1000) if request.seed == -1 else request
-        job = self._queue.submit(Job(resolve_request(fixed_seed, self._samplers, native), model_name, save=save))
+        resolved = resolve_request(fixed_seed, self._samplers, native)
+        job = self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
         self.submitted.append(job)
         return job
 
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)
+
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        """The fake's steps take ``step_seconds`` at 64x64 and grow with the pixels; unknown before a job ran."""
+        if not any(job.done for job in self._queue.jobs):
+            return None
+        return self.step_seconds * width * height / 64**2 * steps * images
 
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
         job = self.get_job(job_id) if job_id is not None else self._queue.running

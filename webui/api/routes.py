@@ -177,7 +177,7 @@ class SdApi:
         model_name = self._request_model(req)
         self._check_task_id(req.force_task_id)
         try:
-            job = self.service.submit(request, model_name, save=req.save_images)
+            job = self.service.submit(request, model_name, save=req.save_images, owner="API")
         except InvalidRequest as exc:
             raise field_error(exc.field, exc.message) from exc
         task_id = job.id
@@ -340,8 +340,9 @@ def progress_body(snapshot: ProgressSnapshot, task_id: str | None, skip_current_
         # The keys of A1111's shared.state.dict(), which clients such as webuiapi.util_wait_for_ready read.
         "state": {
             "skipped": False,
-            "interrupted": state == JobState.INTERRUPTED,
-            "stopping_generation": False,
+            # A1111 sets both the moment Interrupt is clicked, before the job has stopped.
+            "interrupted": state == JobState.INTERRUPTED or snapshot.interrupting,
+            "stopping_generation": snapshot.interrupting,
             "job": snapshot.job_id or "",
             "job_count": snapshot.queue_size + int(running),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUP_NORM_GROUPS = 32
+# Attention scores (batch x heads x queries x keys) computed in one go; above this the queries are split.
+# At 1024 px on the demo model one self-attention holds 2 x 8 x 16384^2 = 2^32 scores: a single kernel
+# call of about 20 s on a CPU that nothing (an interrupt included) can stop, and 16 GiB if materialised.
+ATTENTION_CHUNK_SCORES = 2**27
 
 
 @dataclass(frozen=True)
@@ -82,14 +86,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        b = x.shape[0]
-        # (B, N, heads*d) -> (B, heads, N, d)
-        q, k, v = (
-            t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
-            for t in (self.to_q(x), self.to_k(context), self.to_v(context))
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, -1, q.shape[1] * q.shape[3]))
+        b, n_keys = x.shape[0], context.shape[1]
+        k, v = (self._heads(t) for t in (self.to_k(context), self.to_v(context)))
+        # Queries in chunks of at most ATTENTION_CHUNK_SCORES scores (two chunks at 512 px on SD 1.x):
+        # each query's row is independent, and every chunk calls to_q and to_out again, so that forward
+        # hooks (the pipeline's interrupt checks) run between chunks of a long attention.
+        chunk = max(1, ATTENTION_CHUNK_SCORES // (b * self.heads * n_keys))
+        outs = []
+        for x_chunk in x.split(chunk, dim=1):
+            out = F.scaled_dot_product_attention(self._heads(self.to_q(x_chunk)), k, v)
+            outs.append(self.to_out(out.transpose(1, 2).reshape(b, x_chunk.shape[1], -1)))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, heads*d) -> (B, heads, N, d)."""
+        return t.view(t.shape[0], -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
 
 
 class GEGLU(nn.Module):

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ class Progress:
     eta_seconds: float | None
     elapsed_seconds: float
     preview: Image.Image | None = None
+    # Sampling of this batch is over (finished or interrupted) and its images are being decoded: at 1024 px
+    # the VAE's decode takes longer than a sampling step on a CPU.
+    decoding: bool = False
 
     @property
     def fraction(self) -> float:
@@ -70,7 +74,8 @@ class GenerationControl:
     """Interrupt (stop now, keep finished images) and skip (abandon the current batch).
 
     Set from any thread; the sampling layer checks :meth:`should_stop` before every model
-    call and raises ``SamplingCancelled``, so both act within one step.
+    call, and :func:`stop_between_blocks` before every UNet block, raising ``SamplingCancelled``,
+    so both act within one block of the UNet (well under a second even when one step takes minutes).
     """
 
     def __init__(self) -> None:
@@ -162,6 +167,49 @@ def cfg_eps_fn(
         return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
 
     return eps_fn
+
+
+# The UNet's top-level stages (CompVis names, then diffusers'); each is a module or a list of blocks.
+UNET_STAGES = ("input_blocks", "middle_block", "output_blocks", "down_blocks", "mid_block", "up_blocks")
+
+
+def unet_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The UNet's blocks in the order they run: the points where an interrupt can stop a step."""
+    blocks: list[torch.nn.Module] = []
+    for name in UNET_STAGES:
+        stage = getattr(unet, name, None)
+        if isinstance(stage, torch.nn.ModuleList):
+            blocks.extend(stage)
+        elif isinstance(stage, torch.nn.Module):
+            blocks.append(stage)
+    return blocks
+
+
+def stop_points(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every module inside the UNet's blocks: at 1024 px one attention block alone takes seconds on a CPU,
+    so checking only between blocks is not enough (a hook costs microseconds, a module call far more)."""
+    return [module for block in unet_blocks(unet) for module in block.modules()]
+
+
+@contextmanager
+def stop_between_blocks(blocks: list[torch.nn.Module], should_stop: Callable[[], bool]) -> Iterator[None]:
+    """While inside, each of ``blocks`` first raises ``SamplingCancelled`` if ``should_stop()``.
+
+    Forward pre-hooks, removed on exit: the model classes stay unaware of jobs, and one step of a
+    large image (minutes on a CPU) no longer has to finish before an interrupt acts.
+    """
+    from webui.sampling import SamplingCancelled
+
+    def check(module: torch.nn.Module, args: Any) -> None:
+        if should_stop():
+            raise SamplingCancelled("sampling cancelled inside a model call")
+
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def native_size(model: Any) -> tuple[int, int]:
@@ -294,6 +342,10 @@ class _Run:
         self.total_steps = self.steps_per_batch * request.n_iter
         self.done_steps = 0
         self.started = time.monotonic()
+        # The sampler's latest x0 estimate of the batch being sampled, and its 1-based step: what an
+        # interrupt keeps (AUTOMATIC1111 decodes its ``current_latent`` likewise).
+        self.latest: tuple[torch.Tensor, int] | None = None
+        self.last_progress: Progress | None = None
 
     def all_batches(
         self, control: GenerationControl, outputs_dir: Path | None, model_name: str | None, version: str | None
@@ -311,15 +363,22 @@ class _Run:
             first = iteration * request.batch_size
             seeds = request.seeds()[first : first + request.batch_size]
             steps_before = self.done_steps
+            extra: dict[str, Any] | None = None
             try:
-                latents = self.sample_batch(first, seeds, control)
+                with stop_between_blocks(stop_points(self.model.unet), control.should_stop):
+                    latents = self.sample_batch(first, seeds, control)
             except SamplingCancelled:
-                if control.interrupted:
-                    result.interrupted = True
+                if not control.interrupted:
+                    control.clear_skip()  # skip: this batch only
+                    self.done_steps = steps_before + self.steps_per_batch
+                    continue
+                result.interrupted = True
+                if self.latest is None:  # not one step of this batch finished: nothing to keep
                     break
-                control.clear_skip()  # skip: this batch only
-                self.done_steps = steps_before + self.steps_per_batch
-                continue
+                latents, step = self.latest
+                extra = {"Interrupted": f"step {step}/{self.steps_per_batch}"}
+            if self.progress is not None and self.last_progress is not None:
+                self.progress(replace(self.last_progress, decoding=True))
             for b, image in enumerate(self.finish_images(first, latents)):
                 infotext = format_infotext(
                     request,
@@ -328,12 +387,15 @@ class _Run:
                     model_hash=result.model_hash,
                     batch_pos=b if request.batch_size > 1 else None,
                     version=version,
+                    extra=extra,
                 )
                 result.images.append(image)
                 result.seeds.append(seeds[b])
                 result.infotexts.append(infotext)
                 if outputs_dir is not None:
                     result.paths.append(save_image(image, outputs_dir, request.mode, seeds[b], infotext))
+            if result.interrupted:
+                break
         return result
 
     def sample_batch(self, first: int, seeds: list[int], control: GenerationControl) -> torch.Tensor:
@@ -402,28 +464,29 @@ class _Run:
 
     def _step_callback(self, first: int) -> Callable[[dict[str, Any]], None]:
         steps_before, batch_started = self.done_steps, time.monotonic()
+        self.latest = self.last_progress = None
 
         def on_step(info: dict[str, Any]) -> None:
             step_in_batch = int(info["i"]) + 1
             self.done_steps = steps_before + step_in_batch
+            denoised = info.get("denoised")
+            self.latest = ((denoised if denoised is not None else info["x"]).detach(), step_in_batch)
             if self.progress is None:
                 return
             now = time.monotonic()
             eta = (now - batch_started) / step_in_batch * (self.total_steps - self.done_steps)
-            denoised = info.get("denoised")
             preview = self.previewer(denoised) if self.previewer is not None and denoised is not None else None
-            self.progress(
-                Progress(
-                    step=self.done_steps,
-                    total_steps=self.total_steps,
-                    image_index=first,
-                    images_total=self.request.total_images,
-                    sampling_step=step_in_batch,
-                    sampling_steps=self.steps_per_batch,
-                    eta_seconds=eta,
-                    elapsed_seconds=now - self.started,
-                    preview=preview,
-                )
+            self.last_progress = Progress(
+                step=self.done_steps,
+                total_steps=self.total_steps,
+                image_index=first,
+                images_total=self.request.total_images,
+                sampling_step=step_in_batch,
+                sampling_steps=self.steps_per_batch,
+                eta_seconds=eta,
+                elapsed_seconds=now - self.started,
+                preview=preview,
             )
+            self.progress(self.last_progress)
 
         return on_step

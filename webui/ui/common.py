@@ -27,7 +27,7 @@ from webui.pipeline.requests import (
 )
 from webui.service import Service
 from webui.ui import backend
-from webui.ui.jobs import JobTracker, _status_html
+from webui.ui.jobs import JobTracker, _status_html, format_seconds
 from webui.ui.model_info import token_counter_html
 
 RANDOM_SEED = -1
@@ -59,6 +59,7 @@ class SettingsWidgets(TypedDict):
     seed: gr.Number
     random_seed: gr.Button
     reuse_seed: gr.Button
+    size_hint: gr.Markdown
 
 
 class OutputWidgets(TypedDict):
@@ -123,6 +124,7 @@ class GenerationTab:
     selected: gr.State
     tokens: gr.HTML | None = None
     denoising_strength: gr.Slider | None = None
+    size_hint: gr.Markdown | None = None
 
     def parameter_components(self) -> list[gr.components.Component]:
         """The widgets an infotext fills in (PNG Info / Send to), in `request_widget_values` order."""
@@ -170,14 +172,55 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
     return prompt, negative, generate, interrupt, skip, tokens
 
 
+# Sides above this many times the model's native side get a warning with the estimated time.
+OVERSIZE_FACTOR = 2
+
+
+def model_native_size(model: backend.ModelChoice | None) -> tuple[int, int]:
+    """The size the model was trained at, as its models.yaml entry says (SD 1.x's 512x512 if it does not)."""
+    return (
+        (model.width if model else None) or SD1_NATIVE_SIZE[0],
+        (model.height if model else None) or SD1_NATIVE_SIZE[1],
+    )
+
+
+def size_infos(model: backend.ModelChoice | None) -> tuple[str, str]:
+    """The Width and Height sliders' info line: the model's native size (labels stay A1111's)."""
+    native_w, native_h = model_native_size(model)
+    return f"native {native_w}", f"native {native_h}"
+
+
+def size_updates(model: backend.ModelChoice | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Width and Height slider updates naming ``model``'s native size: for the model dropdown's change handler."""
+    width_info, height_info = size_infos(model)
+    return gr.update(info=width_info), gr.update(info=height_info)
+
+
+def size_warning(service: Service, model: backend.ModelChoice | None, width: int, height: int, steps: int) -> str:
+    """A warning for sizes far above the model's native one, with the time it would take on this machine.
+
+    Empty up to :data:`OVERSIZE_FACTOR` times the native side: a large job holds the one shared queue for
+    everybody, and on a small model the result is seldom what people expect.
+    """
+    native_w, native_h = model_native_size(model)
+    width, height, steps = int(width), int(height), int(steps)
+    if width <= OVERSIZE_FACTOR * native_w and height <= OVERSIZE_FACTOR * native_h:
+        return ""
+    ratio = width * height / (native_w * native_h)
+    size = f"{width}x{height} is {ratio:.0f}x the native size ({native_w}x{native_h})"
+    seconds = service.estimate_seconds(width, height, steps)
+    if seconds is None:
+        return f"⚠ {size}: it may take long, and it holds the shared queue (no job has run yet to time this machine)."
+    return f"⚠ {size}: about {format_seconds(seconds)} on this machine, holding the shared queue."
+
+
 def build_settings(tab: str, service: Service, model: backend.ModelChoice | None) -> SettingsWidgets:
     """Sampler, schedule, steps, CFG, size, seed and batch widgets, labelled as in AUTOMATIC1111."""
     samplers = backend.sampler_names(service)
     default_sampler = model.sampler if model and model.sampler in samplers else None
     if default_sampler is None:
         default_sampler = next((s for s in samplers if s.lower() == "euler a"), samplers[0] if samplers else None)
-    width = (model.width if model else None) or SD1_NATIVE_SIZE[0]
-    height = (model.height if model else None) or SD1_NATIVE_SIZE[1]
+    width, height = model_native_size(model)
     with gr.Row():
         sampler = gr.Dropdown(samplers, value=default_sampler, label="Sampler", elem_id=f"{tab}_sampler")
         schedules = backend.schedule_names()
@@ -192,10 +235,20 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
         elem_id=f"{tab}_steps",
     )
     with gr.Row():
-        width_w = gr.Slider(MIN_SIZE, MAX_SIZE, value=width, step=SIZE_MULTIPLE, label="Width", elem_id=f"{tab}_width")
-        height_w = gr.Slider(
-            MIN_SIZE, MAX_SIZE, value=height, step=SIZE_MULTIPLE, label="Height", elem_id=f"{tab}_height"
+        width_info, height_info = size_infos(model)
+        width_w = gr.Slider(
+            MIN_SIZE, MAX_SIZE, value=width, step=SIZE_MULTIPLE, label="Width", info=width_info, elem_id=f"{tab}_width"
         )
+        height_w = gr.Slider(
+            MIN_SIZE,
+            MAX_SIZE,
+            value=height,
+            step=SIZE_MULTIPLE,
+            label="Height",
+            info=height_info,
+            elem_id=f"{tab}_height",
+        )
+    size_hint = gr.Markdown("", elem_id=f"{tab}_size_hint")
     with gr.Row():
         batch_count = gr.Slider(1, MAX_N_ITER, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
         batch_size = gr.Slider(1, MAX_BATCH_SIZE, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
@@ -208,7 +261,16 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
         # Words, not 🎲/♻️: those render as empty boxes where no emoji font is installed. Tooltips: app.TOOLTIPS.
         random_seed = gr.Button("Random", size="sm", scale=0, min_width=72, elem_id=f"{tab}_random_seed")
         reuse_seed = gr.Button("Reuse", size="sm", scale=0, min_width=72, elem_id=f"{tab}_reuse_seed")
+
+    def show_size_warning(width: float, height: float, steps: float) -> str:
+        # The current model: the checkpoint dropdown makes its choice current (select_model).
+        current = backend.find_model(service, service.current_model_name) if service.current_model_name else model
+        return size_warning(service, current, int(width), int(height), int(steps))
+
+    for widget in (width_w, height_w, steps):
+        widget.change(show_size_warning, [width_w, height_w, steps], size_hint, **QUIET)
     return {
+        "size_hint": size_hint,
         "sampler": sampler,
         "scheduler": scheduler,
         "steps": steps,
@@ -273,15 +335,19 @@ def readable_error(exc: BaseException) -> gr.Error:
     return gr.Error(message, title=f"Generation failed ({type(exc).__name__})")
 
 
-def run_generation(tracker: JobTracker, request: Any, model_name: str | None, session: str | None) -> Iterator[tuple]:
+def run_generation(
+    tracker: JobTracker, request: Any, model_name: str | None, session: str | None, owner: str | None = None
+) -> Iterator[tuple]:
     """The body of a Generate handler: yields `GenerationTab.outputs()` updates until the images arrive.
+
+    ``owner``: the logged-in user name (None without a login), shown to others in the queue line.
 
     The request is checked where every request is, when the service queues it: a bad one raises
     `InvalidRequest` from `tracker.follow`, shown like any other failure.
     """
     skip = gr.skip()
     try:
-        for update in tracker.follow(request, model_name, session):
+        for update in tracker.follow(request, model_name, session, owner):
             if update.result is None:
                 preview = gr.Image(value=update.preview, visible=True) if update.preview is not None else skip
                 yield skip, skip, update.html, preview, skip, skip

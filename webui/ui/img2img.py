@@ -331,7 +331,8 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             raise gr.Error("Upload an image first (img2img needs a starting image).", title="No image")
         if mode == "inpaint" and gen_request.mask is None:
             raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
-        yield from run_generation(tracker, gen_request, model_name, request.session_hash if request else None)
+        session, owner = (request.session_hash, request.username) if request else (None, None)
+        yield from run_generation(tracker, gen_request, model_name, session, owner)
 
     inputs = [
         model,

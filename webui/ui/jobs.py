@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from webui.jobs import ACTIVE_STATES, Job, JobState
+from webui.jobs import ACTIVE_STATES, Job, JobState, interrupting_text
 from webui.pipeline import GenerationRequest, GenerationResult, Progress
 from webui.service import Service
 
@@ -40,35 +40,73 @@ def format_seconds(seconds: float | None) -> str:
     return f"{minutes}:{secs:02d}" if minutes else f"{secs} s"
 
 
-def describe(job: Job) -> JobUpdate:
-    """Turn the job's state and latest pipeline `Progress` into an HTML status line (and the preview image)."""
+def describe(job: Job, queue: str = "") -> JobUpdate:
+    """Turn the job's state and latest pipeline `Progress` into an HTML status line (and the preview image).
+
+    ``queue``: a line about the shared queue (`queue_text`) shown under the status.
+    """
+    update = _describe(job, queue)
+    update.step_key = (update.step_key, queue)
+    return update
+
+
+def _describe(job: Job, queue: str) -> JobUpdate:
     state = job.state
     if state == JobState.QUEUED:
         position = job.queue_position
         text = f"In queue: position {position}" if position else "In queue"
-        return JobUpdate(state, _status_html(text, None, state), step_key=(state, position))
+        return JobUpdate(state, _status_html(text, None, state, queue), step_key=(state, position))
     progress = job.progress
+    if state == JobState.RUNNING and job.interrupting:
+        # Acknowledged at once: the job stops within one UNet module, then decodes what it has.
+        fraction = progress.fraction if progress is not None else 0.0
+        text = interrupting_text(progress is not None and progress.decoding)
+        return JobUpdate(state, _status_html(text, fraction, state, queue), step_key=("interrupting", text))
     if state == JobState.RUNNING and progress is not None:
         parts = [f"Step {progress.step}/{progress.total_steps}"]
         if progress.images_total > 1:
             parts.append(f"image {min(progress.image_index + 1, progress.images_total)}/{progress.images_total}")
-        parts.append(f"ETA {format_seconds(progress.eta_seconds)}")
+        parts.append("decoding" if progress.decoding else f"ETA {format_seconds(progress.eta_seconds)}")
         return JobUpdate(
             state,
-            _status_html(" · ".join(parts), progress.fraction, state),
+            _status_html(" · ".join(parts), progress.fraction, state, queue),
             preview=progress.preview,
-            step_key=(state, progress.step, progress.image_index, progress.preview is not None),
+            step_key=(state, progress.step, progress.image_index, progress.preview is not None, progress.decoding),
         )
     if state == JobState.RUNNING:
-        return JobUpdate(state, _status_html("Starting…", 0.0, state), step_key=("starting",))
-    return JobUpdate(state, _status_html(state, None, state), step_key=(state,))
+        return JobUpdate(state, _status_html("Starting…", 0.0, state, queue), step_key=("starting",))
+    return JobUpdate(state, _status_html(state, None, state, queue), step_key=(state,))
 
 
-def _status_html(text: str, fraction: float | None, state: str) -> str:
+def _status_html(text: str, fraction: float | None, state: str, queue: str = "") -> str:
     bar = ""
     if fraction is not None:
         bar = f'<progress max="100" value="{fraction * 100:.0f}" style="width:100%"></progress>'
-    return f'<div class="sd-job-status" data-state="{html.escape(state)}">{html.escape(text)}{bar}</div>'
+    line = f'<div class="sd-queue">{html.escape(queue)}</div>' if queue else ""
+    return f'<div class="sd-job-status" data-state="{html.escape(state)}">{html.escape(text)}{bar}{line}</div>'
+
+
+def owner_label(job: Job, mine: Job | None) -> str:
+    """Who a job is for, as the viewer of ``mine`` sees it: a user name, "API", "this tab" or "another tab"."""
+    if job.owner:
+        return job.owner
+    return "this tab" if job is mine else "another tab"
+
+
+def queue_text(service: Service, mine: Job | None) -> str:
+    """The shared queue in one line: the running job, whom it is for, and how many wait."""
+    snapshot = service.progress()
+    running = None
+    if snapshot.job_id is not None:
+        try:
+            running = service.get_job(snapshot.job_id)
+        except KeyError:  # finished and forgotten since
+            running = None
+    waiting = f"{snapshot.queue_size} waiting"
+    if running is None:
+        return f"Queue: nothing running · {waiting}"
+    req = running.request
+    return f"Running: {req.width}x{req.height}, {req.steps} steps for {owner_label(running, mine)} · {waiting}"
 
 
 def display_preview(preview: Image.Image | None, request: GenerationRequest, longest: int = 512) -> Image.Image | None:
@@ -102,15 +140,19 @@ class JobTracker:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def follow(self, request: GenerationRequest, model_name: str | None, session: str | None) -> Iterator[JobUpdate]:
+    def follow(
+        self, request: GenerationRequest, model_name: str | None, session: str | None, owner: str | None = None
+    ) -> Iterator[JobUpdate]:
         """Submit ``request`` and yield a `JobUpdate` whenever something visible changes.
+
+        ``owner``: the session's user name when the app has a login (shown to others in the queue line).
 
         The last update carries the `GenerationResult`. Errors from validation or generation propagate
         (the UI turns them into readable `gr.Error`s). If the browser goes away (the generator is
         closed) a job that is still queued is withdrawn; a running one finishes and is saved.
         """
         started = time.monotonic()
-        job = self.service.submit(request, model_name=model_name or None)
+        job = self.service.submit(request, model_name=model_name or None, owner=owner)
         key = session or f"job-{id(job)}"
         with self._lock:
             self._jobs[key] = job
@@ -118,7 +160,7 @@ class JobTracker:
         try:
             last_key = None
             while job.state in ACTIVE_STATES:
-                update = describe(job)
+                update = describe(job, queue_text(self.service, job))
                 if update.step_key != last_key:
                     last_key = update.step_key
                     update.preview = display_preview(update.preview, request)

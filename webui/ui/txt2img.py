@@ -96,7 +96,8 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
-        yield from run_generation(tracker, gen_request, model_name, request.session_hash if request else None)
+        session, owner = (request.session_hash, request.username) if request else (None, None)
+        yield from run_generation(tracker, gen_request, model_name, session, owner)
 
     inputs = [
         model,
