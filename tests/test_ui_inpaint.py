@@ -30,7 +30,7 @@ from webui.ui.img2img import (  # noqa: E402
 @pytest.fixture(scope="module")
 def mask_editor() -> gr.ImageMask:
     """The Inpaint tab's editor component exactly as the page builds it."""
-    from test_ui import FakeService
+    from tests.support.fakes import FakeService
 
     demo = build_ui(FakeService())
     editors = [block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "img2img_inpaint"]

@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from enum import Enum
 
-from webui.pipeline import GenerationControl, GenerationRequest, GenerationResult, Progress
+from webui.pipeline import GenerationControl, GenerationResult, Progress, ResolvedRequest
 
 KEEP_FINISHED_JOBS = 64
 
@@ -62,7 +62,7 @@ class Job:
     """One queued generation. Thread-safe to read from any thread; created by ``WebUIService.submit``.
 
     Args:
-        request: what to generate; the job should own it (the service passes a copy).
+        request: what to generate, resolved and immutable (``WebUIService.submit`` makes it).
         model_name: the registry model to generate with; None: the current (or default) one.
         save: write the images to the service's outputs folder.
         job_id: the id to use; a fresh random one by default.
@@ -71,7 +71,7 @@ class Job:
 
     def __init__(
         self,
-        request: GenerationRequest,
+        request: ResolvedRequest,
         model_name: str | None = None,
         *,
         save: bool = True,

@@ -182,11 +182,11 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Routes the timestep embedding to resblocks and the text context to transformers."""
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         x: torch.Tensor,
         emb: torch.Tensor,
-        context: torch.Tensor,  # type: ignore[override]
+        context: torch.Tensor,
         upsample_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         for layer in self:

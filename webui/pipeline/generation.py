@@ -217,7 +217,7 @@ def native_size(model: Any) -> tuple[int, int]:
     from webui.models.registry import SD1_NATIVE_SIZE
 
     size = getattr(model, "native_size", None)
-    return tuple(size) if size else SD1_NATIVE_SIZE  # type: ignore[return-value]
+    return tuple(size) if size else SD1_NATIVE_SIZE
 
 
 def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:

@@ -11,11 +11,15 @@ small decode per loaded model (the service caches it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    from webui.models.vae import AutoencoderKL
 
 FIT_SAMPLES = 2
 FIT_LATENT_SIZE = 8
@@ -39,7 +43,7 @@ class LatentPreview:
 
 
 def fit_latent_preview(
-    vae: torch.nn.Module,
+    vae: AutoencoderKL,
     scale_factor: float,
     *,
     samples: int = FIT_SAMPLES,

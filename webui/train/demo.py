@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm  # type: ignore[import-untyped]
+from tqdm import tqdm
 
 from webui.devices import pick_device
 from webui.models.unet import UNetConfig, UNetModel

@@ -60,7 +60,7 @@ def ddim_sample(
     ids = tokenize(tokenizer, [*prompts, *([""] * b)]).to(device)
     context = text_model(input_ids=ids).last_hidden_state  # (2B, 77, D): the prompts, then B empty prompts
 
-    def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def eps_fn(x_in: torch.Tensor, timestep: torch.Tensor, step: int) -> torch.Tensor:  # one prompt for every step
         eps_cond, eps_uncond = unet(torch.cat([x_in, x_in]), torch.cat([timestep, timestep]), context).chunk(2)
         return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
 

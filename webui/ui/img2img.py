@@ -127,7 +127,8 @@ def background_only(image: Image.Image | str | Path | None) -> dict | None:
 
 def editor_update(image: Image.Image | str | Path | None) -> gr.ImageMask:
     """Put ``image`` into the mask editor (earlier paint is dropped) and size the brush to it."""
-    return gr.ImageMask(value=background_only(image), brush=mask_brush(image_size(image)))
+    # gr.ImageMask's signature says an image, yet it hands the value to ImageEditor, which takes this EditorValue dict.
+    return gr.ImageMask(value=background_only(image), brush=mask_brush(image_size(image)))  # type: ignore[arg-type]
 
 
 def fitted_brush(editor: dict | None) -> gr.ImageMask:
