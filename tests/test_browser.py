@@ -1024,3 +1024,49 @@ def test_browser_models_tab_stays_current_and_keeps_its_columns_at_1280_and_800_
     finally:
         context.close()
         stop_server(running)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_interrupt_inside_a_long_step_is_acknowledged_at_once_and_keeps_the_image(
+    server, page, screenshots_dir
+):
+    page.goto(server.url)
+    page.locator("#txt2img_prompt textarea").fill("a red circle")
+    # 512 px: one UNet call takes seconds here, so that the click lands inside a step, not between two.
+    set_number(page, "txt2img_steps", 20)
+    set_number(page, "txt2img_width", 512)
+    set_number(page, "txt2img_height", 512)
+    set_number(page, "txt2img_seed", 77)
+    page.locator("#txt2img_generate").click()
+    progress = page.locator("#txt2img_progress")
+    page.wait_for_function(
+        "el => /Step [1-9]\\d*\\//.test(el.innerText)", arg=progress.element_handle(), timeout=180_000
+    )
+    page.wait_for_timeout(500)  # well inside the next step
+    clicked_at = time.monotonic()
+    page.locator("#txt2img_interrupt").click()
+    page.wait_for_function(
+        "el => el.innerText.includes('Interrupting…')", arg=progress.element_handle(), timeout=10_000
+    )
+    acknowledged = time.monotonic() - clicked_at
+    # Sampling stops within about a second; decoding the kept latent takes longer, and the status says so.
+    page.wait_for_function(
+        "el => el.innerText.includes('decoding the current image') || el.innerText.includes('Interrupted')",
+        arg=progress.element_handle(),
+        timeout=60_000,
+    )
+    sampling_stopped = time.monotonic() - clicked_at
+    page.screenshot(path=str(screenshots_dir / "interrupting.png"))
+    page.wait_for_function("el => el.innerText.includes('Interrupted')", arg=progress.element_handle(), timeout=180_000)
+    assert acknowledged < 1.5, acknowledged
+    assert sampling_stopped < 3.0, sampling_stopped
+    assert "1 image kept" in progress.inner_text()
+    info = page.locator("#txt2img_info textarea")
+    page.wait_for_function("el => el.value.includes('Interrupted: step')", arg=info.element_handle(), timeout=30_000)
+    parameters = info.input_value()
+    assert "Seed: 77" in parameters and "Size: 512x512" in parameters and "Steps: 20" in parameters
+    image = gallery_image(page)
+    assert image.size == (512, 512)
+    assert_not_blank(image)
+    page.screenshot(path=str(screenshots_dir / "interrupted.png"), full_page=True)
