@@ -97,10 +97,15 @@ class StubService:
             for e in self.registry.entries
         ]
 
-    def submit(self, request: Any, model_name: str | None = None, *, save: bool = True) -> Job:
+    def submit(
+        self, request: Any, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+    ) -> Job:
         resolved = resolve_request(request, self.samplers, (64, 64))  # what the real service does before queueing
         self.submitted.append((request, model_name))
-        return self._queue.submit(Job(resolved, model_name, save=save))
+        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
+
+    def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
+        return None  # the stub never measures a step
 
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)
