@@ -99,6 +99,14 @@ def test_a_repeated_event_for_the_pick_in_progress_does_nothing(fake):
     assert fake.selects == ["tiny", "big"]
 
 
+def test_models_tab_load_sends_a_model_that_needs_a_download_to_the_checkpoint_list(fake):
+    fake.hub_sizes["big"] = 10**9
+    with pytest.raises(ValueError, match="must be downloaded first: pick it in the checkpoint list"):
+        backend.load_model(fake, "big")
+    assert fake.current_model_name == "tiny" and fake.selects == ["tiny"]  # nothing was downloaded or loaded
+    backend.load_model(fake, "tiny")  # a model on disk loads as before
+
+
 def test_a_model_on_disk_loads_without_a_download_message(fake):
     updates = collect(ModelSwitcher(fake, poll_interval=0.01).select("big", "s1"))
     assert [u.message for u in updates] == ["Checking **big**…", "Loading **big**…", "Loaded **big**"]

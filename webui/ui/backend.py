@@ -264,7 +264,17 @@ class ModelSwitcher:
 
 
 def load_model(service: Service, name: str) -> None:
-    """Load ``name`` and make it current (blocks while it loads)."""
+    """Load ``name`` and make it current (blocks while it loads), for the Models tab's Load button.
+
+    Raises:
+        ValueError: ``name`` must be downloaded first. The Models tab has no progress or Cancel for a
+            download, and would hold its one slot meanwhile: the checkpoint list at the top has both.
+    """
+    if any(row.name == name and row.needs_download for row in service.model_status()):
+        raise ValueError(
+            "it must be downloaded first: pick it in the checkpoint list at the top of the page, which shows "
+            "the download's progress and can cancel it"
+        )
     service.select_model(name)
 
 

@@ -72,10 +72,6 @@ def build_models_tab(service: Service, model: gr.Dropdown, banner: gr.HTML | Non
     def do_load(name: str | None) -> tuple[list, str, Any]:
         if not name:
             raise gr.Error("Pick a model first.")
-        if any(row.name == name and row.needs_download for row in service.model_status()):
-            # Loading here would download under the Models tab's one slot with no progress and no Cancel.
-            text = f"**{name}** must be downloaded first: pick it in the checkpoint list at the top of the page, "
-            return backend.model_status_rows(service), text + "which shows the progress and can cancel it.", gr.skip()
         try:
             backend.load_model(service, name)
         except Exception as exc:
