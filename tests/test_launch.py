@@ -107,6 +107,7 @@ def test_bad_gradio_auth_is_an_argparse_error():
 # --- secure by default ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts launch.py in a subprocess: seconds each
 @pytest.mark.parametrize("flag", ["--share", "--listen"])
 def test_exposed_without_auth_refuses_to_start_and_says_how_to_add_it(flag: str, tmp_path: Path):
     result = run_launch(flag, "--models", str(tmp_path / "models.yaml"), "--port", str(free_port()))
@@ -116,6 +117,7 @@ def test_exposed_without_auth_refuses_to_start_and_says_how_to_add_it(flag: str,
     assert "Running on" not in result.stdout
 
 
+@pytest.mark.slow  # starts launch.py in a subprocess: seconds each
 def test_api_on_the_network_needs_its_own_password(tmp_path: Path):
     result = run_launch("--listen", "--api", "--gradio-auth", "u:p", "--port", str(free_port()))
     assert result.returncode != 0 and "--api-auth user:password" in result.stderr
@@ -186,6 +188,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
         (lambda d: models_yaml(d, "- a list\n"), "top-level 'models:' list"),
     ],
 )
+@pytest.mark.slow  # starts launch.py in a subprocess: seconds each
 def test_unusable_models_file_stops_the_start_with_one_line(tmp_path: Path, make, words):
     path = make(tmp_path)
     result = run_launch("--models", str(path), "--port", str(free_port()))
@@ -195,6 +198,7 @@ def test_unusable_models_file_stops_the_start_with_one_line(tmp_path: Path, make
     assert "Running on" not in result.stdout
 
 
+@pytest.mark.slow  # starts launch.py in a subprocess: seconds each
 def test_every_models_yaml_problem_is_one_line_at_start(tmp_path: Path):
     """The issue's cases: a 'pth:' typo in the default entry and 'sampler: DPM++2M' are reported before serving
     (the port is taken so that the start ends right after the report)."""
