@@ -248,11 +248,11 @@ def test_sizes_far_above_the_native_size_warn_with_the_time_measured_on_this_mac
 
 
 def test_token_counter_appears_once_the_model_is_loaded(fake_service):
-    from webui.ui.backend import token_counter_text
+    from webui.ui.model_info import token_counter_html
 
-    assert token_counter_text(fake_service, "tiny", "a red cat", "", 20) == ""
+    assert token_counter_html(fake_service, "tiny", "a red cat", "", 20) == ""
     fake_service.select_model("tiny")
-    assert token_counter_text(fake_service, "tiny", "a red cat", "ugly", 20) == "Prompt: 3/75 · Negative: 1/75 tokens"
+    assert ">Prompt: 3/75 · Negative: 1/75 tokens<" in token_counter_html(fake_service, "tiny", "a red cat", "ugly", 20)
 
 
 # --- the UI's calls into a real service ------------------------------------------------------------

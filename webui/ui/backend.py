@@ -281,17 +281,3 @@ def load_model(service: Service, name: str) -> None:
 def unload_model(service: Service, name: str) -> None:
     """Free ``name``; waits for the running generation (the service's device lock) and drops its preview map."""
     service.unload_model(name)
-
-
-def token_counter_text(service: Service, model_name: str | None, prompt: str, negative: str, steps: int) -> str:
-    """``"Prompt: 12/75 · Negative: 0/75 tokens"``, or ``""`` when the model is not loaded yet."""
-    parts = []
-    for label, text in (("Prompt", prompt), ("Negative", negative)):
-        try:
-            counted = service.token_count(text or "", steps, model_name or None)
-        except Exception:  # noqa: BLE001 - a counter must never get in the way of typing
-            return ""
-        if counted is None:
-            return ""
-        parts.append(f"{label}: {counted[0]}/{counted[1]}")
-    return " · ".join(parts) + " tokens"
