@@ -132,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder of extra sampler plugins (*.py) loaded next to the built-in and installed ones "
         "(default: plugins/ next to launch.py, if it exists).",
     )
+    # LoRA (issue 15): AUTOMATIC1111's flag name and default folder.
+    run.add_argument(
+        "--lora-dir",
+        type=Path,
+        default=HERE / "models" / "Lora",
+        metavar="DIR",
+        help="Folder of LoRA files (.safetensors, .pt; sub-folders too) that <lora:NAME:WEIGHT> in a prompt uses "
+        "(default: models/Lora next to launch.py; a missing folder is empty).",
+    )
     return parser
 
 
@@ -156,6 +165,7 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         samplers_dir=args.samplers_dir,
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
+        lora_dir=args.lora_dir,
     )
 
 

@@ -97,6 +97,7 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
+    lora_dir: Path | None = None  # LoRA (issue 15): --lora-dir
 
     @property
     def server_name(self) -> str:
@@ -212,6 +213,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         dtype=dtype,
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
+        lora_dir=options.lora_dir,
     )
 
 

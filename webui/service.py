@@ -29,6 +29,7 @@ from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
 
 if TYPE_CHECKING:
+    from webui.extra_networks.lora_library import LoraEntry, LoraLibrary
     from webui.models.download import DownloadPlan, ProgressCallback
     from webui.models.manager import ModelManager, ModelStatus
     from webui.models.model import StableDiffusionModel
@@ -200,6 +201,15 @@ class Service(Protocol):
         """Interrupt everything and stop working."""
         ...
 
+    # LoRA (issue 15)
+    def loras(self) -> list[LoraEntry]:
+        """The LoRA files of the LoRA folder as last scanned (name, alias, path, metadata)."""
+        ...
+
+    def refresh_loras(self) -> list[LoraEntry]:
+        """Scan the LoRA folder again (files added or removed since the start) and return the new list."""
+        ...
+
 
 class WebUIService:
     """Models, samplers and the generation queue: the one object the UI and the API talk to (:class:`Service`).
@@ -211,6 +221,7 @@ class WebUIService:
         samplers_dir: a folder of local sampler plugins (besides built-ins and entry points).
         manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
         version: ``Version`` written into infotexts.
+        lora_dir: the LoRA folder (sub-folders included) that ``<lora:NAME:W>`` prompt tags use; None: none.
     """
 
     def __init__(
@@ -224,6 +235,7 @@ class WebUIService:
         manager: ModelManager | None = None,
         samplers: SamplerRegistry | None = None,
         version: str | None = None,
+        lora_dir: str | Path | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -258,6 +270,11 @@ class WebUIService:
         # running generation instead of loading a second model next to it.
         self._device_lock = threading.RLock()
         self._queue = JobQueue(self._run_job)
+        self.lora_library: LoraLibrary | None = None  # LoRA (issue 15)
+        if lora_dir is not None:
+            from webui.extra_networks.lora_library import LoraLibrary
+
+            self.lora_library = LoraLibrary(Path(lora_dir))
         # Seconds of one sampling step per latent pixel per image, measured on this service's device by the
         # last job that ran two steps or more; what the size warning's time estimate is made of.
         self._step_seconds_per_pixel: float | None = None
@@ -276,8 +293,16 @@ class WebUIService:
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
         ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
         """
-        resolved = resolve_request(request, self.samplers, self._default_size(model_name))
+        resolved = resolve_request(request, self.samplers, self._default_size(model_name), loras=self.lora_library)
         return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
+
+    # --- LoRA (issue 15) ---------------------------------------------------------------------
+
+    def loras(self) -> list[LoraEntry]:
+        return self.lora_library.entries if self.lora_library is not None else []
+
+    def refresh_loras(self) -> list[LoraEntry]:
+        return self.lora_library.refresh() if self.lora_library is not None else []
 
     def _default_size(self, model_name: str | None = None) -> tuple[int, int]:
         """``(width, height)`` for a request that leaves them out, known without loading anything.
@@ -468,9 +493,10 @@ class WebUIService:
         model = self._loaded_model(model_name or self.models.current_name or "")
         if model is None:
             return None
+        from webui.extra_networks.prompt_tags import strip_tags
         from webui.pipeline.conditioning import count_tokens
 
-        return count_tokens(model.text_encoder, prompt, steps)
+        return count_tokens(model.text_encoder, strip_tags(prompt), steps)  # <lora:...> tags are not tokens
 
     def native_size(self, model_name: str | None = None) -> tuple[int, int]:
         """The (width, height) a request with width/height None gets for that model."""

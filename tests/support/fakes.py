@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.extra_networks.lora_library import LoraEntry, LoraLibrary
 from webui.jobs import Job, JobQueue
 from webui.models.download import DownloadCancelled, DownloadError, DownloadPlan, DownloadProgress, ProgressCallback
 from webui.models.manager import ModelStatus
@@ -73,6 +74,7 @@ class FakeService:
         self.download_step_seconds = 0.05
         self.download_error: str | None = None
         self.selects: list[str] = []
+        self.lora_library: LoraLibrary | None = None  # LoRA (issue 15): tests may set a folder's library
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -176,10 +178,18 @@ class FakeService:
         entry = self._registry.get(model_name) if model_name else self._registry.default
         native = entry.native_size if entry is not None else SD1_NATIVE_SIZE
         fixed_seed = replace(request, seed=1000) if request.seed == -1 else request
-        resolved = resolve_request(fixed_seed, self._samplers, native)
+        resolved = resolve_request(fixed_seed, self._samplers, native, loras=self.lora_library)
         job = self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
         self.submitted.append(job)
         return job
+
+    # --- LoRA (issue 15) --------------------------------------------------------------------------
+
+    def loras(self) -> list[LoraEntry]:
+        return self.lora_library.entries if self.lora_library is not None else []
+
+    def refresh_loras(self) -> list[LoraEntry]:
+        return self.lora_library.refresh() if self.lora_library is not None else []
 
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from webui.extra_networks.lora_file import LoraFileError
+from webui.extra_networks.lora_merge import loras_merged
+from webui.extra_networks.prompt_tags import strip_tags
 from webui.pipeline.conditioning import Conditioning, encode_conditioning
-from webui.pipeline.errors import OutOfMemory
+from webui.pipeline.errors import InvalidRequest, OutOfMemory
 from webui.pipeline.images import (
     fill_masked,
     image_to_tensor,
@@ -307,8 +310,13 @@ def generate(
     control = control or GenerationControl()
     device = torch.device(getattr(model, "device", None) or next(model.unet.parameters()).device)
     try:
-        run = _Run(model, request, device, progress, previewer)
-        return run.all_batches(control, outputs_dir, model_name or getattr(model, "name", None), version)
+        with ExitStack() as job_scope:
+            try:  # LoRA (issue 15): merged for the job, restored after it; a file that does not fit is a bad prompt
+                job_scope.enter_context(loras_merged(model, request.loras))
+            except LoraFileError as err:
+                raise InvalidRequest("prompt", str(err)) from None
+            run = _Run(model, request, device, progress, previewer)
+            return run.all_batches(control, outputs_dir, model_name or getattr(model, "name", None), version)
     except Exception as err:
         if _is_out_of_memory(err):
             raise _out_of_memory(request, device) from err
@@ -332,9 +340,8 @@ class _Run:
         self.prepared = None
         if request.img2img is not None:
             self.prepared = _prepare_img2img(request.img2img, request.width, request.height, down)
-        conditioning = encode_conditioning(
-            model.text_encoder, request.prompt, request.negative_prompt, request.clip_skip, request.steps
-        )
+        prompt, negative = strip_tags(request.prompt), strip_tags(request.negative_prompt)  # <lora:...> is no text
+        conditioning = encode_conditioning(model.text_encoder, prompt, negative, request.clip_skip, request.steps)
         self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.latent_shape = (model.vae.config.embed_dim, request.height // down, request.width // down)

@@ -19,6 +19,7 @@ import re
 from dataclasses import fields, replace
 from typing import Any
 
+from webui.extra_networks.lora_library import lora_hashes_text
 from webui.pipeline.requests import GenerationRequest, ResolvedRequest
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -89,6 +90,7 @@ def infotext_parameters(
         params["Batch pos"] = batch_pos
     for key, value in options.items():
         params.setdefault(str(key), value)
+    params["Lora hashes"] = lora_hashes_text(request.loras)  # LoRA (issue 15), as A1111's extra_generation_params
     params.update(extra or {})
     params["Version"] = version
     return {key: value for key, value in params.items() if value is not None}

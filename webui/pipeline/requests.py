@@ -19,14 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from webui.extra_networks.lora_merge import LoraUse
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.seeds import resolve_seed
 from webui.sampling import Sampler, SamplerRegistry, normalize_schedule
 from webui.sampling.driver import img2img_start, sampler_options
+
+if TYPE_CHECKING:
+    from webui.extra_networks.lora_library import LoraLibrary
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -190,6 +194,8 @@ class ResolvedRequest:
     sampler_options: Mapping[str, Any]
     given_options: tuple[str, ...] = ()
     img2img: ResolvedImg2Img | None = None
+    # LoRA (issue 15): the <lora:...> tags of prompt and negative prompt, resolved to files (merged for the job).
+    loras: tuple[LoraUse, ...] = ()
 
     @property
     def sampler_name(self) -> str:
@@ -217,7 +223,11 @@ class ResolvedRequest:
 
 
 def resolve_request(
-    request: GenerationRequest, samplers: SamplerRegistry, native_size: tuple[int, int]
+    request: GenerationRequest,
+    samplers: SamplerRegistry,
+    native_size: tuple[int, int],
+    *,
+    loras: LoraLibrary | None = None,
 ) -> ResolvedRequest:
     """Check ``request`` and decide what it leaves open; ``request`` itself is not changed.
 
@@ -225,6 +235,7 @@ def resolve_request(
         request: a :class:`GenerationRequest` or :class:`Img2ImgRequest`.
         samplers: where ``sampler_name`` (a name or alias, any case) is looked up.
         native_size: ``(width, height)`` for a width or height of None: the model's native size.
+        loras: the LoRA folder that ``<lora:NAME:...>`` tags are looked up in (None: no LoRA can be used).
 
     Returns:
         the :class:`ResolvedRequest`: native size filled in, ``seed=-1`` replaced by a random seed
@@ -275,7 +286,24 @@ def resolve_request(
         sampler_options=MappingProxyType(options),
         given_options=tuple(given),
         img2img=img2img,
+        loras=resolve_loras(loras, values["prompt"], values["negative_prompt"]),
     )
+
+
+def resolve_loras(library: LoraLibrary | None, prompt: str, negative_prompt: str) -> tuple[LoraUse, ...]:
+    """The LoRAs the prompts' ``<lora:...>`` tags name; an unknown name or an unusable file is a bad ``prompt``."""
+    from webui.extra_networks.lora_library import LORA_TAG_KINDS, LoraNotFound
+    from webui.extra_networks.prompt_tags import parse_tags
+
+    try:
+        if library is None:
+            tags = [t for text in (prompt, negative_prompt) for t in parse_tags(text)[1] if t.kind in LORA_TAG_KINDS]
+            if tags:
+                raise LoraNotFound(f"unknown LoRA {tags[0].items[0]!r}: this app has no LoRA folder")
+            return ()
+        return library.resolve(prompt, negative_prompt)
+    except (LookupError, ValueError) as err:  # LoraNotFound, LoraTagError, LoraFileError
+        raise InvalidRequest("prompt", str(err)) from None
 
 
 def _given_options(sampler: Sampler, options: dict[str, Any]) -> dict[str, Any]:
