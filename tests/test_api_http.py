@@ -149,6 +149,13 @@ class StubService:
     def close(self) -> None:
         self._queue.close()
 
+    # LoRA (issue 15): an empty LoRA folder
+    def loras(self) -> list[Any]:
+        return []
+
+    def refresh_loras(self) -> list[Any]:
+        return []
+
 
 def test_the_stub_offers_the_whole_service_interface() -> None:
     assert interface_gaps(StubService()) == []
@@ -205,6 +212,8 @@ ROUTES: list[tuple[str, str, dict | None]] = [
     ("GET", "/sdapi/v1/sd-models", None),
     ("POST", "/sdapi/v1/refresh-checkpoints", None),
     ("GET", "/sdapi/v1/scripts", None),
+    ("GET", "/sdapi/v1/loras", None),  # LoRA (issue 15)
+    ("POST", "/sdapi/v1/refresh-loras", None),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
 ]

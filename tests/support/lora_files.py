@@ -73,9 +73,11 @@ def write_kohya_lora(
 
 
 def write_header_only(path: Path, header: dict, data_bytes: int = 0) -> Path:
-    """A safetensors file whose header says ``header``; ``data_bytes`` zero bytes follow (less than it claims:
-    the file looks truncated unless the offsets fit)."""
+    """A safetensors file whose header says ``header``, followed by ``data_bytes`` zero bytes as a sparse file
+    (a "1 GB" LoRA costs no disk); with fewer bytes than the header's offsets, the file looks truncated."""
     raw = json.dumps(header).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(data_bytes))
+    with path.open("wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + data_bytes)
     return path

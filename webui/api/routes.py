@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from webui.api.errors import field_error
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
+from webui.api.loras import lora_routes
 from webui.api.models import (
     GenerationFields,
     ImageToImageResponse,
@@ -415,6 +416,7 @@ def mount_api(
         ("/refresh-checkpoints", api.refresh_checkpoints, post, None),
         ("/scripts", api.scripts, get, ScriptsList),
     ]
+    table += lora_routes(service)  # LoRA (issue 15)
     for path, endpoint, methods, response_model in table:
         app.router.add_api_route(
             API_PREFIX + path,
