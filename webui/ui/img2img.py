@@ -28,6 +28,7 @@ from webui.ui.common import (
     wire_token_counter,
 )
 from webui.ui.jobs import JobTracker
+from webui.ui.lora_panel import build_lora_panel
 
 MODES = ("img2img", "inpaint")
 PLAIN_TAB, INPAINT_TAB = "img2img_sub", "inpaint_sub"  # ids of the two sub-tabs (Send to selects one)
@@ -218,6 +219,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     """Lay out the tab (inside the caller's ``gr.Tab``); returns it and its image inputs (Send-to targets)."""
     name = "img2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
+    build_lora_panel(service, prompt, name)  # LoRA (issue 15)
     mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", visible=False, elem_id="img2img_mode")
     entry = backend.find_model(service, model.value)
     native = (entry.width, entry.height) if entry and entry.width and entry.height else None

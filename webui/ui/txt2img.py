@@ -20,6 +20,7 @@ from webui.ui.common import (
     wire_token_counter,
 )
 from webui.ui.jobs import JobTracker
+from webui.ui.lora_panel import build_lora_panel
 
 
 def txt2img_request(
@@ -47,6 +48,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     """Lay out the tab (inside the caller's ``gr.Tab``) and wire Generate to the service."""
     name = "txt2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
+    build_lora_panel(service, prompt, name)  # LoRA (issue 15)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             settings = build_settings(name, service, backend.find_model(service, model.value))
