@@ -15,6 +15,7 @@ from pathlib import Path
 
 from webui.train.demo import DemoArchitecture, DemoOptions
 from webui.train.diffusion_training import DiffusionTrainConfig
+from webui.train.lora import add_lora_parser, run_lora_command
 from webui.train.text_pretraining import TextPretrainConfig
 from webui.train.vae_training import VAETrainConfig
 
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much swapping a shape or colour word changes the noise prediction",
     )
     sensitivity.add_argument("--scenes", type=_positive_int, default=10, help="scenes to average over")
+    add_lora_parser(commands)  # LoRA (issue 15)
     return parser
 
 
@@ -243,6 +245,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "lora":  # LoRA (issue 15)
+        return run_lora_command(args)
     measures = {"adherence": run_adherence, "sensitivity": run_sensitivity}
     if args.command in measures:
         measures[args.command](args)
