@@ -16,11 +16,13 @@ width differs from the loaded text encoder's is listed as skipped (AUTOMATIC1111
 from __future__ import annotations
 
 import pickle
+import threading
+import weakref
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -237,3 +239,55 @@ class EmbeddingVocabulary:
             if embedding is not None and embedding.shorthash:
                 pairs.append(f"{word.replace(':', '').replace(',', '')}: {embedding.shorthash}")
         return ", ".join(pairs)
+
+
+class TokenizingEncoder(Protocol):
+    """What :meth:`EmbeddingLibrary.vocabulary` needs of a text encoder."""
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+
+class EmbeddingLibrary:
+    """The embeddings folder as the app sees it: read at start and on :meth:`refresh`, split by model width.
+
+    Thread-safe: a refresh swaps in a new scan at once, so a job that already has its vocabulary keeps it.
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._lock = threading.Lock()
+        self._found = EmbeddingFolder()
+        # (id of the encoder, width) -> (the encoder, weakly, and its vocabulary); cleared by refresh().
+        self._vocabularies: dict[tuple[int, int], tuple[weakref.ReferenceType[Any], EmbeddingVocabulary]] = {}
+        self.refresh()
+
+    def refresh(self) -> EmbeddingFolder:
+        """Read the folder again (every width); returns what it found."""
+        found = scan_embeddings(self.folder, None) if self.folder is not None else EmbeddingFolder()
+        with self._lock:
+            self._found = found
+            self._vocabularies = {}
+        return found
+
+    def for_width(self, width: int | None) -> EmbeddingFolder:
+        """The scan split for a text encoder ``width`` wide (None: no model loaded, every embedding counts)."""
+        with self._lock:
+            found = self._found
+        loaded = {n: e for n, e in found.loaded.items() if width is None or e.shape == width}
+        skipped = {n: e for n, e in found.loaded.items() if n not in loaded}
+        return EmbeddingFolder(loaded=loaded, skipped=skipped, errors=dict(found.errors))
+
+    def vocabulary(self, encoder: TokenizingEncoder) -> EmbeddingVocabulary:
+        """The words ``encoder`` can use (its width), indexed by its tokenizer; built once per encoder."""
+        key = (id(encoder), encoder.hidden_size)
+        with self._lock:
+            cached = self._vocabularies.get(key)
+            if cached is not None and cached[0]() is encoder:
+                return cached[1]
+        vocabulary = EmbeddingVocabulary(self.for_width(encoder.hidden_size).loaded.values(), encoder.tokenize)
+        with self._lock:
+            self._vocabularies[key] = (weakref.ref(encoder), vocabulary)
+        return vocabulary

@@ -228,11 +228,9 @@ def use_vae(model: StableDiffusionModel, path: Path | None) -> None:
     model.vae_hash = short_hash(file_sha256(path)) if path.is_file() else None
 
 
-def vae_infotext(model: StableDiffusionModel) -> dict[str, str]:
+def vae_infotext(model: object) -> dict[str, str]:
     """A1111's ``VAE hash`` and ``VAE`` infotext values for the model's VAE; empty for the baked-in one."""
-    if model.vae_path is None:
+    path, vae_hash = getattr(model, "vae_path", None), getattr(model, "vae_hash", None)
+    if path is None:
         return {}
-    params = {"VAE": model.vae_path.name}
-    if model.vae_hash:
-        params = {"VAE hash": model.vae_hash, **params}
-    return params
+    return {"VAE hash": vae_hash, "VAE": Path(path).name} if vae_hash else {"VAE": Path(path).name}

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from webui.extra_networks.embeddings import EmbeddingVocabulary
+from webui.extra_networks.vae_files import vae_infotext
 from webui.pipeline.conditioning import Conditioning, encode_conditioning
 from webui.pipeline.errors import OutOfMemory
 from webui.pipeline.images import (
@@ -344,6 +345,7 @@ class _Run:
         self.network_params: dict[str, Any] = {}
         if embeddings is not None and conditioning.embeddings_used:
             self.network_params["TI hashes"] = embeddings.infotext_hashes(conditioning.embeddings_used) or None
+        self.network_params.update(vae_infotext(model))
         self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.latent_shape = (model.vae.config.embed_dim, request.height // down, request.width // down)

@@ -71,6 +71,9 @@ class GenerationRequest:
     clip_skip: int = 1
     # Sampler options by name (``Sampler.options`` lists those a sampler takes), e.g. ``{"eta": 0.5}``.
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # VAE choice (issue 15): "Automatic", "None" or a VAE file's name (A1111's ``sd_vae`` in
+    # ``override_settings``); None: the app's "SD VAE" setting when submitted. The service checks the name.
+    sd_vae: str | None = None
 
     @property
     def mode(self) -> str:
@@ -103,6 +106,7 @@ class GenerationRequest:
         if not isinstance(self.sampler_options, Mapping):
             raise InvalidRequest("sampler_options", "must be a mapping of option name to value")
         values["sampler_options"] = dict(self.sampler_options)
+        values["sd_vae"] = None if self.sd_vae is None else _text("sd_vae", self.sd_vae)
         return values
 
 
@@ -190,6 +194,7 @@ class ResolvedRequest:
     sampler_options: Mapping[str, Any]
     given_options: tuple[str, ...] = ()
     img2img: ResolvedImg2Img | None = None
+    sd_vae: str = "Automatic"  # as in GenerationRequest, never None (issue 15)
 
     @property
     def sampler_name(self) -> str:
@@ -275,6 +280,7 @@ def resolve_request(
         sampler_options=MappingProxyType(options),
         given_options=tuple(given),
         img2img=img2img,
+        sd_vae=values["sd_vae"] or "Automatic",
     )
 
 
