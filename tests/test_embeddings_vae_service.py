@@ -3,8 +3,6 @@ the infotext, the "SD VAE" setting and per-request override, models.yaml ``vae:`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import save_file
