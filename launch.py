@@ -132,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder of extra sampler plugins (*.py) loaded next to the built-in and installed ones "
         "(default: plugins/ next to launch.py, if it exists).",
     )
+    # Extra networks (issue 15): AUTOMATIC1111's flag names; a missing folder is simply empty.
+    run.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        default=HERE / "models" / "embeddings",
+        metavar="DIR",
+        help="Textual-inversion embeddings (.pt, .bin, .safetensors; sub-folders too); the file name is the word "
+        "to type in a prompt.",
+    )
+    run.add_argument(
+        "--vae-dir",
+        type=Path,
+        default=HERE / "models" / "VAE",
+        metavar="DIR",
+        help="VAE files (.safetensors, .pt, .ckpt) and diffusers VAE folders offered by the SD VAE dropdown.",
+    )
     return parser
 
 
@@ -156,6 +172,8 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         samplers_dir=args.samplers_dir,
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
+        embeddings_dir=args.embeddings_dir,
+        vae_dir=args.vae_dir,
     )
 
 

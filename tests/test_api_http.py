@@ -224,6 +224,11 @@ ROUTES: list[tuple[str, str, dict | None]] = [
     ("GET", "/sdapi/v1/sd-models", None),
     ("POST", "/sdapi/v1/refresh-checkpoints", None),
     ("GET", "/sdapi/v1/scripts", None),
+    # embeddings and VAE files (issue 15)
+    ("GET", "/sdapi/v1/embeddings", None),
+    ("POST", "/sdapi/v1/refresh-embeddings", None),
+    ("GET", "/sdapi/v1/sd-vae", None),
+    ("POST", "/sdapi/v1/refresh-vae", None),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
 ]

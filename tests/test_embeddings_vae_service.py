@@ -3,6 +3,8 @@ the infotext, the "SD VAE" setting and per-request override, models.yaml ``vae:`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -124,3 +126,14 @@ def test_refresh_picks_up_new_files_and_a_bad_file_fails_only_its_job(service, f
     with pytest.raises(Exception, match=r"broken\.pt: not a usable SD 1\.x VAE"):
         job.result(timeout=120)
     assert run(service, "tiny", prompt="later").images  # the app keeps working
+
+
+def test_launch_flags_default_to_the_project_folders_like_a1111() -> None:
+    import launch
+
+    root = Path(launch.__file__).resolve().parent
+    args = launch.build_parser().parse_args([])
+    options = launch.options_from_args(args)
+    assert (options.embeddings_dir, options.vae_dir) == (root / "models" / "embeddings", root / "models" / "VAE")
+    given = launch.options_from_args(launch.build_parser().parse_args(["--embeddings-dir", "e", "--vae-dir", "v"]))
+    assert (given.embeddings_dir, given.vae_dir) == (Path("e"), Path("v"))

@@ -97,6 +97,9 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
+    # Extra networks (issue 15): None means no such folder.
+    embeddings_dir: Path | None = None
+    vae_dir: Path | None = None
 
     @property
     def server_name(self) -> str:
@@ -212,6 +215,8 @@ def create_service(options: ServerOptions) -> WebUIService:
         dtype=dtype,
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
+        embeddings_dir=options.embeddings_dir,
+        vae_dir=options.vae_dir,
     )
 
 

@@ -592,13 +592,17 @@ class WebUIService:
 
     def _use_vae(self, model: StableDiffusionModel, choice: str) -> None:
         """Give ``model`` the VAE the job asks for; only ``model.vae`` changes."""
-        from webui.extra_networks.vae_files import use_vae
+        from webui.extra_networks.vae_files import VaeError, use_vae
+        from webui.pipeline.errors import InvalidRequest
 
         try:
             entry_vae = self.models.entry(model.name).vae
         except LookupError:
             entry_vae = None
-        use_vae(model, self.extra_networks.vae_path_for(model, choice, entry_vae))
+        try:
+            use_vae(model, self.extra_networks.vae_path_for(model, choice, entry_vae))
+        except VaeError as err:  # the job fails with the file's message; the model keeps its VAE
+            raise InvalidRequest("sd_vae", str(err)) from None
 
     def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
         steps = last.step - first.step
