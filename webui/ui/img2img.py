@@ -27,6 +27,7 @@ from webui.ui.common import (
     wire_common,
     wire_token_counter,
 )
+from webui.ui.embeddings_vae import build_textual_inversion_panel
 from webui.ui.jobs import JobTracker
 
 MODES = ("img2img", "inpaint")
@@ -218,6 +219,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     """Lay out the tab (inside the caller's ``gr.Tab``); returns it and its image inputs (Send-to targets)."""
     name = "img2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
+    build_textual_inversion_panel(name, service)  # issue 15
     mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", visible=False, elem_id="img2img_mode")
     entry = backend.find_model(service, model.value)
     native = (entry.width, entry.height) if entry and entry.width and entry.height else None
