@@ -93,7 +93,7 @@ class TextEncoder:
         clip_skip = min(int(clip_skip), self.num_layers + 1)
         ids = ids.to(self.device, dtype=torch.long)
         if vectors is not None and any(vectors):
-            with _replaced_token_vectors(self.model.embeddings.token_embedding, vectors):
+            with replaced_token_vectors(self.model.embeddings.token_embedding, vectors):
                 return self._encode(ids, clip_skip)
         return self._encode(ids, clip_skip)
 
@@ -112,7 +112,7 @@ class TextEncoder:
 
 
 @contextmanager
-def _replaced_token_vectors(
+def replaced_token_vectors(
     layer: torch.nn.Module, vectors: Sequence[Sequence[tuple[int, torch.Tensor]]]
 ) -> Iterator[None]:
     """While active, ``vectors`` are written into the token-embedding layer's output (a forward hook)."""
