@@ -98,3 +98,24 @@ def test_sd_vae_dropdown_sets_the_vae_of_the_next_jobs(stand_in, page):  # noqa:
     page.locator("#sd_vae_refresh").click()
     page.locator("#sd_vae input").click()
     page.get_by_role("option", name="another.pt", exact=True).wait_for(timeout=10_000)
+
+
+@pytest.mark.browser
+def test_sending_png_info_to_txt2img_selects_the_vae_it_names(stand_in, page):  # noqa: F811
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    service, url, folder = stand_in
+    meta = PngInfo()
+    meta.add_text("parameters", "a star\nSteps: 4, Sampler: Euler, Seed: 3, VAE: vae-ft-mse.safetensors")
+    Image.new("RGB", (8, 8)).save(folder / "made.png", pnginfo=meta)
+    page.goto(url)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(folder / "made.png"))
+    _wait_text_value = "el => el.value.includes('VAE: vae-ft-mse')"
+    page.wait_for_function(_wait_text_value, arg=page.locator("#pnginfo_parameters textarea").element_handle())
+    page.locator("#pnginfo_send_to_txt2img").click()
+    page.wait_for_function(
+        "el => el.value === 'vae-ft-mse.safetensors'", arg=page.locator("#sd_vae input").element_handle()
+    )
+    assert service.sd_vae == "vae-ft-mse.safetensors"

@@ -140,3 +140,19 @@ def build_vae_dropdown(service: Service) -> tuple[gr.Dropdown, gr.Button]:
 
 def _choices(service: Service) -> list[str]:
     return ["Automatic", "None", *(file.name for file in service.vae_files())]
+
+
+def wire_vae_paste(service: Service, vae: gr.Dropdown, buttons: list[gr.Button], parameters: gr.Textbox) -> None:
+    """Sending a PNG's parameters to a tab also selects the VAE its infotext names (A1111 restores ``VAE`` into
+    the ``sd_vae`` setting), when that VAE is in the VAE folder; without a ``VAE`` key the choice stays."""
+    from webui.pipeline.infotext import parse_infotext
+
+    def restore(text: str) -> Any:
+        name = parse_infotext(text or "").get("VAE")
+        if not name or name not in _choices(service):
+            return gr.skip()
+        service.set_sd_vae(name)
+        return gr.Dropdown(value=name)
+
+    for button in buttons:
+        button.click(restore, parameters, vae, **QUIET)
