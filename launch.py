@@ -141,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder of LoRA files (.safetensors, .pt; sub-folders too) that <lora:NAME:WEIGHT> in a prompt uses "
         "(default: models/Lora next to launch.py; a missing folder is empty).",
     )
+    # Extra networks (issue 15): AUTOMATIC1111's flag names; a missing folder is simply empty.
+    run.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        default=HERE / "models" / "embeddings",
+        metavar="DIR",
+        help="Textual-inversion embeddings (.pt, .bin, .safetensors; sub-folders too); the file name is the word "
+        "to type in a prompt.",
+    )
+    run.add_argument(
+        "--vae-dir",
+        type=Path,
+        default=HERE / "models" / "VAE",
+        metavar="DIR",
+        help="VAE files (.safetensors, .pt, .ckpt) and diffusers VAE folders offered by the SD VAE dropdown.",
+    )
     return parser
 
 
@@ -166,6 +182,8 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
         lora_dir=args.lora_dir,
+        embeddings_dir=args.embeddings_dir,
+        vae_dir=args.vae_dir,
     )
 
 

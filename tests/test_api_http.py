@@ -24,6 +24,7 @@ from PIL import Image
 from tests.support.api import b64_png, from_b64, serve
 from tests.support.fakes import interface_gaps
 from webui.api import ApiLimits, mount_api
+from webui.extra_networks.embeddings import EmbeddingFolder
 from webui.jobs import Job, JobQueue
 from webui.models.errors import CorruptCheckpointError
 from webui.models.manager import ModelStatus
@@ -156,6 +157,24 @@ class StubService:
     def refresh_loras(self) -> list[Any]:
         return []
 
+    # Embeddings and VAE files (issue 15): the stub has empty folders.
+    def embeddings(self) -> EmbeddingFolder:
+        return EmbeddingFolder()
+
+    def refresh_embeddings(self) -> EmbeddingFolder:
+        return EmbeddingFolder()
+
+    def vae_files(self) -> list:
+        return []
+
+    def refresh_vae(self) -> list:
+        return []
+
+    sd_vae = "Automatic"
+
+    def set_sd_vae(self, choice: str) -> None:
+        self.sd_vae = choice
+
 
 def test_the_stub_offers_the_whole_service_interface() -> None:
     assert interface_gaps(StubService()) == []
@@ -214,6 +233,11 @@ ROUTES: list[tuple[str, str, dict | None]] = [
     ("GET", "/sdapi/v1/scripts", None),
     ("GET", "/sdapi/v1/loras", None),  # LoRA (issue 15)
     ("POST", "/sdapi/v1/refresh-loras", None),
+    # embeddings and VAE files (issue 15)
+    ("GET", "/sdapi/v1/embeddings", None),
+    ("POST", "/sdapi/v1/refresh-embeddings", None),
+    ("GET", "/sdapi/v1/sd-vae", None),
+    ("POST", "/sdapi/v1/refresh-vae", None),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
 ]

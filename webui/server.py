@@ -98,6 +98,9 @@ class ServerOptions:
     inbrowser: bool = False
     insecure_no_auth: bool = False
     lora_dir: Path | None = None  # LoRA (issue 15): --lora-dir
+    # Extra networks (issue 15): None means no such folder.
+    embeddings_dir: Path | None = None
+    vae_dir: Path | None = None
 
     @property
     def server_name(self) -> str:
@@ -214,6 +217,8 @@ def create_service(options: ServerOptions) -> WebUIService:
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
         lora_dir=options.lora_dir,
+        embeddings_dir=options.embeddings_dir,
+        vae_dir=options.vae_dir,
     )
 
 

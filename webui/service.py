@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -29,7 +29,9 @@ from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
 
 if TYPE_CHECKING:
+    from webui.extra_networks.embeddings import EmbeddingFolder
     from webui.extra_networks.lora_library import LoraEntry, LoraLibrary
+    from webui.extra_networks.vae_files import VaeFile
     from webui.models.download import DownloadPlan, ProgressCallback
     from webui.models.manager import ModelManager, ModelStatus
     from webui.models.model import StableDiffusionModel
@@ -210,6 +212,33 @@ class Service(Protocol):
         """Scan the LoRA folder again (files added or removed since the start) and return the new list."""
         ...
 
+    # --- textual-inversion embeddings and VAE files (issue 15) ---
+
+    def embeddings(self) -> EmbeddingFolder:
+        """The embeddings folder for the current model: loaded (its width), skipped (another width), errors."""
+        ...
+
+    def refresh_embeddings(self) -> EmbeddingFolder:
+        """Read the embeddings folder again; returns :meth:`embeddings`."""
+        ...
+
+    def vae_files(self) -> list[VaeFile]:
+        """The VAE folder's files and diffusers VAE folders (A1111's ``model_name``, ``filename``)."""
+        ...
+
+    def refresh_vae(self) -> list[VaeFile]:
+        """Read the VAE folder again."""
+        ...
+
+    @property
+    def sd_vae(self) -> str:
+        """The "SD VAE" setting: ``Automatic``, ``None`` or a VAE file's name."""
+        ...
+
+    def set_sd_vae(self, choice: str) -> None:
+        """Change the "SD VAE" setting; raises ``InvalidRequest`` (field ``sd_vae``) for an unknown name."""
+        ...
+
 
 class WebUIService:
     """Models, samplers and the generation queue: the one object the UI and the API talk to (:class:`Service`).
@@ -236,6 +265,8 @@ class WebUIService:
         samplers: SamplerRegistry | None = None,
         version: str | None = None,
         lora_dir: str | Path | None = None,
+        embeddings_dir: str | Path | None = None,
+        vae_dir: str | Path | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -262,6 +293,14 @@ class WebUIService:
         self.samplers = samplers
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.version = version
+        # Textual-inversion embeddings and VAE files (issue 15); models.yaml paths are relative to its folder.
+        from webui.extra_networks.user_files import EmbeddingsAndVae
+
+        self.extra_networks = EmbeddingsAndVae(
+            Path(embeddings_dir) if embeddings_dir is not None else None,
+            Path(vae_dir) if vae_dir is not None else None,
+            self.registry_path.parent if self.registry_path is not None else Path.cwd(),
+        )
         # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
         # unloaded or evicted for another one; the model's fitted preview map).
         self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
@@ -293,7 +332,10 @@ class WebUIService:
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
         ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
         """
+        if request.sd_vae is None:  # the "SD VAE" setting as it is now, not when the job runs
+            request = replace(request, sd_vae=self.sd_vae)
         resolved = resolve_request(request, self.samplers, self._default_size(model_name), loras=self.lora_library)
+        self._check_vae_choice(resolved.sd_vae)
         return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
 
     # --- LoRA (issue 15) ---------------------------------------------------------------------
@@ -496,7 +538,8 @@ class WebUIService:
         from webui.extra_networks.prompt_tags import strip_tags
         from webui.pipeline.conditioning import count_tokens
 
-        return count_tokens(model.text_encoder, strip_tags(prompt), steps)  # <lora:...> tags are not tokens
+        vocabulary = self.extra_networks.vocabulary(model.text_encoder)
+        return count_tokens(model.text_encoder, strip_tags(prompt), steps, vocabulary)  # <lora:...> are no tokens
 
     def native_size(self, model_name: str | None = None) -> tuple[int, int]:
         """The (width, height) a request with width/height None gets for that model."""
@@ -528,6 +571,7 @@ class WebUIService:
 
         with self._device_lock:
             model = self.models.get(job.model_name, download=False)  # selecting a model downloads, Generate never
+            self._use_vae(model, job.request.sd_vae)
             return generate(
                 model,
                 job.request,
@@ -537,7 +581,55 @@ class WebUIService:
                 previewer=self.previewer(model),
                 version=self.version,
                 model_name=model.name,
+                embeddings=self.extra_networks.vocabulary(model.text_encoder),
             )
+
+    # --- textual-inversion embeddings and VAE files (issue 15) ---------------------------------
+
+    def embeddings(self) -> EmbeddingFolder:
+        model = self._loaded_model(self.models.current_name or "")
+        return self.extra_networks.embeddings(model.text_encoder.hidden_size if model is not None else None)
+
+    def refresh_embeddings(self) -> EmbeddingFolder:
+        self.extra_networks.refresh_embeddings()
+        return self.embeddings()
+
+    def vae_files(self) -> list[VaeFile]:
+        return self.extra_networks.vae_files()
+
+    def refresh_vae(self) -> list[VaeFile]:
+        return self.extra_networks.refresh_vae()
+
+    @property
+    def sd_vae(self) -> str:
+        return self.extra_networks.sd_vae
+
+    def set_sd_vae(self, choice: str) -> None:
+        self._check_vae_choice(choice)
+        self.extra_networks.set_sd_vae(choice)
+
+    def _check_vae_choice(self, choice: str) -> None:
+        from webui.extra_networks.vae_files import VaeError
+        from webui.pipeline.errors import InvalidRequest
+
+        try:
+            self.extra_networks.check_vae_choice(choice)
+        except VaeError as err:
+            raise InvalidRequest("sd_vae", str(err)) from None
+
+    def _use_vae(self, model: StableDiffusionModel, choice: str) -> None:
+        """Give ``model`` the VAE the job asks for; only ``model.vae`` changes."""
+        from webui.extra_networks.vae_files import VaeError, use_vae
+        from webui.pipeline.errors import InvalidRequest
+
+        try:
+            entry_vae = self.models.entry(model.name).vae
+        except LookupError:
+            entry_vae = None
+        try:
+            use_vae(model, self.extra_networks.vae_path_for(model, choice, entry_vae))
+        except VaeError as err:  # the job fails with the file's message; the model keeps its VAE
+            raise InvalidRequest("sd_vae", str(err)) from None
 
     def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
         steps = last.step - first.step

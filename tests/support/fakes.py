@@ -22,12 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from webui.extra_networks.embeddings import EmbeddingFolder
 from webui.extra_networks.lora_library import LoraEntry, LoraLibrary
+from webui.extra_networks.vae_files import VaeError, VaeFile
 from webui.jobs import Job, JobQueue
 from webui.models.download import DownloadCancelled, DownloadError, DownloadPlan, DownloadProgress, ProgressCallback
 from webui.models.manager import ModelStatus
 from webui.models.registry import SD1_NATIVE_SIZE, ModelEntry, Registry
 from webui.pipeline import GenerationRequest, GenerationResult, Progress, resolve_request
+from webui.pipeline.errors import InvalidRequest
 from webui.sampling import create_sampler_registry
 from webui.sampling.registry import SamplerRegistry
 from webui.service import IDLE, LoadedModelInfo, ProgressSnapshot, Service
@@ -35,6 +38,7 @@ from webui.service import IDLE, LoadedModelInfo, ProgressSnapshot, Service
 FAKE_SAMPLERS = ("Euler a", "Euler", "DDIM")  # built-in samplers the fake offers, in this order
 BROKEN_MODEL = "broken"  # the fake model that fails to load, as a checkpoint of another architecture would
 FAILING_PROMPT = "explode"  # a job with this prompt fails, as a job whose VAE decodes NaNs would
+FAKE_TEXT_WIDTH = 768  # the fake model's text-encoder width: embeddings of another width are "skipped"
 
 
 def fake_models() -> list[ModelEntry]:
@@ -59,7 +63,7 @@ class FakeService:
     ``selects`` (every name passed to :meth:`select_model`, in order).
     """
 
-    def __init__(self, step_seconds: float = 0.01):
+    def __init__(self, step_seconds: float = 0.01, embeddings_dir: Path | None = None, vae_dir: Path | None = None):
         self.step_seconds = step_seconds
         self.submitted: list[Job] = []
         self.added_entries: list[ModelEntry] = []
@@ -75,6 +79,10 @@ class FakeService:
         self.download_error: str | None = None
         self.selects: list[str] = []
         self.lora_library: LoraLibrary | None = None  # LoRA (issue 15): tests may set a folder's library
+        # The real views of the embeddings and VAE folders (issue 15); the fake "model" is FAKE_TEXT_WIDTH wide.
+        from webui.extra_networks.user_files import EmbeddingsAndVae
+
+        self.extra_networks = EmbeddingsAndVae(embeddings_dir, vae_dir, Path.cwd())
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -178,7 +186,10 @@ class FakeService:
         entry = self._registry.get(model_name) if model_name else self._registry.default
         native = entry.native_size if entry is not None else SD1_NATIVE_SIZE
         fixed_seed = replace(request, seed=1000) if request.seed == -1 else request
+        if fixed_seed.sd_vae is None:
+            fixed_seed = replace(fixed_seed, sd_vae=self.sd_vae)
         resolved = resolve_request(fixed_seed, self._samplers, native, loras=self.lora_library)
+        self._check_vae_choice(resolved.sd_vae)
         job = self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
         self.submitted.append(job)
         return job
@@ -223,6 +234,35 @@ class FakeService:
 
     def close(self) -> None:
         self._queue.close()
+
+    # --- embeddings and VAE files (issue 15) ------------------------------------------------------
+
+    def embeddings(self) -> EmbeddingFolder:
+        return self.extra_networks.embeddings(FAKE_TEXT_WIDTH if self._current is not None else None)
+
+    def refresh_embeddings(self) -> EmbeddingFolder:
+        self.extra_networks.refresh_embeddings()
+        return self.embeddings()
+
+    def vae_files(self) -> list[VaeFile]:
+        return self.extra_networks.vae_files()
+
+    def refresh_vae(self) -> list[VaeFile]:
+        return self.extra_networks.refresh_vae()
+
+    @property
+    def sd_vae(self) -> str:
+        return self.extra_networks.sd_vae
+
+    def set_sd_vae(self, choice: str) -> None:
+        self._check_vae_choice(choice)
+        self.extra_networks.set_sd_vae(choice)
+
+    def _check_vae_choice(self, choice: str) -> None:
+        try:
+            self.extra_networks.check_vae_choice(choice)
+        except VaeError as err:
+            raise InvalidRequest("sd_vae", str(err)) from None
 
     def _run(self, job: Job) -> GenerationResult:
         request, step_seconds = job.request, self.step_seconds

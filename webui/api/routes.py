@@ -28,6 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from webui.api.errors import field_error
+from webui.api.extra_networks import add_extra_network_routes, set_vae_option, vae_option
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
 from webui.api.loras import lora_routes
@@ -134,6 +135,8 @@ class SdApi:
             clip_skip=clip_skip,
             sampler_options=options,
             **extra,
+            # issue 15: A1111's sd_vae override setting; None leaves the app's "SD VAE" setting in force
+            sd_vae=vae_option(settings["sd_vae"], "override_settings.sd_vae") if "sd_vae" in settings else None,
         )
 
     def _check_limits(self, req: GenerationFields) -> None:
@@ -298,7 +301,12 @@ class SdApi:
         default = self.service.registry.default
         name = self.service.current_model_name or (default.name if default is not None else None)
         sha256 = await anyio.to_thread.run_sync(self._sha256, name) if name else None
-        return {"sd_model_checkpoint": name, "sd_checkpoint_hash": sha256, "samples_format": "png"}
+        return {
+            "sd_model_checkpoint": name,
+            "sd_checkpoint_hash": sha256,
+            "samples_format": "png",
+            "sd_vae": self.service.sd_vae,  # issue 15
+        }
 
     async def set_options(self, options: dict[str, Any]) -> None:
         """Apply ``sd_model_checkpoint`` (loads the model now); other A1111 options are ignored, as A1111 does
@@ -309,6 +317,8 @@ class SdApi:
                 await anyio.to_thread.run_sync(self.service.select_model, name)
             except (CheckpointError, LookupError) as exc:
                 raise field_error("sd_model_checkpoint", f"cannot load {name!r}: {exc}") from exc
+        if "sd_vae" in options:  # issue 15
+            set_vae_option(self.service, options["sd_vae"])
         return None
 
     async def refresh_checkpoints(self) -> None:
@@ -426,6 +436,7 @@ def mount_api(
             response_class=AsciiJSONResponse,
             route_class_override=route_class,
         )
+    add_extra_network_routes(app, service, API_PREFIX, route_class)  # embeddings and VAE files (issue 15)
     api_routes = [r for r in app.routes if getattr(r, "path", "").startswith(API_PREFIX)]
     schema: dict[str, Any] = {}
 

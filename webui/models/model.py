@@ -33,6 +33,11 @@ class StableDiffusionModel:
     path: Path | None = None
     sha256: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # A separate VAE file in use (webui.extra_networks.vae_files.use_vae); None: the checkpoint's own VAE,
+    # which waits in ``baked_vae`` (on the CPU) while another is in use. ``vae_hash``: A1111's "VAE hash".
+    vae_path: Path | None = None
+    vae_hash: str | None = None
+    baked_vae: AutoencoderKL | None = None
 
     @property
     def scale_factor(self) -> float:

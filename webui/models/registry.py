@@ -14,7 +14,8 @@ Schema (top level ``models:``, a list of mappings)::
         tokenizer: openai/clip-vit-large-patch14           # folder (relative to this YAML) or hub id
 
 Other optional fields: ``revision`` (hub), ``dtype`` (auto, fp16, bf16, fp32), ``sampler``,
-``scheduler``, ``steps``, ``cfg_scale``, ``clip_skip``, ``description`` (shown under the checkpoint
+``scheduler``, ``steps``, ``cfg_scale``, ``clip_skip``, ``vae`` (the VAE that "Automatic" picks for this model: a
+name in the VAE folder or a path relative to this YAML), ``description`` (shown under the checkpoint
 dropdown) and ``examples`` (a list of prompts the model draws well; the UI offers them as one-click examples).
 
 Problems are data, never exceptions: :func:`load_registry` keeps every valid entry and reports each
@@ -72,6 +73,7 @@ class ModelEntry:
     description: str = ""
     label: str | None = field(default=None, compare=False)  # "#1 ('demo')": where it is in models.yaml
     examples: tuple[str, ...] = ()  # prompts that show what the model can draw
+    vae: str | None = None  # the VAE "Automatic" uses: a name in the VAE folder, or an absolute path
 
     @property
     def is_hub(self) -> bool:
@@ -107,6 +109,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "clip_skip": ((int,), "an integer"),
     "description": ((str,), "a string"),
     "examples": ((list,), "a list of prompts"),
+    "vae": ((str,), "a string (a VAE file name in the VAE folder, or a path relative to this YAML)"),
 }
 
 
@@ -269,6 +272,9 @@ def _check_entry(raw: Any, index: int, yaml_path: Path) -> tuple[ModelEntry | No
     if "tokenizer" in values:
         local = base / Path(values["tokenizer"]).expanduser()
         values["tokenizer"] = str(local.resolve()) if local.exists() else values["tokenizer"]
+    if "vae" in values:
+        local = base / Path(values["vae"]).expanduser()
+        values["vae"] = str(local.resolve()) if local.exists() else values["vae"]
     if "cfg_scale" in values:
         values["cfg_scale"] = float(values["cfg_scale"])
     if "examples" in values:

@@ -7,6 +7,8 @@ a start token, up to 75 prompt tokens, an end token, padded with the end token.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,17 +72,32 @@ class TextEncoder:
         except Exception:  # noqa: BLE001 - a prompt must never crash generation; an odd one encodes as nothing
             return []
 
-    def encode_ids(self, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    def encode_ids(
+        self,
+        ids: torch.Tensor,
+        clip_skip: int = 1,
+        vectors: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None,
+    ) -> torch.Tensor:
         """(B, 77) token ids -> (B, 77, D) context.
 
         ``clip_skip`` N takes ``hidden_states[-N]`` and applies the final layer norm, as
         AUTOMATIC1111 does (N=1 is the last layer, N=2 "skips" one layer). N larger than the depth
         is clamped to the embedding output.
+
+        ``vectors[b]`` lists ``(position, (n, D) tensor)``: those n input vectors of row b replace the
+        token vectors from ``position`` on, before the position embeddings are added (textual inversion,
+        as A1111's ``EmbeddingsWithFixes`` and diffusers' added tokens do).
         """
         if clip_skip < 1:
             raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
         clip_skip = min(int(clip_skip), self.num_layers + 1)
         ids = ids.to(self.device, dtype=torch.long)
+        if vectors is not None and any(vectors):
+            with replaced_token_vectors(self.model.embeddings.token_embedding, vectors):
+                return self._encode(ids, clip_skip)
+        return self._encode(ids, clip_skip)
+
+    def _encode(self, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
         with torch.no_grad():
             if clip_skip == 1:
                 return self.model(input_ids=ids).last_hidden_state
@@ -92,6 +109,26 @@ class TextEncoder:
         ids = [self.bos_id, *self.tokenize(text)[: self.chunk_length], self.eos_id]
         ids += [self.pad_id] * (CONTEXT_LENGTH - len(ids))
         return self.encode_ids(torch.tensor([ids]), clip_skip)
+
+
+@contextmanager
+def replaced_token_vectors(
+    layer: torch.nn.Module, vectors: Sequence[Sequence[tuple[int, torch.Tensor]]]
+) -> Iterator[None]:
+    """While active, ``vectors`` are written into the token-embedding layer's output (a forward hook)."""
+
+    def hook(module: torch.nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for row, replacements in enumerate(vectors):
+            for position, vec in replacements:
+                output[row, position : position + vec.shape[0]] = vec.to(output.device, output.dtype)
+        return output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _has_tokenizer_files(folder: Path) -> bool:

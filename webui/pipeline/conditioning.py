@@ -8,13 +8,14 @@ embeddings, then the whole chunk is rescaled so that its mean equals the unweigh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from webui.pipeline.prompt_schedule import prompt_schedule
-from webui.pipeline.prompts import PromptChunk, TokenIds, chunk_prompt, pad_chunks
+from webui.pipeline.prompts import EmbeddingMatcher, PromptChunk, TokenIds, chunk_prompt, pad_chunks
 
 
 class PromptEncoder(Protocol):
@@ -33,7 +34,15 @@ class PromptEncoder(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
-    def encode_ids(self, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor: ...
+    def encode_ids(
+        self, ids: torch.Tensor, clip_skip: int = 1, vectors: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None
+    ) -> torch.Tensor: ...
+
+
+class PromptEmbeddings(EmbeddingMatcher, Protocol):
+    """The textual-inversion words a prompt may use (:class:`webui.extra_networks.embeddings.EmbeddingVocabulary`)."""
+
+    def vectors(self, name: str) -> torch.Tensor: ...
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Conditioning:
     unconds: list[tuple[int, torch.Tensor]]
     chunks: int
     token_count: int
+    # Textual-inversion words the prompt or the negative prompt used, in order of first use (for "TI hashes").
+    embeddings_used: tuple[str, ...] = field(default=())
 
     @classmethod
     def constant(cls, cond: torch.Tensor, uncond: torch.Tensor) -> Conditioning:
@@ -71,7 +82,7 @@ class Conditioning:
         def move(schedule: list[tuple[int, torch.Tensor]]) -> list[tuple[int, torch.Tensor]]:
             return [(end, context.to(device, dtype)) for end, context in schedule]
 
-        return Conditioning(move(self.conds), move(self.unconds), self.chunks, self.token_count)
+        return Conditioning(move(self.conds), move(self.unconds), self.chunks, self.token_count, self.embeddings_used)
 
 
 MAX_STEP = 2**31 - 1
@@ -92,21 +103,41 @@ def token_ids(encoder: PromptEncoder) -> TokenIds:
     )
 
 
-def count_tokens(encoder: PromptEncoder, prompt: str, steps: int = 1) -> tuple[int, int]:
-    """A1111's token counter: ``(tokens, capacity)``, capacity = 75 per chunk of the longest edited text."""
+def count_tokens(
+    encoder: PromptEncoder, prompt: str, steps: int = 1, embeddings: PromptEmbeddings | None = None
+) -> tuple[int, int]:
+    """A1111's token counter: ``(tokens, capacity)``, capacity = 75 per chunk of the longest edited text.
+
+    An embedding counts as its vectors."""
     ids = token_ids(encoder)
     most_tokens, most_chunks = 0, 1
     for _, text in prompt_schedule(prompt, steps):
-        chunks, count = chunk_prompt(text, encoder.tokenize, ids, chunk_length=encoder.chunk_length)
+        chunks, count = chunk_prompt(
+            text, encoder.tokenize, ids, chunk_length=encoder.chunk_length, embeddings=embeddings
+        )
         most_tokens, most_chunks = max(most_tokens, count), max(most_chunks, len(chunks))
     return most_tokens, most_chunks * encoder.chunk_length
 
 
-def encode_chunks(encoder: PromptEncoder, chunks: list[PromptChunk], clip_skip: int = 1) -> torch.Tensor:
-    """Encode and weight every chunk; returns (1, 77 * len(chunks), D)."""
+def encode_chunks(
+    encoder: PromptEncoder,
+    chunks: list[PromptChunk],
+    clip_skip: int = 1,
+    embeddings: PromptEmbeddings | None = None,
+) -> torch.Tensor:
+    """Encode and weight every chunk; returns (1, 77 * len(chunks), D).
+
+    The embeddings' vectors go in at their chunks' ``fixes``, in place of the token vectors; weights
+    then apply to them like to any token (``(easynegative:1.2)``).
+    """
     ids = torch.tensor([chunk.tokens for chunk in chunks], dtype=torch.long)
+    vectors = None
+    if any(chunk.fixes for chunk in chunks):
+        if embeddings is None:
+            raise ValueError("the chunks hold embedding words but no embeddings were given")
+        vectors = [[(position, embeddings.vectors(word)) for position, word in chunk.fixes] for chunk in chunks]
     with torch.no_grad():
-        z = encoder.encode_ids(ids, clip_skip=clip_skip)  # (chunks, 77, D)
+        z = encoder.encode_ids(ids, clip_skip=clip_skip, vectors=vectors)  # (chunks, 77, D)
     weights = torch.tensor([chunk.multipliers for chunk in chunks], dtype=z.dtype, device=z.device)
     if bool((weights != 1.0).any()):
         weighted = []
@@ -118,18 +149,28 @@ def encode_chunks(encoder: PromptEncoder, chunks: list[PromptChunk], clip_skip: 
     return z.reshape(1, -1, z.shape[-1])
 
 
-def encode_prompt(encoder: PromptEncoder, prompt: str, clip_skip: int = 1) -> torch.Tensor:
+def encode_prompt(
+    encoder: PromptEncoder, prompt: str, clip_skip: int = 1, embeddings: PromptEmbeddings | None = None
+) -> torch.Tensor:
     """One prompt -> (1, 77 * chunks, D) context."""
-    chunks, _ = chunk_prompt(prompt, encoder.tokenize, token_ids(encoder), chunk_length=encoder.chunk_length)
-    return encode_chunks(encoder, chunks, clip_skip)
+    chunks, _ = chunk_prompt(
+        prompt, encoder.tokenize, token_ids(encoder), chunk_length=encoder.chunk_length, embeddings=embeddings
+    )
+    return encode_chunks(encoder, chunks, clip_skip, embeddings)
 
 
 def encode_conditioning(
-    encoder: PromptEncoder, prompt: str, negative_prompt: str, clip_skip: int = 1, steps: int = 1
+    encoder: PromptEncoder,
+    prompt: str,
+    negative_prompt: str,
+    clip_skip: int = 1,
+    steps: int = 1,
+    embeddings: PromptEmbeddings | None = None,
 ) -> Conditioning:
     """Prompt and negative prompt (with prompt editing over ``steps``), padded to one chunk count.
 
-    Each distinct text is encoded once; shorter ones get empty-prompt chunks at the end.
+    Each distinct text is encoded once; shorter ones get empty-prompt chunks at the end. ``embeddings``
+    are the textual-inversion words both texts may use.
     """
     ids = token_ids(encoder)
     cond_schedule, uncond_schedule = prompt_schedule(prompt, steps), prompt_schedule(negative_prompt, steps)
@@ -137,17 +178,22 @@ def encode_conditioning(
     token_count = 0
     for i, (_, text) in enumerate(cond_schedule + uncond_schedule):
         if text not in chunked:
-            chunks, count = chunk_prompt(text, encoder.tokenize, ids, chunk_length=encoder.chunk_length)
+            chunks, count = chunk_prompt(
+                text, encoder.tokenize, ids, chunk_length=encoder.chunk_length, embeddings=embeddings
+            )
             chunked[text] = chunks
             if i < len(cond_schedule):
                 token_count = max(token_count, count)
     count = max(len(chunks) for chunks in chunked.values())
     encoded = {
-        text: encode_chunks(encoder, pad_chunks(chunks, count, ids), clip_skip) for text, chunks in chunked.items()
+        text: encode_chunks(encoder, pad_chunks(chunks, count, ids), clip_skip, embeddings)
+        for text, chunks in chunked.items()
     }
+    used = dict.fromkeys(word for chunks in chunked.values() for chunk in chunks for _, word in chunk.fixes)
     return Conditioning(
         conds=[(end, encoded[text]) for end, text in cond_schedule],
         unconds=[(end, encoded[text]) for end, text in uncond_schedule],
         chunks=count,
         token_count=token_count,
+        embeddings_used=tuple(used),
     )

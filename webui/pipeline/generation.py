@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from webui.extra_networks.embeddings import EmbeddingVocabulary
 from webui.extra_networks.lora_file import LoraFileError
 from webui.extra_networks.lora_merge import loras_merged
 from webui.extra_networks.prompt_tags import strip_tags
+from webui.extra_networks.vae_files import vae_infotext
 from webui.pipeline.conditioning import Conditioning, encode_conditioning
 from webui.pipeline.errors import InvalidRequest, OutOfMemory
 from webui.pipeline.images import (
@@ -289,6 +291,7 @@ def generate(
     previewer: LatentPreview | None = None,
     model_name: str | None = None,
     version: str | None = None,
+    embeddings: EmbeddingVocabulary | None = None,
 ) -> GenerationResult:
     """Run ``request`` on ``model``; images of batches finished before an interrupt are kept.
 
@@ -302,6 +305,8 @@ def generate(
         previewer: latent -> RGB map for ``Progress.preview``; None gives no previews.
         model_name: name for the infotext (default ``model.name``).
         version: ``Version`` of the infotext.
+        embeddings: the textual-inversion words prompt and negative prompt may use (their hashes go into
+            the infotext's ``TI hashes``).
 
     Raises:
         OutOfMemory: the device ran out of memory (its cache is freed); an :class:`InvalidRequest`
@@ -315,7 +320,7 @@ def generate(
                 job_scope.enter_context(loras_merged(model, request.loras))
             except LoraFileError as err:
                 raise InvalidRequest("prompt", str(err)) from None
-            run = _Run(model, request, device, progress, previewer)
+            run = _Run(model, request, device, progress, previewer, embeddings)
             return run.all_batches(control, outputs_dir, model_name or getattr(model, "name", None), version)
     except Exception as err:
         if _is_out_of_memory(err):
@@ -333,6 +338,7 @@ class _Run:
         device: torch.device,
         progress: ProgressCallback | None,
         previewer: LatentPreview | None,
+        embeddings: EmbeddingVocabulary | None = None,
     ):
         self.model, self.request, self.device = model, request, device
         self.progress, self.previewer = progress, previewer
@@ -341,7 +347,14 @@ class _Run:
         if request.img2img is not None:
             self.prepared = _prepare_img2img(request.img2img, request.width, request.height, down)
         prompt, negative = strip_tags(request.prompt), strip_tags(request.negative_prompt)  # <lora:...> is no text
-        conditioning = encode_conditioning(model.text_encoder, prompt, negative, request.clip_skip, request.steps)
+        conditioning = encode_conditioning(
+            model.text_encoder, prompt, negative, request.clip_skip, request.steps, embeddings
+        )
+        # Extra networks' infotext keys, as A1111 writes them (issue 15).
+        self.network_params: dict[str, Any] = {}
+        if embeddings is not None and conditioning.embeddings_used:
+            self.network_params["TI hashes"] = embeddings.infotext_hashes(conditioning.embeddings_used) or None
+        self.network_params.update(vae_infotext(model))
         self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.latent_shape = (model.vae.config.embed_dim, request.height // down, request.width // down)
@@ -394,7 +407,7 @@ class _Run:
                     model_hash=result.model_hash,
                     batch_pos=b if request.batch_size > 1 else None,
                     version=version,
-                    extra=extra,
+                    extra={**self.network_params, **(extra or {})},
                 )
                 result.images.append(image)
                 result.seeds.append(seeds[b])

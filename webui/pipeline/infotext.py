@@ -162,6 +162,7 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "Clip skip": ("clip_skip", int),
     "Denoising strength": ("denoising_strength", float),
     "Mask blur": ("mask_blur", int),
+    "VAE": ("sd_vae", str),  # issue 15: the VAE file's name, as A1111 restores it into override settings
 }
 
 

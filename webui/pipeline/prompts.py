@@ -8,6 +8,10 @@
   comma moves the text after the comma into the next chunk), each chunk padded and wrapped in
   start/end tokens to CLIP's 77; the encoder runs per chunk and the chunks are concatenated.
 
+Textual-inversion words (see :mod:`webui.extra_networks.embeddings`) are found in the token stream of each
+weighted run and take as many positions as they have vectors (A1111's ``PromptChunkFix``); an embedding
+that does not fit in the rest of a chunk starts the next one.
+
 Nothing here raises on user text: a prompt the grammar cannot use is taken literally. This
 module is pure Python (no torch); :mod:`webui.pipeline.conditioning` does the encoding.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
@@ -99,10 +104,27 @@ def _is_number(text: str) -> bool:
 
 @dataclass
 class PromptChunk:
-    """One 77-token CLIP input: start token, up to 75 prompt tokens, end token, padding."""
+    """One 77-token CLIP input: start token, up to 75 prompt tokens, end token, padding.
+
+    ``fixes`` are ``(position, word)``: the embedding ``word``'s vectors replace the token vectors from
+    ``position`` on (an index into ``tokens``, start token included); those positions hold placeholder ids.
+    """
 
     tokens: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, str]] = field(default_factory=list)
+
+
+class EmbeddingMatcher(Protocol):
+    """Finds textual-inversion words in token ids (:class:`webui.extra_networks.embeddings.EmbeddingVocabulary`)."""
+
+    def match(self, tokens: Sequence[int], offset: int) -> tuple[str, int, int] | None:
+        """``(word, tokens it spans, vectors)`` of the embedding starting at ``tokens[offset]``, else None."""
+        ...
+
+
+# The id placed where an embedding's vectors go (AUTOMATIC1111 uses 0 too); the encoder replaces its vector.
+EMBEDDING_PLACEHOLDER_ID = 0
 
 
 @dataclass(frozen=True)
@@ -122,12 +144,13 @@ def chunk_prompt(
     *,
     chunk_length: int = CHUNK_LENGTH,
     comma_backtrack: int = COMMA_PADDING_BACKTRACK,
+    embeddings: EmbeddingMatcher | None = None,
 ) -> tuple[list[PromptChunk], int]:
     """Parse, tokenize and cut ``prompt`` into chunks of ``chunk_length + 2`` tokens.
 
-    Returns the chunks (at least one) and the number of prompt tokens. Each chunk is
-    ``[bos] + tokens + [eos] + [pad] * (chunk_length - len(tokens))`` with weight 1.0 on
-    the special tokens, as AUTOMATIC1111's ``tokenize_line`` builds them.
+    Returns the chunks (at least one) and the number of prompt tokens (an embedding counts as its
+    vectors). Each chunk is ``[bos] + tokens + [eos] + [pad] * (chunk_length - len(tokens))`` with weight
+    1.0 on the special tokens, as AUTOMATIC1111's ``tokenize_line`` builds them.
     """
     parsed = parse_prompt_attention(prompt)
     chunks: list[PromptChunk] = []
@@ -140,6 +163,7 @@ def chunk_prompt(
         padding = chunk_length - len(current.tokens)
         current.tokens = [ids.bos, *current.tokens, ids.eos, *([ids.pad] * padding)]
         current.multipliers = [1.0, *current.multipliers, 1.0, *([1.0] * padding)]
+        current.fixes = [(position + 1, word) for position, word in current.fixes]  # after the start token
         chunks.append(current)
         current = PromptChunk()
         last_comma = -1
@@ -148,7 +172,10 @@ def chunk_prompt(
         if text == "BREAK" and weight == BREAK_WEIGHT:
             close_chunk()
             continue
-        for token in tokenize(text):
+        tokens = tokenize(text)
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
             if ids.comma is not None and token == ids.comma:
                 last_comma = len(current.tokens)
             elif (
@@ -160,14 +187,28 @@ def chunk_prompt(
                 # Move the words after the last comma to the next chunk instead of cutting one.
                 cut = last_comma + 1
                 moved_tokens, moved_weights = current.tokens[cut:], current.multipliers[cut:]
+                moved_fixes = [(p - cut, word) for p, word in current.fixes if p >= cut]
                 current.tokens, current.multipliers = current.tokens[:cut], current.multipliers[:cut]
+                current.fixes = [(p, word) for p, word in current.fixes if p < cut]
                 close_chunk()
-                current.tokens, current.multipliers = moved_tokens, moved_weights
+                current.tokens, current.multipliers, current.fixes = moved_tokens, moved_weights, moved_fixes
             if len(current.tokens) == chunk_length:
                 close_chunk()
-            current.tokens.append(token)
-            current.multipliers.append(weight)
-            token_count += 1
+            found = embeddings.match(tokens, position) if embeddings is not None else None
+            if found is None:
+                current.tokens.append(token)
+                current.multipliers.append(weight)
+                token_count += 1
+                position += 1
+                continue
+            word, spanned, vectors = found
+            if len(current.tokens) + vectors > chunk_length:
+                close_chunk()  # an embedding is never split between chunks
+            current.fixes.append((len(current.tokens), word))
+            current.tokens.extend([EMBEDDING_PLACEHOLDER_ID] * vectors)
+            current.multipliers.extend([weight] * vectors)
+            token_count += vectors
+            position += spanned
 
     if current.tokens or not chunks:
         close_chunk()

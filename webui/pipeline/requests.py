@@ -75,6 +75,9 @@ class GenerationRequest:
     clip_skip: int = 1
     # Sampler options by name (``Sampler.options`` lists those a sampler takes), e.g. ``{"eta": 0.5}``.
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # VAE choice (issue 15): "Automatic", "None" or a VAE file's name (A1111's ``sd_vae`` in
+    # ``override_settings``); None: the app's "SD VAE" setting when submitted. The service checks the name.
+    sd_vae: str | None = None
 
     @property
     def mode(self) -> str:
@@ -107,6 +110,7 @@ class GenerationRequest:
         if not isinstance(self.sampler_options, Mapping):
             raise InvalidRequest("sampler_options", "must be a mapping of option name to value")
         values["sampler_options"] = dict(self.sampler_options)
+        values["sd_vae"] = None if self.sd_vae is None else _text("sd_vae", self.sd_vae)
         return values
 
 
@@ -196,6 +200,7 @@ class ResolvedRequest:
     img2img: ResolvedImg2Img | None = None
     # LoRA (issue 15): the <lora:...> tags of prompt and negative prompt, resolved to files (merged for the job).
     loras: tuple[LoraUse, ...] = ()
+    sd_vae: str = "Automatic"  # as in GenerationRequest, never None (issue 15)
 
     @property
     def sampler_name(self) -> str:
@@ -287,6 +292,7 @@ def resolve_request(
         given_options=tuple(given),
         img2img=img2img,
         loras=resolve_loras(loras, values["prompt"], values["negative_prompt"]),
+        sd_vae=values["sd_vae"] or "Automatic",
     )
 
 

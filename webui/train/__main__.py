@@ -2,7 +2,8 @@
 
 ``demo`` trains the bundled demo model from scratch and ships it to ``models/demo/``; ``ship``
 re-exports a finished run; ``adherence`` measures how well a model follows plain prompts and
-``sensitivity`` which caption words it reads at all. Run
+``sensitivity`` which caption words it reads at all; ``embedding`` learns a textual-inversion word
+for a style on the demo model (``models/embeddings/nightstyle.pt``). Run
 ``python -m webui.train demo --help`` for every option.
 """
 
@@ -118,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sensitivity.add_argument("--scenes", type=_positive_int, default=10, help="scenes to average over")
     add_lora_parser(commands)  # LoRA (issue 15)
+    from webui.train.embedding import EmbeddingTrainConfig
+
+    ti = EmbeddingTrainConfig()
+    embedding = commands.add_parser(
+        "embedding", help="textual inversion: learn a word for a style (white on black) on the demo model"
+    )
+    embedding.add_argument("--model", type=Path, default=Path("models/demo/demo.safetensors"))
+    embedding.add_argument("--out", type=Path, help="default: models/embeddings/<word>.pt")
+    embedding.add_argument("--word", default=ti.word)
+    embedding.add_argument("--vectors", type=_positive_int, default=ti.vectors)
+    embedding.add_argument("--steps", type=_positive_int, default=ti.steps)
+    embedding.add_argument("--batch-size", type=_positive_int, default=ti.batch_size)
+    embedding.add_argument("--lr", type=float, default=ti.lr)
+    embedding.add_argument("--seed", type=int, default=ti.seed)
+    embedding.add_argument("--no-measure", action="store_true", help="skip generating images to measure the effect")
     return parser
 
 
@@ -239,6 +255,15 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
     )
 
 
+def run_embedding(args: argparse.Namespace) -> None:
+    from webui.train.embedding import EmbeddingTrainConfig, run
+
+    config = EmbeddingTrainConfig(
+        word=args.word, vectors=args.vectors, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    run(args.model, args.out or Path("models/embeddings") / f"{args.word}.pt", config, measure=not args.no_measure)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -247,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "lora":  # LoRA (issue 15)
         return run_lora_command(args)
-    measures = {"adherence": run_adherence, "sensitivity": run_sensitivity}
+    measures = {"adherence": run_adherence, "sensitivity": run_sensitivity, "embedding": run_embedding}
     if args.command in measures:
         measures[args.command](args)
         return 0

@@ -14,6 +14,8 @@ from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 from webui.service import Service
 from webui.ui import backend, model_info
 from webui.ui.common import QUIET, GenerationTab, ShownResult, request_widget_values
+from webui.ui.embeddings_vae import CSS as EMBEDDINGS_VAE_CSS
+from webui.ui.embeddings_vae import build_vae_dropdown, wire_vae_paste
 from webui.ui.img2img import INPAINT_TAB, MODES, PLAIN_TAB, Img2ImgInputs, build_img2img_tab, editor_update
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
@@ -67,6 +69,7 @@ img.sd-pixelated { image-rendering: pixelated; }
 #models_table th, #models_table td { overflow-wrap: anywhere; white-space: normal; vertical-align: top; }
 @media (max-width: 900px) { #models_table th, #models_table td { font-size: var(--text-sm); } }
 """
+CSS += EMBEDDINGS_VAE_CSS  # issue 15: the Textual Inversion panel
 
 # Passed to launch(js=...): Ctrl+Enter (Cmd+Enter) in a prompt box clicks that tab's Generate, as in A1111;
 # tooltips on buttons; nearest-neighbour display of images shown larger than their pixels.
@@ -128,6 +131,7 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                     cancel_download = gr.Button(
                         "Cancel download", visible=False, elem_id="model_cancel", size="sm", scale=0, min_width=140
                     )
+                    sd_vae, _ = build_vae_dropdown(service)  # issue 15: "SD VAE" beside the checkpoint
                 model_status = gr.Markdown(elem_id="model_status")
                 description = gr.Markdown(model_info.description(service, selected), elem_id="model_description")
             with gr.Column(scale=3, min_width=320):
@@ -153,6 +157,8 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
 
         _wire_model_dropdown(service, model, model_status, cancel_download, [txt2img, img2img])
         _wire_send_to(service, tabs, txt2img, img2img, img2img_inputs, pnginfo)
+        send = [pnginfo.send_to_txt2img, pnginfo.send_to_img2img, pnginfo.send_to_inpaint]
+        wire_vae_paste(service, sd_vae, send, pnginfo.parameters)  # issue 15: pasting restores the VAE
         _wire_model_info(service, model, status_line, description, examples, tabs, txt2img, [txt2img, img2img], timer)
         models.wire_live_status(models_tab, timer, [txt2img.gallery, img2img.gallery])
     return demo

@@ -27,6 +27,7 @@ from webui.ui.common import (
     wire_common,
     wire_token_counter,
 )
+from webui.ui.embeddings_vae import build_textual_inversion_panel
 from webui.ui.jobs import JobTracker
 from webui.ui.lora_panel import build_lora_panel
 
@@ -220,6 +221,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     name = "img2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
     build_lora_panel(service, prompt, name)  # LoRA (issue 15)
+    build_textual_inversion_panel(name, service)  # issue 15
     mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", visible=False, elem_id="img2img_mode")
     entry = backend.find_model(service, model.value)
     native = (entry.width, entry.height) if entry and entry.width and entry.height else None

@@ -19,6 +19,7 @@ from webui.ui.common import (
     wire_common,
     wire_token_counter,
 )
+from webui.ui.embeddings_vae import build_textual_inversion_panel
 from webui.ui.jobs import JobTracker
 from webui.ui.lora_panel import build_lora_panel
 
@@ -49,6 +50,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     name = "txt2img"
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
     build_lora_panel(service, prompt, name)  # LoRA (issue 15)
+    build_textual_inversion_panel(name, service)  # issue 15
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             settings = build_settings(name, service, backend.find_model(service, model.value))
