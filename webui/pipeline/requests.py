@@ -25,7 +25,7 @@ from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.seeds import resolve_seed
-from webui.sampling import Sampler, SamplerRegistry, normalize_schedule
+from webui.sampling import Sampler, SamplerRegistry, ScheduleType
 from webui.sampling.driver import img2img_start, sampler_options
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
@@ -190,6 +190,8 @@ class ResolvedRequest:
     sampler_options: Mapping[str, Any]
     given_options: tuple[str, ...] = ()
     img2img: ResolvedImg2Img | None = None
+    # Samplers and schedules (#18): ``scheduler`` as ``sample()`` takes it (a plugin's ScheduleType or a core name).
+    schedule_type: str | ScheduleType = ""
 
     @property
     def sampler_name(self) -> str:
@@ -240,12 +242,13 @@ def resolve_request(
     except (KeyError, ValueError) as err:
         raise InvalidRequest("sampler_name", str(err)) from None
     try:
-        schedule = normalize_schedule(values["scheduler"])
+        schedule_type = samplers.schedule(values["scheduler"])
     except ValueError as err:
         raise InvalidRequest("scheduler", str(err)) from None
-    if schedule not in sampler.schedules:
+    schedule = schedule_type.name if isinstance(schedule_type, ScheduleType) else schedule_type
+    if not sampler.supports(schedule):
         raise InvalidRequest(
-            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules)}, not {schedule!r}"
+            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules or ())}, not {schedule!r}"
         )
     given = _given_options(sampler, values["sampler_options"])
     try:
@@ -275,6 +278,7 @@ def resolve_request(
         sampler_options=MappingProxyType(options),
         given_options=tuple(given),
         img2img=img2img,
+        schedule_type=schedule_type,
     )
 
 
