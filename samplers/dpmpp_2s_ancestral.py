@@ -1,5 +1,4 @@
-"""DPM-Solver++(2S) ancestral (Lu et al. 2022, arXiv 2211.01095, Alg. 1; k-diffusion's ``sample_dpmpp_2s_ancestral``).
-"""
+"""DPM-Solver++(2S) ancestral (Lu et al. 2022, arXiv 2211.01095; k-diffusion's ``sample_dpmpp_2s_ancestral``)"""
 
 from __future__ import annotations
 

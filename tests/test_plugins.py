@@ -21,7 +21,24 @@ from webui.sampling import (
     sample,
 )
 
-BUILTINS = ["DDIM", "DDPM", "DPM++ 2M", "Euler", "Euler a", "Heun", "LMS"]
+BUILTINS = [
+    "DDIM",
+    "DDPM",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2M",
+    "DPM++ 2S a",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun",
+    "DPM++ 3M SDE",
+    "Euler",
+    "Euler a",
+    "Heun",
+    "LCM",
+    "LMS",
+    "PLMS",
+]
 EXAMPLE = Path(__file__).parent / "plugins" / "webui-sampler-midpoint"
 
 

@@ -21,7 +21,7 @@ import torch
 SCHEDULES: tuple[str, ...] = ("Automatic", "Karras", "Exponential")
 """The core schedules, matched case-insensitively; plugins add more (:class:`ScheduleType`)."""
 
-AUTOMATIC_SPACINGS: tuple[str, ...] = ("linspace", "linspace-integer", "leading", "leading-offset")
+AUTOMATIC_SPACINGS: tuple[str, ...] = ("linspace", "linspace-integer", "leading", "leading-offset", "lcm")
 """What "Automatic" can mean for a sampler (``Sampler.automatic``)."""
 
 KARRAS_RHO = 7.0
@@ -191,6 +191,21 @@ def _leading(table: torch.Tensor, steps: int, offset: int) -> Schedule:
     return Schedule(_append(table[t], last), t.to(torch.float32))
 
 
+def _lcm(table: torch.Tensor, steps: int, original_steps: int = 50) -> Schedule:
+    """diffusers' LCMScheduler: ``steps`` of the distillation's ``original_steps`` timesteps ``20 k - 1``, 999 first.
+
+    Latent consistency models (Luo et al. 2023, arXiv 2310.04378) are distilled on that 50-step grid; the
+    run picks every ``50 / steps``-th of it (4 steps: 999, 759, 499, 259), then 0.
+    """
+    n = table.shape[0]
+    if steps > original_steps:
+        raise ValueError(f"steps={steps} is too many for LCM; use at most {original_steps}")
+    origin = (torch.arange(1, original_steps + 1) * (n // original_steps) - 1).flip(0)
+    picks = torch.linspace(0, original_steps, steps + 1, dtype=torch.float64)[:-1].floor().long()
+    t = origin[picks]
+    return Schedule(_append(table[t], 0.0), t.to(torch.float32))
+
+
 def _from_sigmas(sigmas: torch.Tensor, log_sigmas: torch.Tensor, round_timesteps: bool) -> Schedule:
     t = sigma_to_t(sigmas, log_sigmas)
     if round_timesteps:
@@ -252,6 +267,8 @@ def build_schedule(
             return _leading(table, steps, offset=0)
         if automatic == "leading-offset":
             return _leading(table, steps, offset=1)
+        if automatic == "lcm":
+            return _lcm(table, steps)
         raise ValueError(f"automatic={automatic!r} is not one of {', '.join(AUTOMATIC_SPACINGS)}")
     sigma_min, sigma_max = float(table[0]), float(table[-1])
     log_sigmas = table.log()

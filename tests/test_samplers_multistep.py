@@ -1,0 +1,56 @@
+# ruff: noqa: F811  (the fixtures imported from test_samplers are parameters of the tests)
+"""LCM and PLMS against diffusers' LCMScheduler and PNDMScheduler(skip_prk_steps=True) on a tiny real UNet."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_samplers import (  # noqa: F401  (fixtures)
+    alphas_cumprod,
+    noise,
+    ours,
+    reference,
+    registry,
+    rel_err,
+    scheduler,
+    tiny_unet_eps,
+    toy_eps,
+)
+from webui.sampling import build_schedule
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.mark.parametrize("steps", [1, 4, 8, 50])
+def test_lcm_automatic_is_lcm_schedulers_timesteps(alphas_cumprod, steps):
+    ref = scheduler("LCMScheduler")
+    ref.set_timesteps(steps)
+    ours_ = build_schedule("Automatic", steps, alphas_cumprod, automatic="lcm")
+    assert ours_.timesteps.tolist() == ref.timesteps.float().tolist()
+    assert ours_.sigmas[-1].item() == 0.0
+
+
+def test_lcm_four_steps_are_999_759_499_259(alphas_cumprod):
+    assert build_schedule("Automatic", 4, alphas_cumprod, automatic="lcm").timesteps.tolist() == [999, 759, 499, 259]
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_lcm_equals_diffusers_lcm_scheduler(registry, alphas_cumprod, tiny_unet_eps, steps):
+    x = noise(12)
+    expected = reference(scheduler("LCMScheduler"), tiny_unet_eps, x, steps=steps, seed=21)
+    got = ours(registry, alphas_cumprod, "LCM", tiny_unet_eps, x, steps=steps, seed=21)
+    assert rel_err(got, expected) < 1e-4
+
+
+def test_lcm_runs_only_its_own_schedule(registry):
+    lcm = registry.get("k_lcm")
+    assert lcm.schedules == ("Automatic",) and not lcm.supports("Karras")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 10])
+def test_plms_equals_diffusers_pndm_without_prk_steps(registry, alphas_cumprod, tiny_unet_eps, steps):
+    x = noise(13)
+    ref = scheduler("PNDMScheduler", skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    expected = reference(ref, tiny_unet_eps, x, steps=steps)
+    got = ours(registry, alphas_cumprod, "PLMS", tiny_unet_eps, x, steps=steps)
+    assert rel_err(got, expected) < 1e-4
