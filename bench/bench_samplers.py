@@ -45,6 +45,7 @@ REFERENCES = {
     "DPM2": ("KDPM2DiscreteScheduler", {}),
     "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "LCM": ("LCMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1}),
 }
 

@@ -38,6 +38,7 @@ BUILTINS = [
     "LCM",
     "LMS",
     "PLMS",
+    "UniPC",
 ]
 EXAMPLE = Path(__file__).parent / "plugins" / "webui-sampler-midpoint"
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.test_samplers import (  # noqa: F401  (fixtures)
     alphas_cumprod,
@@ -54,3 +55,31 @@ def test_plms_equals_diffusers_pndm_without_prk_steps(registry, alphas_cumprod, 
     expected = reference(ref, tiny_unet_eps, x, steps=steps)
     got = ours(registry, alphas_cumprod, "PLMS", tiny_unet_eps, x, steps=steps)
     assert rel_err(got, expected) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("steps", "schedule", "config"),
+    [
+        (10, "Automatic", {}),
+        (1, "Automatic", {}),
+        (8, "Karras", {"use_karras_sigmas": True}),
+        pytest.param(12, "Automatic", {"solver_order": 3}, marks=pytest.mark.slow),
+    ],
+)
+def test_unipc_equals_diffusers_unipc_multistep(registry, alphas_cumprod, tiny_unet_eps, steps, schedule, config):
+    x = noise(14)
+    expected = reference(scheduler("UniPCMultistepScheduler", **config), tiny_unet_eps, x, steps=steps)
+    options = {"order": config.get("solver_order", 2)}
+    got = ours(registry, alphas_cumprod, "UniPC", tiny_unet_eps, x, steps=steps, schedule=schedule, options=options)
+    assert rel_err(got, expected) < 1e-4
+
+
+def test_unipc_bh1_is_finite_where_diffusers_gives_nan_at_sigma_zero(registry, alphas_cumprod):
+    """diffusers' bh1 multiplies by B(h) = -h = -inf on the step into sigma 0 (NaN); that step is first order and
+    lands on the denoised estimate, so B(h) is not needed there."""
+    x = noise(15)
+    diffusers_bh1 = reference(scheduler("UniPCMultistepScheduler", solver_type="bh1"), toy_eps, x, steps=10)
+    assert torch.isnan(diffusers_bh1).all()
+    bh1 = ours(registry, alphas_cumprod, "UniPC", toy_eps, x, steps=10, options={"variant": "bh1"})
+    bh2 = ours(registry, alphas_cumprod, "UniPC", toy_eps, x, steps=10)
+    assert torch.isfinite(bh1).all() and 1e-5 < rel_err(bh1, bh2) < 5e-2
