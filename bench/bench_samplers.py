@@ -19,6 +19,7 @@ Exit status 1 if any sampler's overhead reaches 1% of the UNet time.
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 import torch
@@ -46,6 +47,7 @@ REFERENCES = {
     "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "LCM": ("LCMScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
+    "DEIS": ("DEISMultistepScheduler", {}),
     "PLMS": ("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1}),
 }
 
@@ -114,7 +116,8 @@ def time_reference(name: str, steps: int, repeats: int = 3) -> float | None:
         x = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             scheduler.scale_model_input(x, t)
-            kwargs = {} if class_name in ("DPMSolverSDEScheduler", "PNDMScheduler") else {"generator": generator}
+            takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+            kwargs = {"generator": generator} if takes_generator else {}
             x = scheduler.step(eps, t, x, **kwargs).prev_sample
         best = min(best, time.perf_counter() - start)
     return best

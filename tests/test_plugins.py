@@ -24,6 +24,7 @@ from webui.sampling import (
 BUILTINS = [
     "DDIM",
     "DDPM",
+    "DEIS",
     "DPM2",
     "DPM2 a",
     "DPM++ 2M",

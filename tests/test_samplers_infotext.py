@@ -31,6 +31,7 @@ CASES = [
     ("LCM", "Automatic", "LCM", "Automatic"),
     ("PLMS", "Automatic", "PLMS", "Automatic"),
     ("UniPC", "Automatic", "UniPC", "Automatic"),
+    ("DEIS", "Automatic", "DEIS", "Automatic"),
     ("Euler", "Uniform", "Euler", "Uniform"),
     ("Euler a", "SGM Uniform", "Euler a", "SGM Uniform"),
     ("DPM++ 2M", "Simple", "DPM++ 2M", "Simple"),
@@ -78,7 +79,7 @@ def test_lcm_with_another_schedule_is_refused_with_the_reason():
         resolve_request(request_from_infotext(infotext("LCM", "Karras")), REGISTRY, (64, 64))
 
 
-@pytest.mark.parametrize(("sampler", "schedule", "name", "schedule_name"), CASES[:10] + CASES[-2:])
+@pytest.mark.parametrize(("sampler", "schedule", "name", "schedule_name"), CASES[:11] + CASES[-2:])
 def test_png_info_then_txt2img_through_the_api(
     client: httpx.Client, stub: StubService, sampler, schedule, name, schedule_name
 ):

@@ -83,3 +83,22 @@ def test_unipc_bh1_is_finite_where_diffusers_gives_nan_at_sigma_zero(registry, a
     bh1 = ours(registry, alphas_cumprod, "UniPC", toy_eps, x, steps=10, options={"variant": "bh1"})
     bh2 = ours(registry, alphas_cumprod, "UniPC", toy_eps, x, steps=10)
     assert torch.isfinite(bh1).all() and 1e-5 < rel_err(bh1, bh2) < 5e-2
+
+
+@pytest.mark.parametrize(
+    ("steps", "order"), [(10, 2), (1, 2), (16, 2), pytest.param(12, 3, marks=pytest.mark.slow), (16, 3)]
+)
+def test_deis_equals_diffusers_deis_multistep(registry, alphas_cumprod, tiny_unet_eps, steps, order):
+    x = noise(16)
+    eps_fn = toy_eps if steps >= 15 else tiny_unet_eps
+    expected = reference(scheduler("DEISMultistepScheduler", solver_order=order), eps_fn, x, steps=steps)
+    got = ours(registry, alphas_cumprod, "DEIS", eps_fn, x, steps=steps, options={"order": order})
+    assert rel_err(got, expected) < 1e-4
+
+
+def test_deis_automatic_ends_at_sigma_of_t_zero_like_diffusers(alphas_cumprod):
+    ref = scheduler("DEISMultistepScheduler")
+    ref.set_timesteps(10)
+    ours_ = build_schedule("Automatic", 10, alphas_cumprod, automatic="linspace-integer-to-sigma-min")
+    assert ours_.timesteps.tolist() == ref.timesteps.float().tolist()
+    torch.testing.assert_close(ours_.sigmas, ref.sigmas.float())

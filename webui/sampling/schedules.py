@@ -21,7 +21,14 @@ import torch
 SCHEDULES: tuple[str, ...] = ("Automatic", "Karras", "Exponential")
 """The core schedules, matched case-insensitively; plugins add more (:class:`ScheduleType`)."""
 
-AUTOMATIC_SPACINGS: tuple[str, ...] = ("linspace", "linspace-integer", "leading", "leading-offset", "lcm")
+AUTOMATIC_SPACINGS: tuple[str, ...] = (
+    "linspace",
+    "linspace-integer",
+    "leading",
+    "leading-offset",
+    "lcm",
+    "linspace-integer-to-sigma-min",
+)
 """What "Automatic" can mean for a sampler (``Sampler.automatic``)."""
 
 KARRAS_RHO = 7.0
@@ -169,11 +176,12 @@ def _linspace(table: torch.Tensor, steps: int) -> Schedule:
     return Schedule(_append(sigmas, 0.0), t)
 
 
-def _linspace_integer(table: torch.Tensor, steps: int) -> Schedule:
-    """diffusers' DPMSolverMultistep "linspace": ``round(linspace(0, 999, steps + 1))`` reversed, last dropped."""
+def _linspace_integer(table: torch.Tensor, steps: int, last: float = 0.0) -> Schedule:
+    """diffusers' DPMSolverMultistep "linspace": ``round(linspace(0, 999, steps + 1))`` reversed, last dropped;
+    then ``last`` (0, or ``sigma(t=0)`` for DEIS)."""
     n = table.shape[0]
     t = torch.linspace(0, n - 1, steps + 1, dtype=torch.float64).round().flip(0)[:-1].long()
-    return Schedule(_append(table[t], 0.0), t.to(torch.float32))
+    return Schedule(_append(table[t], last), t.to(torch.float32))
 
 
 def _leading(table: torch.Tensor, steps: int, offset: int) -> Schedule:
@@ -267,6 +275,8 @@ def build_schedule(
             return _leading(table, steps, offset=0)
         if automatic == "leading-offset":
             return _leading(table, steps, offset=1)
+        if automatic == "linspace-integer-to-sigma-min":
+            return _linspace_integer(table, steps, last=float(table[0]))
         if automatic == "lcm":
             return _lcm(table, steps)
         raise ValueError(f"automatic={automatic!r} is not one of {', '.join(AUTOMATIC_SPACINGS)}")

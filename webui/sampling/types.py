@@ -88,7 +88,8 @@ class Sampler:
             ``"linspace-integer"`` (DPMSolverMultistep: integer timesteps 999..~999/n),
             ``"leading"`` (DDPM: 950, 900, ..., 0 for 20 steps), ``"leading-offset"`` (DDIM,
             ``steps_offset=1``: 951, ..., 1, ending at ``sigma(t=0)``), ``"lcm"`` (LCMScheduler's
-            subset of its 50-step distillation grid: 999, 759, 499, 259 for 4 steps).
+            subset of its 50-step distillation grid: 999, 759, 499, 259 for 4 steps),
+            ``"linspace-integer-to-sigma-min"`` (DEISMultistep: "linspace-integer" ending at ``sigma(t=0)``).
         variance_preserving: start from noise of std ``sqrt(sigma_max^2 + 1)`` like diffusers'
             variance-preserving schedulers (DDIM, DDPM, DPM-Solver) instead of ``sigma_max``.
         round_karras_timesteps: feed the UNet integer timesteps with the Karras schedule, as
