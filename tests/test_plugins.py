@@ -39,6 +39,7 @@ BUILTINS = [
     "LCM",
     "LMS",
     "PLMS",
+    "Restart",
     "UniPC",
 ]
 EXAMPLE = Path(__file__).parent / "plugins" / "webui-sampler-midpoint"

@@ -33,7 +33,7 @@ def run(name: str, eps_fn=toy_eps, seed: int = 0, **kw) -> torch.Tensor:
 
 def test_the_samplers_a1111_users_name_are_all_registered():
     expected = {"DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ SDE", "DPM++ 2S a", "DPM++ 3M SDE", "DPM2", "DPM2 a"}
-    expected |= {"UniPC", "LCM", "PLMS", "DEIS"}
+    expected |= {"UniPC", "LCM", "PLMS", "DEIS", "Restart"}
     assert expected <= set(NAMES)
     assert REGISTRY.get("k_dpmpp_2m_sde").name == "DPM++ 2M SDE" and REGISTRY.get("k_dpm_2_a").name == "DPM2 a"
 

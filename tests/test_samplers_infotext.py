@@ -32,6 +32,7 @@ CASES = [
     ("PLMS", "Automatic", "PLMS", "Automatic"),
     ("UniPC", "Automatic", "UniPC", "Automatic"),
     ("DEIS", "Automatic", "DEIS", "Automatic"),
+    ("Restart", "Karras", "Restart", "Karras"),
     ("Euler", "Uniform", "Euler", "Uniform"),
     ("Euler a", "SGM Uniform", "Euler a", "SGM Uniform"),
     ("DPM++ 2M", "Simple", "DPM++ 2M", "Simple"),
@@ -79,7 +80,7 @@ def test_lcm_with_another_schedule_is_refused_with_the_reason():
         resolve_request(request_from_infotext(infotext("LCM", "Karras")), REGISTRY, (64, 64))
 
 
-@pytest.mark.parametrize(("sampler", "schedule", "name", "schedule_name"), CASES[:11] + CASES[-2:])
+@pytest.mark.parametrize(("sampler", "schedule", "name", "schedule_name"), CASES[:12] + CASES[-2:])
 def test_png_info_then_txt2img_through_the_api(
     client: httpx.Client, stub: StubService, sampler, schedule, name, schedule_name
 ):
