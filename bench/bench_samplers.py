@@ -142,12 +142,21 @@ def time_cfg_step(latent_size: int, cfg_scale: float, repeats: int = 2) -> float
     return best
 
 
+def print_cfg(latent_size: int) -> None:
+    full, half = time_cfg_step(latent_size, 7.0), time_cfg_step(latent_size, 1.0)
+    print(
+        f"UNet step at {8 * latent_size} px: CFG 7 {full:.2f} s, CFG 1 {half:.2f} s "
+        f"({100 * half / full:.0f}% of the CFG 7 step: the unconditional half is skipped)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--unet-seconds", type=float, default=None, help="skip timing the UNet; use this instead")
     parser.add_argument("--cfg", action="store_true", help="also time one UNet step at CFG 7 and at CFG 1")
     parser.add_argument("--cfg-latent", type=int, default=32, help="latent size of the --cfg step (32 = 256 px)")
+    parser.add_argument("--cfg-only", action="store_true", help="only the --cfg measurement (it needs ~4 GiB)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
 
@@ -158,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         unet_s = args.unet_seconds
         source = "given with --unet-seconds"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, latent {LATENT}, {args.steps} steps")
+    if args.cfg_only:
+        print_cfg(args.cfg_latent)
+        return 0
     print(f"UNet step (one CFG forward): {unet_s:.2f} s ({source})")
     header = f"{'sampler':<18} {'calls':>5} {'run ms':>8} {'ms/step':>8} {'ref ms/step':>11}"
     print(f"{header} {'ms/call':>8} {'% of UNet':>10}")
@@ -173,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{1e3 * seconds / calls:>8.3f} {percent:>9.4f}%"
         )
     if args.cfg:
-        full, half = time_cfg_step(args.cfg_latent, 7.0), time_cfg_step(args.cfg_latent, 1.0)
-        print(
-            f"UNet step at {8 * args.cfg_latent} px: CFG 7 {full:.2f} s, CFG 1 {half:.2f} s "
-            f"({100 * half / full:.0f}% of the CFG 7 step: the unconditional half is skipped)"
-        )
+        print_cfg(args.cfg_latent)
     verdict = "PASS" if worst < LIMIT_PERCENT else "FAIL"
     print(f"{verdict}: worst sampler overhead {worst:.4f}% of a UNet step (limit {LIMIT_PERCENT}%)")
     return 0 if worst < LIMIT_PERCENT else 1

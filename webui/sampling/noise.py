@@ -9,6 +9,7 @@ image, with the image's seed as entropy, over ``[min positive sigma, max sigma]`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -49,7 +50,12 @@ class BrownianTreeNoise:
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         sigma, sigma_next = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         low, high, sign = (sigma, sigma_next, 1) if sigma < sigma_next else (sigma_next, sigma, -1)
-        w = torch.stack([tree(low, high) for tree in self.trees]) * sign
+        with warnings.catch_warnings():
+            # torchsde warns when a query end lies a float rounding below the tree's start (the smallest sigma
+            # of the run, recomputed as exp(-t) by the sampler); the tree clamps it, as in k-diffusion.
+            warnings.filterwarnings("ignore", message="Should have ta>=t0")
+            warnings.filterwarnings("ignore", message="Should have tb<=t1")
+            w = torch.stack([tree(low, high) for tree in self.trees]) * sign
         w = w if self.batched else w[0]
         return w / (sigma_next - sigma).abs().sqrt()
 
