@@ -548,7 +548,9 @@ def test_listing_routes_have_a1111_shapes(client: httpx.Client, stub: StubServic
     assert {"name", "aliases", "options"} <= set(samplers[0])
     assert [s["name"] for s in samplers] == stub.samplers.names
     schedulers = client.get("/sdapi/v1/schedulers").json()
-    assert [s["label"] for s in schedulers] == ["Automatic", "Karras", "Exponential"]
+    assert [s["label"] for s in schedulers][:4] == ["Automatic", "Karras", "Exponential", "Uniform"]
+    sgm = schedulers[5]
+    assert (sgm["name"], sgm["label"], sgm["aliases"]) == ("sgm_uniform", "SGM Uniform", ["SGMUniform"])
     assert schedulers[1]["name"] == "karras"
     models = client.get("/sdapi/v1/sd-models").json()
     assert models[0] == {

@@ -21,7 +21,27 @@ from webui.sampling import (
     sample,
 )
 
-BUILTINS = ["DDIM", "DDPM", "DPM++ 2M", "Euler", "Euler a", "Heun", "LMS"]
+BUILTINS = [
+    "DDIM",
+    "DDPM",
+    "DEIS",
+    "DPM2",
+    "DPM2 a",
+    "DPM++ 2M",
+    "DPM++ 2S a",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Heun",
+    "DPM++ 3M SDE",
+    "Euler",
+    "Euler a",
+    "Heun",
+    "LCM",
+    "LMS",
+    "PLMS",
+    "Restart",
+    "UniPC",
+]
 EXAMPLE = Path(__file__).parent / "plugins" / "webui-sampler-midpoint"
 
 
@@ -69,7 +89,7 @@ def test_builtins_are_registered_with_metadata_and_no_warnings():
     euler_a, ddim = registry.get("Euler a"), registry.get("DDIM")
     assert euler_a.stochastic and not ddim.stochastic
     assert dict(euler_a.options) == {"eta": 1.0, "s_noise": 1.0} and dict(ddim.options) == {"eta": 0.0}
-    assert ddim.schedules == ("Automatic", "Karras", "Exponential")
+    assert ddim.schedules is None and ddim.supports("Karras")  # None: every registered schedule
     assert (ddim.automatic, registry.get("DDPM").automatic) == ("leading-offset", "leading")
 
 
@@ -217,7 +237,7 @@ BROKEN = {
         def register_samplers(register):
             register(Sampler(name="Bad", function=f, schedules=("cosine",)))
         """,
-        "Unknown schedule 'cosine'; choose one of Automatic, Karras, Exponential",
+        "sampler 'Bad': Unknown schedule 'cosine'; choose one of Automatic, Karras, Exponential",
     ),
     "option_without_default": (
         """

@@ -284,10 +284,10 @@ class WebUIService:
             samplers = create_sampler_registry(Path(samplers_dir) if samplers_dir is not None else None)
         # The service is where both the sampler plugins and models.yaml are known: the entries'
         # sampler/schedule recommendations are checked here, and again on every reload_registry().
-        from webui.sampling import SCHEDULES
-
         manager.set_known_samplers(
-            [s.name for s in samplers.samplers], SCHEDULES, [a for s in samplers.samplers for a in s.aliases]
+            [s.name for s in samplers.samplers],
+            samplers.schedule_names,
+            [a for s in samplers.samplers for a in s.aliases],
         )
         self.models = manager
         self.samplers = samplers

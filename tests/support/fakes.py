@@ -68,7 +68,9 @@ class FakeService:
         self.submitted: list[Job] = []
         self.added_entries: list[ModelEntry] = []
         builtin = create_sampler_registry()
-        self._samplers = SamplerRegistry(samplers=[builtin.get(name) for name in FAKE_SAMPLERS])
+        self._samplers = SamplerRegistry(
+            samplers=[builtin.get(name) for name in FAKE_SAMPLERS], schedules=builtin.schedules
+        )
         self._registry = Registry(None, fake_models())
         self._current: str | None = None
         self._load_errors: dict[str, str] = {}

@@ -54,7 +54,7 @@ from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
 from webui.pipeline.outputs import INFOTEXT_KEY, read_text_chunks
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
-from webui.sampling.schedules import KARRAS_RHO, SCHEDULES, normalize_schedule
+from webui.sampling.schedules import KARRAS_RHO, SCHEDULES
 from webui.sampling.types import Sampler
 from webui.service import ProgressSnapshot, Service
 
@@ -162,12 +162,11 @@ class SdApi:
         except ValueError as exc:
             raise field_error("sampler_name", str(exc)) from exc
 
-    @staticmethod
-    def _schedule_name(name: str | None) -> str:
+    def _schedule_name(self, name: str | None) -> str:
         if name is None or name == "":
             return SCHEDULES[0]
         try:
-            return normalize_schedule(name)
+            return self.service.samplers.normalize_schedule(name)
         except ValueError as exc:
             raise field_error("scheduler", str(exc)) from exc
 
@@ -259,15 +258,16 @@ class SdApi:
         ]
 
     async def schedulers(self) -> list[dict[str, Any]]:
+        samplers = self.service.samplers
         return [
             {
-                "name": name.lower(),
+                "name": name.lower().replace(" ", "_"),  # A1111's API names: "sgm_uniform", "align_your_steps"
                 "label": name,
-                "aliases": None,
+                "aliases": list(aliases) or None,
                 "default_rho": KARRAS_RHO if name == "Karras" else None,
                 "need_inner_model": False,
             }
-            for name in SCHEDULES
+            for name, aliases in [(n, ()) for n in SCHEDULES] + [(s.name, s.aliases) for s in samplers.schedules]
         ]
 
     async def sd_models(self) -> list[dict[str, Any]]:

@@ -460,7 +460,7 @@ class _Run:
                 denoiser,
                 noise,
                 steps=request.steps,
-                schedule=request.scheduler,
+                schedule=request.schedule_type or request.scheduler,  # "" in a hand-made ResolvedRequest
                 alphas_cumprod=self.alphas_cumprod,
                 generator=generators,
                 init_latent=init_latent,

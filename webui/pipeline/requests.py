@@ -26,7 +26,7 @@ from PIL import Image
 from webui.extra_networks.lora_merge import LoraUse
 from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.seeds import resolve_seed
-from webui.sampling import Sampler, SamplerRegistry, normalize_schedule
+from webui.sampling import Sampler, SamplerRegistry, ScheduleType
 from webui.sampling.driver import img2img_start, sampler_options
 
 if TYPE_CHECKING:
@@ -201,6 +201,8 @@ class ResolvedRequest:
     # LoRA (issue 15): the <lora:...> tags of prompt and negative prompt, resolved to files (merged for the job).
     loras: tuple[LoraUse, ...] = ()
     sd_vae: str = "Automatic"  # as in GenerationRequest, never None (issue 15)
+    # Samplers and schedules (#18): ``scheduler`` as ``sample()`` takes it (a plugin's ScheduleType or a core name).
+    schedule_type: str | ScheduleType = ""
 
     @property
     def sampler_name(self) -> str:
@@ -256,12 +258,13 @@ def resolve_request(
     except (KeyError, ValueError) as err:
         raise InvalidRequest("sampler_name", str(err)) from None
     try:
-        schedule = normalize_schedule(values["scheduler"])
+        schedule_type = samplers.schedule(values["scheduler"])
     except ValueError as err:
         raise InvalidRequest("scheduler", str(err)) from None
-    if schedule not in sampler.schedules:
+    schedule = schedule_type.name if isinstance(schedule_type, ScheduleType) else schedule_type
+    if not sampler.supports(schedule):
         raise InvalidRequest(
-            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules)}, not {schedule!r}"
+            "scheduler", f"sampler {sampler.name!r} supports {', '.join(sampler.schedules or ())}, not {schedule!r}"
         )
     given = _given_options(sampler, values["sampler_options"])
     try:
@@ -293,6 +296,7 @@ def resolve_request(
         img2img=img2img,
         loras=resolve_loras(loras, values["prompt"], values["negative_prompt"]),
         sd_vae=values["sd_vae"] or "Automatic",
+        schedule_type=schedule_type,
     )
 
 

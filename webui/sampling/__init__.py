@@ -13,7 +13,14 @@ from webui.sampling.driver import sample
 from webui.sampling.helpers import ancestral_step, linear_multistep_coeff, randn_like, to_d
 from webui.sampling.hookspecs import hookimpl
 from webui.sampling.registry import SamplerRegistry, create_sampler_registry
-from webui.sampling.schedules import SCHEDULES, Schedule, build_schedule, normalize_schedule
+from webui.sampling.schedules import (
+    SCHEDULES,
+    Schedule,
+    ScheduleFunction,
+    ScheduleType,
+    build_schedule,
+    normalize_schedule,
+)
 from webui.sampling.types import (
     Denoiser,
     Generator,
@@ -36,6 +43,8 @@ __all__ = [
     "SamplerRegistry",
     "SamplingCancelled",
     "Schedule",
+    "ScheduleFunction",
+    "ScheduleType",
     "StepCallback",
     "UnknownSamplerError",
     "ancestral_step",

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from webui.sampling.schedules import Schedule, build_schedule, normalize_schedule
+from webui.sampling.schedules import Schedule, ScheduleType, build_schedule, normalize_schedule
 from webui.sampling.types import Denoiser, Generator, Sampler, SamplingCancelled, StepCallback
 
 
@@ -124,7 +124,7 @@ def sample(
     noise: torch.Tensor,
     *,
     steps: int,
-    schedule: str = "Automatic",
+    schedule: str | ScheduleType = "Automatic",
     alphas_cumprod: torch.Tensor,
     generator: Generator,
     init_latent: torch.Tensor | None = None,
@@ -140,7 +140,8 @@ def sample(
         denoiser: ``denoiser(x, sigma, timestep=None, step=0) -> x0``, e.g. :class:`DiscreteEpsDenoiser`.
         noise: (B, C, H, W) standard normal noise (the pipeline draws it from the seed).
         steps: number of steps of the full schedule.
-        schedule: one of ``SCHEDULES``; must be in ``sampler.schedules``.
+        schedule: one of ``SCHEDULES`` or a plugin's :class:`ScheduleType` (``SamplerRegistry.schedule``
+            looks names up); ``sampler`` must support it.
         alphas_cumprod: (T,) the model's training schedule.
         generator: the per-step noise source of stochastic samplers (a generator or one per image).
         init_latent: (B, C, H, W) img2img start latent (already multiplied by the VAE scale factor).
@@ -155,11 +156,13 @@ def sample(
         which equals diffusers' output also for DDIM, whose schedule ends at ``sigma(t=0)``), to be
         divided by the VAE scale factor and decoded.
     """
-    schedule = normalize_schedule(schedule)
-    if schedule not in sampler.schedules:
+    if not isinstance(schedule, ScheduleType):
+        schedule = normalize_schedule(schedule)
+    schedule_name = schedule.name if isinstance(schedule, ScheduleType) else schedule
+    if not sampler.supports(schedule_name):
         raise ValueError(
-            f"Sampler {sampler.name!r} does not support the {schedule!r} schedule; "
-            f"it supports {', '.join(sampler.schedules)}"
+            f"Sampler {sampler.name!r} does not support the {schedule_name!r} schedule; "
+            f"it supports {', '.join(sampler.schedules or ())}"
         )
     plan = build_schedule(
         schedule,

@@ -7,13 +7,16 @@ Plugins are found in this order, and an earlier plugin keeps a name that a later
    (pluggy's ``load_setuptools_entrypoints``),
 3. ``*.py`` files and packages in a local folder (``--samplers-dir``).
 
-A plugin that fails to import, raises in ``register_samplers``, registers a name that is taken,
-or registers something that is not a valid :class:`Sampler` is skipped as a whole, with exactly
-one warning naming it (``registry.warnings``, also logged); all other plugins keep working.
+A plugin registers samplers (``register_samplers``), schedules (``register_schedules``) or both; its
+schedules come first, so that its samplers may name them. A plugin that fails to import, raises in a
+hook, registers a name that is taken, or registers something that is not a valid :class:`Sampler` /
+:class:`ScheduleType` is skipped as a whole, with exactly one warning naming it (``registry.warnings``,
+also logged); all other plugins keep working.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
@@ -29,6 +32,7 @@ from typing import Any
 import pluggy
 
 from webui.sampling import hookspecs
+from webui.sampling.schedules import SCHEDULES, ScheduleType
 from webui.sampling.types import Sampler, UnknownSamplerError
 
 logger = logging.getLogger(__name__)
@@ -47,16 +51,43 @@ class SamplerRegistry:
         warnings: one line per skipped plugin.
         plugin_manager: the pluggy manager the plugins were registered with.
         sources: sampler name -> name of the plugin that registered it.
+        schedules: the schedules registered by plugins, after the core ``SCHEDULES``.
+        schedule_sources: schedule name -> name of the plugin that registered it.
     """
 
     samplers: list[Sampler] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     plugin_manager: pluggy.PluginManager | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    schedules: list[ScheduleType] = field(default_factory=list)
+    schedule_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.samplers]
+
+    @property
+    def schedule_names(self) -> list[str]:
+        """Every schedule users may pick: the core ``SCHEDULES``, then the plugins' in registration order."""
+        return [*SCHEDULES, *(s.name for s in self.schedules)]
+
+    def schedule(self, name: str) -> str | ScheduleType:
+        """The core schedule's canonical name or the plugin's :class:`ScheduleType` that ``name`` (or an alias)
+        means: what :func:`~webui.sampling.sample` takes. Case-insensitive, and ``_`` stands for a space, so that
+        AUTOMATIC1111's API names ("sgm_uniform", "align_your_steps") match too. ValueError listing the choices."""
+        key = _schedule_key(name) if isinstance(name, str) else None
+        for known in SCHEDULES:
+            if key == _schedule_key(known):
+                return known
+        for schedule in self.schedules:
+            if key in (_schedule_key(n) for n in schedule.names):
+                return schedule
+        raise ValueError(f"Unknown schedule {name!r}; choose one of {', '.join(self.schedule_names)}")
+
+    def normalize_schedule(self, name: str) -> str:
+        """The canonical spelling of a schedule name or alias ("sgm_uniform" -> "SGM Uniform")."""
+        schedule = self.schedule(name)
+        return schedule.name if isinstance(schedule, ScheduleType) else schedule
 
     def find(self, name: str) -> Sampler | None:
         """The sampler whose name or alias equals ``name`` case-insensitively, or None."""
@@ -81,6 +112,10 @@ class SamplerRegistry:
 
     def __len__(self) -> int:
         return len(self.samplers)
+
+
+def _schedule_key(name: str) -> str:
+    return name.strip().replace("_", " ").casefold()
 
 
 class _PluginRejected(Exception):
@@ -120,6 +155,8 @@ def _drop_unknown_hooks(registry: SamplerRegistry, pm: pluggy.PluginManager) -> 
             plugin_name = pm.get_name(err.plugin) or repr(err.plugin)
             pm.unregister(err.plugin)
             registry.samplers = [s for s in registry.samplers if registry.sources.get(s.name) != plugin_name]
+            registry.schedules = [s for s in registry.schedules if registry.schedule_sources.get(s.name) != plugin_name]
+            registry.schedule_sources = {k: v for k, v in registry.schedule_sources.items() if v != plugin_name}
             registry.sources = {k: v for k, v in registry.sources.items() if v != plugin_name}
             _warn(registry, plugin_name, f"invalid hook: {err}")
 
@@ -191,14 +228,44 @@ def _import_path(path: Path) -> ModuleType:
 
 
 def _register_plugin(registry: SamplerRegistry, pm: pluggy.PluginManager, plugin_name: str, plugin: object) -> None:
-    """Call the plugin's ``register_samplers`` and keep its samplers only if all of them are valid."""
+    """Call the plugin's ``register_schedules`` then ``register_samplers``; keep all it registers or nothing."""
     impls = [i for i in pm.hook.register_samplers.get_hookimpls() if i.plugin is plugin]
-    if not impls:
+    schedule_impls = [i for i in pm.hook.register_schedules.get_hookimpls() if i.plugin is plugin]
+    if not impls and not schedule_impls:
         pm.unregister(plugin)
-        raise _PluginRejected("it defines no @hookimpl register_samplers(register) function")
+        raise _PluginRejected(
+            "it defines no @hookimpl register_samplers(register) function (nor register_schedules(register))"
+        )
 
     taken = {n.casefold(): registry.sources[s.name] for s in registry.samplers for n in s.names}
+    schedules_taken = {_schedule_key(n): "the core" for n in SCHEDULES}
+    schedules_taken.update(
+        {_schedule_key(n): registry.schedule_sources[s.name] for s in registry.schedules for n in s.names}
+    )
     staged: list[Sampler] = []
+    staged_schedules: list[ScheduleType] = []
+
+    def register_schedule(schedule: ScheduleType) -> None:
+        if not isinstance(schedule, ScheduleType):
+            raise _PluginRejected(f"register() got a {type(schedule).__name__}, not a webui.sampling.ScheduleType")
+        for n in schedule.names:
+            owner = schedules_taken.get(_schedule_key(n))
+            if owner is not None:
+                where = "twice by this plugin" if owner == plugin_name else f"already by {owner!r}"
+                raise _PluginRejected(f"schedule name {n!r} is registered {where}")
+            schedules_taken[_schedule_key(n)] = plugin_name
+        staged_schedules.append(schedule)
+
+    def canonical_schedules(sampler: Sampler) -> Sampler:
+        """The sampler with its schedules spelled as registered ("two_level" -> "Two Level"); rejects unknown ones."""
+        if sampler.schedules is None:
+            return sampler
+        known = SamplerRegistry(schedules=[*registry.schedules, *staged_schedules])
+        try:
+            names = tuple(known.normalize_schedule(name) for name in sampler.schedules)
+        except ValueError as err:
+            raise _PluginRejected(f"sampler {sampler.name!r}: {err}") from None
+        return dataclasses.replace(sampler, schedules=names)
 
     def register(sampler: Sampler) -> None:
         if not isinstance(sampler, Sampler):
@@ -209,19 +276,28 @@ def _register_plugin(registry: SamplerRegistry, pm: pluggy.PluginManager, plugin
                 where = "twice by this plugin" if owner == plugin_name else f"already by {owner!r}"
                 raise _PluginRejected(f"sampler name {n!r} is registered {where}")
             taken[n.casefold()] = plugin_name
-        staged.append(sampler)
+        staged.append(canonical_schedules(sampler))
 
+    hook = "register_schedules"
     try:
+        for impl in schedule_impls:
+            impl.function(register=register_schedule)
+        if schedule_impls and not staged_schedules:
+            raise _PluginRejected("register_schedules() registered no schedule")
+        hook = "register_samplers"
         for impl in impls:
             impl.function(register=register)
-        if not staged:
+        if impls and not staged:
             raise _PluginRejected("register_samplers() registered no sampler")
     except _PluginRejected:
         pm.unregister(plugin)
         raise
     except Exception as err:
         pm.unregister(plugin)
-        raise _PluginRejected(f"register_samplers() raised {type(err).__name__}: {err}") from None
+        raise _PluginRejected(f"{hook}() raised {type(err).__name__}: {err}") from None
+    for schedule in staged_schedules:
+        registry.schedules.append(schedule)
+        registry.schedule_sources[schedule.name] = plugin_name
     for sampler in staged:
         registry.samplers.append(sampler)
         registry.sources[sampler.name] = plugin_name

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from webui.sampling.schedules import AUTOMATIC_SPACINGS, SCHEDULES, normalize_schedule
+from webui.sampling.schedules import AUTOMATIC_SPACINGS
 
 StepCallback = Callable[[dict[str, Any]], None]
 """Called once per step with a plain dict: ``i``, ``total``, ``x``, ``denoised``, ``sigma``."""
@@ -80,12 +80,16 @@ class Sampler:
         aliases: other accepted names (e.g. AUTOMATIC1111's ``"k_euler_a"``).
         stochastic: True when the sampler adds fresh noise at each step (results depend on
             the generator beyond the initial noise).
-        schedules: the schedules it supports, a subset of ``SCHEDULES``.
+        schedules: the names of the schedules it supports (core or registered by a plugin), or None
+            (the default) for every registered schedule. The registry checks the names; the UI and
+            the API refuse the others with a message listing these.
         automatic: what the "Automatic" schedule means for it, one of ``AUTOMATIC_SPACINGS``:
             ``"linspace"`` (diffusers' Euler/Heun/LMS default: fractional timesteps 999..0),
             ``"linspace-integer"`` (DPMSolverMultistep: integer timesteps 999..~999/n),
             ``"leading"`` (DDPM: 950, 900, ..., 0 for 20 steps), ``"leading-offset"`` (DDIM,
-            ``steps_offset=1``: 951, ..., 1, ending at ``sigma(t=0)``).
+            ``steps_offset=1``: 951, ..., 1, ending at ``sigma(t=0)``), ``"lcm"`` (LCMScheduler's
+            subset of its 50-step distillation grid: 999, 759, 499, 259 for 4 steps),
+            ``"linspace-integer-to-sigma-min"`` (DEISMultistep: "linspace-integer" ending at ``sigma(t=0)``).
         variance_preserving: start from noise of std ``sqrt(sigma_max^2 + 1)`` like diffusers'
             variance-preserving schedulers (DDIM, DDPM, DPM-Solver) instead of ``sigma_max``.
         round_karras_timesteps: feed the UNet integer timesteps with the Karras schedule, as
@@ -104,7 +108,7 @@ class Sampler:
     function: SamplerFunction
     aliases: tuple[str, ...] = ()
     stochastic: bool = False
-    schedules: tuple[str, ...] = SCHEDULES
+    schedules: tuple[str, ...] | None = None
     automatic: str = "linspace"
     variance_preserving: bool = False
     round_karras_timesteps: bool = False
@@ -128,13 +132,14 @@ class Sampler:
                     f"Sampler {self.name!r}: option {key!r} default must be a finite bool, int, float or str, "
                     f"got {default!r}"
                 )
-        schedules = (self.schedules,) if isinstance(self.schedules, str) else tuple(self.schedules)
-        if not schedules:
-            raise ValueError(f"Sampler {self.name!r}: schedules must name at least one of {', '.join(SCHEDULES)}")
-        try:
-            schedules = tuple(normalize_schedule(s) for s in schedules)
-        except ValueError as err:
-            raise ValueError(f"Sampler {self.name!r}: {err}") from None
+        schedules = None
+        if self.schedules is not None:
+            schedules = (self.schedules,) if isinstance(self.schedules, str) else tuple(self.schedules)
+            if not schedules or not all(isinstance(s, str) and s.strip() for s in schedules):
+                raise ValueError(
+                    f"Sampler {self.name!r}: schedules must be None (all) or schedule names, got {self.schedules!r}"
+                )
+            schedules = tuple(s.strip() for s in schedules)
         if self.automatic not in AUTOMATIC_SPACINGS:
             raise ValueError(
                 f"Sampler {self.name!r}: automatic={self.automatic!r} is not one of {', '.join(AUTOMATIC_SPACINGS)}"
@@ -152,6 +157,10 @@ class Sampler:
     def names(self) -> tuple[str, ...]:
         """The display name followed by the aliases."""
         return (self.name, *self.aliases)
+
+    def supports(self, schedule: str) -> bool:
+        """Whether ``schedule`` (a canonical schedule name) is one this sampler runs with."""
+        return self.schedules is None or schedule.casefold() in (s.casefold() for s in self.schedules)
 
 
 def _option_defaults(sampler_name: str, function: Callable[..., Any]) -> dict[str, Any]:

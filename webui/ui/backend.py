@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from webui.models.download import DownloadCancelled, DownloadPlan, DownloadProgress
 from webui.models.registry import ModelEntry, RegistryProblem
-from webui.sampling import SCHEDULES
 from webui.service import Service
 
 
@@ -65,10 +64,10 @@ def sampler_names(service: Service) -> list[str]:
     return [sampler.name for sampler in service.samplers.samplers]
 
 
-def schedule_names() -> list[str]:
-    """The schedule types the sampling package knows ("Automatic", "Karras", ...)."""
+def schedule_names(service: Service) -> list[str]:
+    """The schedule types: the core ones ("Automatic", "Karras", ...), then those of schedule plugins."""
 
-    return list(SCHEDULES)
+    return list(service.samplers.schedule_names)
 
 
 MODEL_STATUS_HEADERS = ["Model", "Status", "Source", "Hash", "Error"]

@@ -223,7 +223,7 @@ def build_settings(tab: str, service: Service, model: backend.ModelChoice | None
     width, height = model_native_size(model)
     with gr.Row():
         sampler = gr.Dropdown(samplers, value=default_sampler, label="Sampler", elem_id=f"{tab}_sampler")
-        schedules = backend.schedule_names()
+        schedules = backend.schedule_names(service)
         default_schedule = model.scheduler if model and model.scheduler in schedules else schedules[0]
         scheduler = gr.Dropdown(schedules, value=default_schedule, label="Schedule type", elem_id=f"{tab}_scheduler")
     steps = gr.Slider(
