@@ -132,6 +132,10 @@ class SdApi:
             n_iter=req.n_iter,
             clip_skip=clip_skip,
             sampler_options=options,
+            subseed=req.subseed,
+            subseed_strength=req.subseed_strength,
+            seed_resize_from_w=req.seed_resize_from_w,
+            seed_resize_from_h=req.seed_resize_from_h,
             **extra,
         )
 

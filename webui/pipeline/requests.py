@@ -71,6 +71,13 @@ class GenerationRequest:
     clip_skip: int = 1
     # Sampler options by name (``Sampler.options`` lists those a sampler takes), e.g. ``{"eta": 0.5}``.
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Variation seeds (AUTOMATIC1111's): with ``subseed_strength`` > 0 every image keeps ``seed`` and image i
+    # is pulled towards ``subseed + i`` (-1: random, once per job); a resize-from size (both > 0) keeps the
+    # noise of that size centred in the image.
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
 
     @property
     def mode(self) -> str:
@@ -103,6 +110,7 @@ class GenerationRequest:
         if not isinstance(self.sampler_options, Mapping):
             raise InvalidRequest("sampler_options", "must be a mapping of option name to value")
         values["sampler_options"] = dict(self.sampler_options)
+        values.update(_checked_variation(self, values["batch_size"] * values["n_iter"]))
         return values
 
 
@@ -190,6 +198,11 @@ class ResolvedRequest:
     sampler_options: Mapping[str, Any]
     given_options: tuple[str, ...] = ()
     img2img: ResolvedImg2Img | None = None
+    # Variation seeds: ``subseed`` is concrete when ``subseed_strength`` > 0 (else -1); ``seed_resize_from``
+    # is ``(width, height)`` or None.
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
 
     @property
     def sampler_name(self) -> str:
@@ -212,8 +225,14 @@ class ResolvedRequest:
         return self.steps - img2img_start(self.steps, self.img2img.denoising_strength)
 
     def seeds(self) -> list[int]:
-        """Seed of every image of the job, in order: ``seed + i``."""
+        """Seed of every image of the job, in order: ``seed + i``; with variation seeds all ``seed`` (A1111)."""
+        if self.subseed_strength != 0:
+            return [self.seed] * self.total_images
         return [self.seed + i for i in range(self.total_images)]
+
+    def subseeds(self) -> list[int]:
+        """Variation seed of every image of the job: ``subseed + i``."""
+        return [self.subseed + i for i in range(self.total_images)]
 
 
 def resolve_request(
@@ -275,7 +294,27 @@ def resolve_request(
         sampler_options=MappingProxyType(options),
         given_options=tuple(given),
         img2img=img2img,
+        subseed=resolve_seed(values["subseed"]) if values["subseed_strength"] != 0 else -1,
+        subseed_strength=values["subseed_strength"],
+        seed_resize_from=values["seed_resize_from"],
     )
+
+
+def _checked_variation(request: GenerationRequest, images: int) -> dict[str, Any]:
+    """The variation-seed fields, checked: ``seed_resize_from`` is ``(w, h)`` when both are > 0, else None."""
+    values: dict[str, Any] = {
+        "subseed": _whole("subseed", request.subseed, -1, MAX_SEED),
+        "subseed_strength": _number("subseed_strength", request.subseed_strength, 0.0, 1.0),
+    }
+    if values["subseed"] >= 0 and values["subseed"] + images - 1 > MAX_SEED:
+        raise InvalidRequest("subseed", f"subseed + image count must stay below {MAX_SEED}")
+    w = _whole("seed_resize_from_w", request.seed_resize_from_w, -1, MAX_SIZE)
+    h = _whole("seed_resize_from_h", request.seed_resize_from_h, -1, MAX_SIZE)
+    for name, size in (("seed_resize_from_w", w), ("seed_resize_from_h", h)):
+        if 0 < size < SIZE_MULTIPLE:
+            raise InvalidRequest(name, f"must be at least {SIZE_MULTIPLE} (or 0 / -1 for off), got {size}")
+    values["seed_resize_from"] = (w, h) if w > 0 and h > 0 else None
+    return values
 
 
 def _given_options(sampler: Sampler, options: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +347,7 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
     interrupted: bool = False
     request: ResolvedRequest | None = None
+    subseeds: list[int] = field(default_factory=list)  # per image, only with variation seeds
 
     model_name: str | None = None
     model_hash: str | None = None
@@ -326,8 +366,11 @@ class GenerationResult:
             "all_negative_prompts": [req.negative_prompt] * count,
             "seed": self.seeds[0] if self.seeds else req.seed,
             "all_seeds": list(self.seeds),
-            "subseed": -1,
-            "all_subseeds": [-1] * count,
+            "subseed": self.subseeds[0] if self.subseeds else req.subseed,
+            "all_subseeds": list(self.subseeds) if self.subseeds else [-1] * count,
+            "subseed_strength": req.subseed_strength,
+            "seed_resize_from_w": req.seed_resize_from[0] if req.seed_resize_from else -1,
+            "seed_resize_from_h": req.seed_resize_from[1] if req.seed_resize_from else -1,
             "width": req.width,
             "height": req.height,
             "sampler_name": req.sampler_name,
