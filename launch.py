@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder of extra sampler plugins (*.py) loaded next to the built-in and installed ones "
         "(default: plugins/ next to launch.py, if it exists).",
     )
+    run.add_argument(
+        "--styles-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="AUTOMATIC1111's styles.csv (name,prompt,negative_prompt) offered as prompt styles "
+        "(default: styles.csv next to the --models file).",
+    )
     return parser
 
 
@@ -156,6 +164,7 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         samplers_dir=args.samplers_dir,
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
+        styles_file=args.styles_file,
     )
 
 

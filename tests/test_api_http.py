@@ -79,6 +79,7 @@ class StubService:
         self.submitted: list[tuple[Any, str | None]] = []
         self.calls: list[str] = []
         self._queue = JobQueue(stub_result, name="stub-generation")
+        self.styles_file = Path("/nonexistent/styles.csv")  # no styles
 
     @property
     def current_model_name(self) -> str | None:
@@ -205,6 +206,7 @@ ROUTES: list[tuple[str, str, dict | None]] = [
     ("GET", "/sdapi/v1/sd-models", None),
     ("POST", "/sdapi/v1/refresh-checkpoints", None),
     ("GET", "/sdapi/v1/scripts", None),
+    ("GET", "/sdapi/v1/prompt-styles", None),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
 ]

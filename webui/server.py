@@ -97,6 +97,7 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
+    styles_file: Path | None = None  # A1111's styles.csv; None: next to models.yaml
 
     @property
     def server_name(self) -> str:
@@ -212,6 +213,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         dtype=dtype,
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
+        styles_file=options.styles_file,
     )
 
 

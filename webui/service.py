@@ -27,6 +27,7 @@ from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
+from webui.pipeline.styles import default_styles_path
 
 if TYPE_CHECKING:
     from webui.models.download import DownloadPlan, ProgressCallback
@@ -113,6 +114,9 @@ class Service(Protocol):
     service holds its models. Models are reached only through these methods, never through the
     ``ModelManager``, so that loading and unloading always take the service's device lock.
     """
+
+    # A1111's styles.csv (webui/pipeline/styles.py), read on every use.
+    styles_file: Path
 
     @property
     def samplers(self) -> SamplerRegistry:
@@ -211,6 +215,7 @@ class WebUIService:
         samplers_dir: a folder of local sampler plugins (besides built-ins and entry points).
         manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
         version: ``Version`` written into infotexts.
+        styles_file: A1111's ``styles.csv``; default: next to ``models.yaml``.
     """
 
     def __init__(
@@ -224,8 +229,11 @@ class WebUIService:
         manager: ModelManager | None = None,
         samplers: SamplerRegistry | None = None,
         version: str | None = None,
+        styles_file: str | Path | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
+        # Prompt styles (webui/pipeline/styles.py): read again on every use, so edits are picked up.
+        self.styles_file = Path(styles_file) if styles_file is not None else default_styles_path(self.registry_path)
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         if manager is None:

@@ -73,6 +73,7 @@ class FakeService:
         self.download_step_seconds = 0.05
         self.download_error: str | None = None
         self.selects: list[str] = []
+        self.styles_file = Path("styles.csv")  # tests point it at a file of their own
 
     # --- models ---------------------------------------------------------------------------------
 

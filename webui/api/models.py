@@ -71,7 +71,9 @@ class GenerationFields(_Body):
 
     prompt: str = Field(default="", description="What to draw. A1111 prompt syntax: (word:1.2), [word], BREAK.")
     negative_prompt: str | None = Field(default=None, description="What to avoid; empty or null for none.")
-    styles: list[str] | None = Field(default=None, description="A1111 prompt styles: not supported, ignored.")
+    styles: list[str] | None = Field(
+        default=None, description="Names from GET /sdapi/v1/prompt-styles, applied in order."
+    )
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i.")
     subseed: int = Field(
         default=-1, ge=-1, le=MAX_SEED, description="Variation seed (-1 random); used with subseed_strength > 0."

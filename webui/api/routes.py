@@ -28,6 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from webui.api.errors import field_error
+from webui.api.explore import explore_routes, styled_prompts
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
 from webui.api.models import (
@@ -118,9 +119,10 @@ class SdApi:
         # what was changed.
         given = {k: getattr(req, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta")}
         options = {k: v for k, v in given.items() if v is not None and k in sampler.options and v != sampler.options[k]}
+        prompt, negative_prompt = styled_prompts(self.service, req.prompt, req.negative_prompt or "", req.styles)
         return kind(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt or "",
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             sampler_name=sampler.name,
             scheduler=self._schedule_name(req.scheduler),
             steps=req.steps,
@@ -418,6 +420,7 @@ def mount_api(
         ("/sd-models", api.sd_models, get, list[SDModelItem]),
         ("/refresh-checkpoints", api.refresh_checkpoints, post, None),
         ("/scripts", api.scripts, get, ScriptsList),
+        *explore_routes(service),  # prompt styles and scripts: webui/api/explore.py
     ]
     for path, endpoint, methods, response_model in table:
         app.router.add_api_route(
