@@ -528,7 +528,8 @@ def test_listing_routes_have_a1111_shapes(client: httpx.Client, stub: StubServic
         "filename": "/models/tiny.safetensors",
         "config": None,
     }
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    scripts = ["x/y/z plot", "prompts from file or textbox"]  # the built-in scripts, as A1111 names them
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": scripts, "img2img": scripts}
 
 
 def test_options_switch_the_model_and_reject_unknown_ones(client: httpx.Client, stub: StubService) -> None:

@@ -7,10 +7,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from webui.api.errors import field_error
+from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.requests import GenerationRequest
 from webui.pipeline.styles import apply_styles, load_styles
+from webui.scripts import SCRIPT_NAMES, plan_script
 from webui.service import Service
 
 
@@ -24,6 +28,31 @@ def styled_prompts(service: Service, prompt: str, negative_prompt: str, names: l
     except KeyError as exc:
         raise field_error("styles", str(exc).strip("\"'")) from exc
     return apply_styles(prompt, negative_prompt, chosen)
+
+
+def with_script(
+    service: Service, script_name: str | None, script_args: list[Any], request: GenerationRequest, model: str | None
+) -> GenerationRequest:
+    """``request`` with the plan of A1111's ``script_name``/``script_args`` (unchanged without a script); 422
+    naming ``script_name`` or ``script_args`` for an unknown script or a bad axis, value or line."""
+    if not script_name:
+        return request
+
+    def registry_name(name: str) -> str:
+        try:
+            return service.registry.get(name).name
+        except LookupError:
+            raise InvalidRequest("script_args", f"unknown checkpoint {name!r} (see GET /sdapi/v1/sd-models)") from None
+
+    try:
+        return replace(request, script=plan_script(script_name, script_args, request, model, registry_name))
+    except InvalidRequest as exc:
+        raise field_error(exc.field, exc.message) from exc
+
+
+def scripts_list() -> dict[str, list[str]]:
+    """``GET /sdapi/v1/scripts``: the scripts of both tabs, by A1111's lower-case names."""
+    return {"txt2img": list(SCRIPT_NAMES), "img2img": list(SCRIPT_NAMES)}
 
 
 def explore_routes(service: Service) -> list[tuple[str, Callable[..., Any], list[str], Any]]:

@@ -116,8 +116,8 @@ class GenerationFields(_Body):
         description="Per-request options: sd_model_checkpoint (model title or name), CLIP_stop_at_last_layers.",
     )
     override_settings_restore_afterwards: bool = Field(default=True)
-    script_name: Literal[""] | None = Field(default=None, description=f"A1111 scripts {NOT_SUPPORTED}.")
-    script_args: list[Any] = Field(default_factory=list)
+    script_name: str | None = Field(default=None, description="'x/y/z plot' or 'prompts from file or textbox'.")
+    script_args: list[Any] = Field(default_factory=list, description="The script's arguments, as A1111 1.10's.")
     alwayson_scripts: dict[str, Any] = Field(
         default_factory=dict, max_length=0, description=f"A1111 extensions {NOT_SUPPORTED}: empty only."
     )

@@ -28,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from webui.api.errors import field_error
-from webui.api.explore import explore_routes, styled_prompts
+from webui.api.explore import explore_routes, scripts_list, styled_prompts, with_script
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
 from webui.api.models import (
@@ -182,6 +182,7 @@ class SdApi:
     ) -> dict[str, Any]:
         model_name = self._request_model(req)
         self._check_task_id(req.force_task_id)
+        request = with_script(self.service, req.script_name, req.script_args, request, model_name)
         try:
             job = self.service.submit(request, model_name, save=req.save_images, owner="API")
         except InvalidRequest as exc:
@@ -321,7 +322,7 @@ class SdApi:
         return None
 
     async def scripts(self) -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return scripts_list()
 
     # ---------------------------------------------------------------- png-info
 

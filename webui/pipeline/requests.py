@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.script_plan import ScriptPlan
 from webui.pipeline.seeds import resolve_seed
 from webui.sampling import Sampler, SamplerRegistry, normalize_schedule
 from webui.sampling.driver import img2img_start, sampler_options
@@ -78,6 +79,8 @@ class GenerationRequest:
     subseed_strength: float = 0.0
     seed_resize_from_w: int = -1
     seed_resize_from_h: int = -1
+    # A script (X/Y/Z plot, prompts from file) planned by ``webui.scripts``: the job runs its cells instead.
+    script: ScriptPlan | None = None
 
     @property
     def mode(self) -> str:
@@ -203,6 +206,8 @@ class ResolvedRequest:
     subseed: int = -1
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # A script's plan with every cell resolved (this request is its first cell's, for the queue's display).
+    script: ScriptPlan | None = None
 
     @property
     def sampler_name(self) -> str:
@@ -253,6 +258,8 @@ def resolve_request(
         InvalidRequest: naming the first bad field (sampler options that the sampler does not take
             included, except ``eta``, which a sampler without one ignores as in A1111).
     """
+    if request.script is not None:  # X/Y/Z plot or prompt list: every cell checked and resolved now
+        return _resolve_script(request.script, samplers, native_size)
     values = request._checked_fields()
     try:
         sampler = samplers.get(values["sampler_name"])
@@ -298,6 +305,13 @@ def resolve_request(
         subseed_strength=values["subseed_strength"],
         seed_resize_from=values["seed_resize_from"],
     )
+
+
+def _resolve_script(plan: ScriptPlan, samplers: SamplerRegistry, native_size: tuple[int, int]) -> ResolvedRequest:
+    if not plan.cells:
+        raise InvalidRequest("script_args", f"script {plan.name!r} has nothing to generate")
+    cells = tuple(replace(c, request=resolve_request(c.request, samplers, native_size)) for c in plan.cells)
+    return replace(cells[plan.order[0]].request, script=replace(plan, cells=cells))
 
 
 def _checked_variation(request: GenerationRequest, images: int) -> dict[str, Any]:
