@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="VAE files (.safetensors, .pt, .ckpt) and diffusers VAE folders offered by the SD VAE dropdown.",
     )
+    run.add_argument(
+        "--styles-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="AUTOMATIC1111's styles.csv (name,prompt,negative_prompt) offered as prompt styles "
+        "(default: styles.csv next to the --models file).",
+    )
     return parser
 
 
@@ -184,6 +192,7 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         lora_dir=args.lora_dir,
         embeddings_dir=args.embeddings_dir,
         vae_dir=args.vae_dir,
+        styles_file=args.styles_file,
     )
 
 

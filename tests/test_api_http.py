@@ -80,6 +80,7 @@ class StubService:
         self.submitted: list[tuple[Any, str | None]] = []
         self.calls: list[str] = []
         self._queue = JobQueue(stub_result, name="stub-generation")
+        self.styles_file = Path("/nonexistent/styles.csv")  # no styles
 
     @property
     def current_model_name(self) -> str | None:
@@ -238,6 +239,7 @@ ROUTES: list[tuple[str, str, dict | None]] = [
     ("POST", "/sdapi/v1/refresh-embeddings", None),
     ("GET", "/sdapi/v1/sd-vae", None),
     ("POST", "/sdapi/v1/refresh-vae", None),
+    ("GET", "/sdapi/v1/prompt-styles", None),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
 ]
@@ -561,7 +563,8 @@ def test_listing_routes_have_a1111_shapes(client: httpx.Client, stub: StubServic
         "filename": "/models/tiny.safetensors",
         "config": None,
     }
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    scripts = ["x/y/z plot", "prompts from file or textbox"]  # the built-in scripts, as A1111 names them
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": scripts, "img2img": scripts}
 
 
 def test_options_switch_the_model_and_reject_unknown_ones(client: httpx.Client, stub: StubService) -> None:

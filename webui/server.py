@@ -101,6 +101,7 @@ class ServerOptions:
     # Extra networks (issue 15): None means no such folder.
     embeddings_dir: Path | None = None
     vae_dir: Path | None = None
+    styles_file: Path | None = None  # A1111's styles.csv; None: next to models.yaml
 
     @property
     def server_name(self) -> str:
@@ -219,6 +220,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         lora_dir=options.lora_dir,
         embeddings_dir=options.embeddings_dir,
         vae_dir=options.vae_dir,
+        styles_file=options.styles_file,
     )
 
 

@@ -12,9 +12,11 @@ with :meth:`WebUIService.close`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -26,7 +28,8 @@ from webui.jobs import Job, JobQueue, JobState, interrupting_text
 from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
-from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
+from webui.pipeline.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
+from webui.pipeline.styles import default_styles_path
 
 if TYPE_CHECKING:
     from webui.extra_networks.embeddings import EmbeddingFolder
@@ -116,6 +119,9 @@ class Service(Protocol):
     service holds its models. Models are reached only through these methods, never through the
     ``ModelManager``, so that loading and unloading always take the service's device lock.
     """
+
+    # A1111's styles.csv (webui/pipeline/styles.py), read on every use.
+    styles_file: Path
 
     @property
     def samplers(self) -> SamplerRegistry:
@@ -251,6 +257,7 @@ class WebUIService:
         manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
         version: ``Version`` written into infotexts.
         lora_dir: the LoRA folder (sub-folders included) that ``<lora:NAME:W>`` prompt tags use; None: none.
+        styles_file: A1111's ``styles.csv``; default: next to ``models.yaml``.
     """
 
     def __init__(
@@ -267,8 +274,11 @@ class WebUIService:
         lora_dir: str | Path | None = None,
         embeddings_dir: str | Path | None = None,
         vae_dir: str | Path | None = None,
+        styles_file: str | Path | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
+        # Prompt styles (webui/pipeline/styles.py): read again on every use, so edits are picked up.
+        self.styles_file = Path(styles_file) if styles_file is not None else default_styles_path(self.registry_path)
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         if manager is None:
@@ -561,20 +571,36 @@ class WebUIService:
         return cached[1]
 
     def _run_job(self, job: Job) -> GenerationResult:
+        if job.request.script is not None:  # X/Y/Z plot or prompt list: its cells in turn (webui/scripts/runner.py)
+            from webui.scripts.runner import run_script
+
+            outputs = self.outputs_dir if job.save else None
+            cell = functools.partial(self._generate, job)
+            return run_script(job.request, job.control, cell, outputs)
+        return self._generate(job, job.request, job.model_name)
+
+    def _generate(
+        self,
+        job: Job,
+        request: ResolvedRequest,
+        model_name: str | None,
+        adjust: Callable[[Progress], Progress] | None = None,
+    ) -> GenerationResult:
+        """Generate ``request`` with ``model_name`` for ``job`` (a script's cell: ``adjust`` maps its progress)."""
         first: list[Progress] = []
 
         def on_progress(progress: Progress) -> None:
             if not first:
                 first.append(progress)  # its time includes the prompt encoding: measure from it on
-            job.progress = progress
-            self._record_step_time(first[0], progress, job.request.width, job.request.height, job.request.batch_size)
+            job.progress = adjust(progress) if adjust is not None else progress
+            self._record_step_time(first[0], progress, request.width, request.height, request.batch_size)
 
         with self._device_lock:
-            model = self.models.get(job.model_name, download=False)  # selecting a model downloads, Generate never
-            self._use_vae(model, job.request.sd_vae)
+            model = self.models.get(model_name, download=False)  # selecting a model downloads, Generate never
+            self._use_vae(model, request.sd_vae)
             return generate(
                 model,
-                job.request,
+                request,
                 outputs_dir=self.outputs_dir if job.save else None,
                 progress=on_progress,
                 control=job.control,

@@ -85,6 +85,7 @@ class FakeService:
         from webui.extra_networks.user_files import EmbeddingsAndVae
 
         self.extra_networks = EmbeddingsAndVae(embeddings_dir, vae_dir, Path.cwd())
+        self.styles_file = Path("styles.csv")  # tests point it at a file of their own
 
     # --- models ---------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Existing clients (the ``webuiapi`` package, Krita/Photoshop plugins, scripts written for A1111) send the full
 A1111 payload; fields this server does not know are ignored (pydantic's default ``extra="ignore"``). The fields
 below are the ones the server honours, plus a few A1111 features it does not implement (hires fix, face
-restoration, tiling, variation seeds, scripts): their schema admits only the "off" value, so that turning one
+restoration, tiling, extensions): their schema admits only the "off" value, so that turning one
 on is answered with 422 naming the field and a client never silently gets something else than it asked for.
 
 The bounds here are the pipeline's (``webui.pipeline.requests``), true for any server; a server may set lower
@@ -71,12 +71,16 @@ class GenerationFields(_Body):
 
     prompt: str = Field(default="", description="What to draw. A1111 prompt syntax: (word:1.2), [word], BREAK.")
     negative_prompt: str | None = Field(default=None, description="What to avoid; empty or null for none.")
-    styles: list[str] | None = Field(default=None, description="A1111 prompt styles: not supported, ignored.")
+    styles: list[str] | None = Field(
+        default=None, description="Names from GET /sdapi/v1/prompt-styles, applied in order."
+    )
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i.")
-    subseed: int = Field(default=-1, description="Variation seed: only used with subseed_strength > 0.")
-    subseed_strength: float = Field(default=0, ge=0, le=0, description=f"Variation seeds {NOT_SUPPORTED}: 0 only.")
-    seed_resize_from_h: int = Field(default=-1)
-    seed_resize_from_w: int = Field(default=-1)
+    subseed: int = Field(
+        default=-1, ge=-1, le=MAX_SEED, description="Variation seed (-1 random); used with subseed_strength > 0."
+    )
+    subseed_strength: float = Field(default=0, ge=0, le=1, description="Variation strength: 0 off, 1 = the subseed.")
+    seed_resize_from_h: int = Field(default=-1, ge=-1, le=MAX_SIZE, description="Keep the noise of this height.")
+    seed_resize_from_w: int = Field(default=-1, ge=-1, le=MAX_SIZE, description="Keep the noise of this width.")
     sampler_name: str | None = Field(default=None, description="A name or alias from GET /sdapi/v1/samplers.")
     sampler_index: str = Field(default="Euler", description="Deprecated A1111 alias of sampler_name.")
     scheduler: str | None = Field(default=None, description="A schedule from GET /sdapi/v1/schedulers.")
@@ -112,8 +116,8 @@ class GenerationFields(_Body):
         description="Per-request options: sd_model_checkpoint (model title or name), CLIP_stop_at_last_layers.",
     )
     override_settings_restore_afterwards: bool = Field(default=True)
-    script_name: Literal[""] | None = Field(default=None, description=f"A1111 scripts {NOT_SUPPORTED}.")
-    script_args: list[Any] = Field(default_factory=list)
+    script_name: str | None = Field(default=None, description="'x/y/z plot' or 'prompts from file or textbox'.")
+    script_args: list[Any] = Field(default_factory=list, description="The script's arguments, as A1111 1.10's.")
     alwayson_scripts: dict[str, Any] = Field(
         default_factory=dict, max_length=0, description=f"A1111 extensions {NOT_SUPPORTED}: empty only."
     )

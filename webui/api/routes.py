@@ -28,6 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from webui.api.errors import field_error
+from webui.api.explore import explore_routes, scripts_list, styled_prompts, with_script
 from webui.api.extra_networks import add_extra_network_routes, set_vae_option, vae_option
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
@@ -120,9 +121,10 @@ class SdApi:
         # what was changed.
         given = {k: getattr(req, k) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta")}
         options = {k: v for k, v in given.items() if v is not None and k in sampler.options and v != sampler.options[k]}
+        prompt, negative_prompt = styled_prompts(self.service, req.prompt, req.negative_prompt or "", req.styles)
         return kind(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt or "",
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             sampler_name=sampler.name,
             scheduler=self._schedule_name(req.scheduler),
             steps=req.steps,
@@ -134,6 +136,10 @@ class SdApi:
             n_iter=req.n_iter,
             clip_skip=clip_skip,
             sampler_options=options,
+            subseed=req.subseed,
+            subseed_strength=req.subseed_strength,
+            seed_resize_from_w=req.seed_resize_from_w,
+            seed_resize_from_h=req.seed_resize_from_h,
             **extra,
             # issue 15: A1111's sd_vae override setting; None leaves the app's "SD VAE" setting in force
             sd_vae=vae_option(settings["sd_vae"], "override_settings.sd_vae") if "sd_vae" in settings else None,
@@ -179,6 +185,7 @@ class SdApi:
     ) -> dict[str, Any]:
         model_name = self._request_model(req)
         self._check_task_id(req.force_task_id)
+        request = with_script(self.service, req.script_name, req.script_args, request, model_name)
         try:
             job = self.service.submit(request, model_name, save=req.save_images, owner="API")
         except InvalidRequest as exc:
@@ -326,7 +333,7 @@ class SdApi:
         return None
 
     async def scripts(self) -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
+        return scripts_list()
 
     # ---------------------------------------------------------------- png-info
 
@@ -425,6 +432,7 @@ def mount_api(
         ("/sd-models", api.sd_models, get, list[SDModelItem]),
         ("/refresh-checkpoints", api.refresh_checkpoints, post, None),
         ("/scripts", api.scripts, get, ScriptsList),
+        *explore_routes(service),  # prompt styles and scripts: webui/api/explore.py
     ]
     table += lora_routes(service)  # LoRA (issue 15)
     for path, endpoint, methods, response_model in table:

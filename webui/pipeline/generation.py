@@ -45,7 +45,7 @@ from webui.pipeline.infotext import format_infotext
 from webui.pipeline.outputs import save_image
 from webui.pipeline.preview import LatentPreview
 from webui.pipeline.requests import GenerationResult, ResolvedImg2Img, ResolvedRequest
-from webui.pipeline.seeds import image_generators, initial_noise
+from webui.pipeline.seeds import Variation, image_generators, variation_noise
 
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
 
@@ -408,9 +408,12 @@ class _Run:
                     batch_pos=b if request.batch_size > 1 else None,
                     version=version,
                     extra={**self.network_params, **(extra or {})},
+                    subseed=request.subseeds()[first + b],
                 )
                 result.images.append(image)
                 result.seeds.append(seeds[b])
+                if request.subseed_strength != 0:
+                    result.subseeds.append(request.subseeds()[first + b])
                 result.infotexts.append(infotext)
                 if outputs_dir is not None:
                     result.paths.append(save_image(image, outputs_dir, request.mode, seeds[b], infotext))
@@ -425,13 +428,17 @@ class _Run:
         prepared, img2img = self.prepared, self.request.img2img
         generators = image_generators(seeds)
         denoiser: Any = DiscreteEpsDenoiser(self.eps_fn, self.alphas_cumprod)
+        request = self.request
+        variation = Variation(
+            tuple(request.subseeds()[first : first + len(seeds)]), request.subseed_strength, request.seed_resize_from
+        )
         if prepared is None or img2img is None:
-            noise = initial_noise(self.latent_shape, generators, self.device)
+            noise = variation_noise(self.latent_shape, seeds, generators, variation, self.device)
             return self._sample(first, denoiser, noise, generators, control)
         index = [(first + b) % len(prepared.images) for b in range(len(seeds))]
         # The encoder's sample is each generator's first draw, the noise its second (as diffusers).
         init_latent = encode_images(self.model, prepared.pixels[index], generators).to(self.device)
-        noise = initial_noise(self.latent_shape, generators, self.device)
+        noise = variation_noise(self.latent_shape, seeds, generators, variation, self.device)
         if prepared.latent_masks:
             repaint = torch.cat([prepared.latent_masks[i] for i in index]).to(self.device)
             if img2img.inpainting_fill == LATENT_NOISE:

@@ -60,6 +60,7 @@ def infotext_parameters(
     batch_pos: int | None = None,
     version: str | None = None,
     extra: dict[str, Any] | None = None,
+    subseed: int | None = None,
 ) -> dict[str, Any]:
     """The ordered ``Key: value`` pairs of one image (None values are left out).
 
@@ -78,6 +79,10 @@ def infotext_parameters(
         "Size": f"{request.width}x{request.height}",
         "Model hash": model_hash,
         "Model": model_name,
+        # Variation seeds, as A1111 writes them (``subseed``: this image's variation seed).
+        "Variation seed": subseed if request.subseed_strength != 0 else None,
+        "Variation seed strength": _number(request.subseed_strength) if request.subseed_strength != 0 else None,
+        "Seed resize from": "{}x{}".format(*request.seed_resize_from) if request.seed_resize_from else None,
         "Denoising strength": _number(img2img.denoising_strength) if img2img is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
         "RNG": RNG_SOURCE,
@@ -105,6 +110,7 @@ def format_infotext(
     batch_pos: int | None = None,
     version: str | None = None,
     extra: dict[str, Any] | None = None,
+    subseed: int | None = None,
 ) -> str:
     """The ``parameters`` text of one image of ``request``."""
     params = infotext_parameters(
@@ -115,6 +121,7 @@ def format_infotext(
         batch_pos=batch_pos,
         version=version,
         extra=extra,
+        subseed=subseed,
     )
     line = ", ".join(f"{key}: {quote(value)}" for key, value in params.items())
     negative = f"\n{NEGATIVE_PREFIX} {request.negative_prompt}" if request.negative_prompt else ""
@@ -163,6 +170,10 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "Denoising strength": ("denoising_strength", float),
     "Mask blur": ("mask_blur", int),
     "VAE": ("sd_vae", str),  # issue 15: the VAE file's name, as A1111 restores it into override settings
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Seed resize from-1": ("seed_resize_from_w", int),
+    "Seed resize from-2": ("seed_resize_from_h", int),
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from PIL import Image
 
 from webui.extra_networks.lora_merge import LoraUse
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.script_plan import ScriptPlan
 from webui.pipeline.seeds import resolve_seed
 from webui.sampling import Sampler, SamplerRegistry, ScheduleType
 from webui.sampling.driver import img2img_start, sampler_options
@@ -78,6 +79,15 @@ class GenerationRequest:
     # VAE choice (issue 15): "Automatic", "None" or a VAE file's name (A1111's ``sd_vae`` in
     # ``override_settings``); None: the app's "SD VAE" setting when submitted. The service checks the name.
     sd_vae: str | None = None
+    # Variation seeds (AUTOMATIC1111's): with ``subseed_strength`` > 0 every image keeps ``seed`` and image i
+    # is pulled towards ``subseed + i`` (-1: random, once per job); a resize-from size (both > 0) keeps the
+    # noise of that size centred in the image.
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
+    # A script (X/Y/Z plot, prompts from file) planned by ``webui.scripts``: the job runs its cells instead.
+    script: ScriptPlan | None = None
 
     @property
     def mode(self) -> str:
@@ -111,6 +121,7 @@ class GenerationRequest:
             raise InvalidRequest("sampler_options", "must be a mapping of option name to value")
         values["sampler_options"] = dict(self.sampler_options)
         values["sd_vae"] = None if self.sd_vae is None else _text("sd_vae", self.sd_vae)
+        values.update(_checked_variation(self, values["batch_size"] * values["n_iter"]))
         return values
 
 
@@ -203,6 +214,13 @@ class ResolvedRequest:
     sd_vae: str = "Automatic"  # as in GenerationRequest, never None (issue 15)
     # Samplers and schedules (#18): ``scheduler`` as ``sample()`` takes it (a plugin's ScheduleType or a core name).
     schedule_type: str | ScheduleType = ""
+    # Variation seeds: ``subseed`` is concrete when ``subseed_strength`` > 0 (else -1); ``seed_resize_from``
+    # is ``(width, height)`` or None.
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
+    # A script's plan with every cell resolved (this request is its first cell's, for the queue's display).
+    script: ScriptPlan | None = None
 
     @property
     def sampler_name(self) -> str:
@@ -225,8 +243,14 @@ class ResolvedRequest:
         return self.steps - img2img_start(self.steps, self.img2img.denoising_strength)
 
     def seeds(self) -> list[int]:
-        """Seed of every image of the job, in order: ``seed + i``."""
+        """Seed of every image of the job, in order: ``seed + i``; with variation seeds all ``seed`` (A1111)."""
+        if self.subseed_strength != 0:
+            return [self.seed] * self.total_images
         return [self.seed + i for i in range(self.total_images)]
+
+    def subseeds(self) -> list[int]:
+        """Variation seed of every image of the job: ``subseed + i``."""
+        return [self.subseed + i for i in range(self.total_images)]
 
 
 def resolve_request(
@@ -252,6 +276,8 @@ def resolve_request(
         InvalidRequest: naming the first bad field (sampler options that the sampler does not take
             included, except ``eta``, which a sampler without one ignores as in A1111).
     """
+    if request.script is not None:  # X/Y/Z plot or prompt list: every cell checked and resolved now
+        return _resolve_script(request.script, samplers, native_size, loras)
     values = request._checked_fields()
     try:
         sampler = samplers.get(values["sampler_name"])
@@ -297,6 +323,9 @@ def resolve_request(
         loras=resolve_loras(loras, values["prompt"], values["negative_prompt"]),
         sd_vae=values["sd_vae"] or "Automatic",
         schedule_type=schedule_type,
+        subseed=resolve_seed(values["subseed"]) if values["subseed_strength"] != 0 else -1,
+        subseed_strength=values["subseed_strength"],
+        seed_resize_from=values["seed_resize_from"],
     )
 
 
@@ -314,6 +343,34 @@ def resolve_loras(library: LoraLibrary | None, prompt: str, negative_prompt: str
         return library.resolve(prompt, negative_prompt)
     except (LookupError, ValueError) as err:  # LoraNotFound, LoraTagError, LoraFileError
         raise InvalidRequest("prompt", str(err)) from None
+
+
+def _resolve_script(
+    plan: ScriptPlan, samplers: SamplerRegistry, native_size: tuple[int, int], loras: LoraLibrary | None
+) -> ResolvedRequest:
+    if not plan.cells:
+        raise InvalidRequest("script_args", f"script {plan.name!r} has nothing to generate")
+    cells = tuple(
+        replace(c, request=resolve_request(c.request, samplers, native_size, loras=loras)) for c in plan.cells
+    )
+    return replace(cells[plan.order[0]].request, script=replace(plan, cells=cells))
+
+
+def _checked_variation(request: GenerationRequest, images: int) -> dict[str, Any]:
+    """The variation-seed fields, checked: ``seed_resize_from`` is ``(w, h)`` when both are > 0, else None."""
+    values: dict[str, Any] = {
+        "subseed": _whole("subseed", request.subseed, -1, MAX_SEED),
+        "subseed_strength": _number("subseed_strength", request.subseed_strength, 0.0, 1.0),
+    }
+    if values["subseed"] >= 0 and values["subseed"] + images - 1 > MAX_SEED:
+        raise InvalidRequest("subseed", f"subseed + image count must stay below {MAX_SEED}")
+    w = _whole("seed_resize_from_w", request.seed_resize_from_w, -1, MAX_SIZE)
+    h = _whole("seed_resize_from_h", request.seed_resize_from_h, -1, MAX_SIZE)
+    for name, size in (("seed_resize_from_w", w), ("seed_resize_from_h", h)):
+        if 0 < size < SIZE_MULTIPLE:
+            raise InvalidRequest(name, f"must be at least {SIZE_MULTIPLE} (or 0 / -1 for off), got {size}")
+    values["seed_resize_from"] = (w, h) if w > 0 and h > 0 else None
+    return values
 
 
 def _given_options(sampler: Sampler, options: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +403,7 @@ class GenerationResult:
     paths: list[Path] = field(default_factory=list)
     interrupted: bool = False
     request: ResolvedRequest | None = None
+    subseeds: list[int] = field(default_factory=list)  # per image, only with variation seeds
 
     model_name: str | None = None
     model_hash: str | None = None
@@ -364,8 +422,11 @@ class GenerationResult:
             "all_negative_prompts": [req.negative_prompt] * count,
             "seed": self.seeds[0] if self.seeds else req.seed,
             "all_seeds": list(self.seeds),
-            "subseed": -1,
-            "all_subseeds": [-1] * count,
+            "subseed": self.subseeds[0] if self.subseeds else req.subseed,
+            "all_subseeds": list(self.subseeds) if self.subseeds else [-1] * count,
+            "subseed_strength": req.subseed_strength,
+            "seed_resize_from_w": req.seed_resize_from[0] if req.seed_resize_from else -1,
+            "seed_resize_from_h": req.seed_resize_from[1] if req.seed_resize_from else -1,
             "width": req.width,
             "height": req.height,
             "sampler_name": req.sampler_name,

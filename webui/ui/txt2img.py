@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import gradio as gr
 
@@ -20,6 +21,7 @@ from webui.ui.common import (
     wire_token_counter,
 )
 from webui.ui.embeddings_vae import build_textual_inversion_panel
+from webui.ui.explore import ExploreWidgets, amend_request, build_script, build_styles, build_variation
 from webui.ui.jobs import JobTracker
 from webui.ui.lora_panel import build_lora_panel
 
@@ -51,9 +53,11 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
     build_lora_panel(service, prompt, name)  # LoRA (issue 15)
     build_textual_inversion_panel(name, service)  # issue 15
+    styles, _ = build_styles(name, service, prompt, negative)  # styles, variation seeds, scripts: ui/explore.py
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             settings = build_settings(name, service, backend.find_model(service, model.value))
+            explore = ExploreWidgets(*build_variation(name), styles, *build_script(name))
         with gr.Column(scale=1):
             outputs = build_outputs(name)
     tab = GenerationTab(
@@ -81,6 +85,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         seed: float,
         n_iter: float,
         batch_size: float,
+        explore_values: list[Any] | None,
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate images from a prompt; yields live progress, finally the gallery and parameters."""
@@ -100,6 +105,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
+        gen_request = amend_request(service, gen_request, model_name, explore_values)
         session, owner = (request.session_hash, request.username) if request else (None, None)
         yield from run_generation(tracker, gen_request, model_name, session, owner)
 
@@ -116,6 +122,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         tab.seed,
         tab.batch_count,
         tab.batch_size,
+        explore.collect(),
     ]
     generate.click(
         txt2img,

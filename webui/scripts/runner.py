@@ -1,0 +1,117 @@
+"""Run a planned script (:class:`~webui.pipeline.script_plan.ScriptPlan`) as one job, cell after cell.
+
+The service's worker calls :func:`run_script` for a job whose request carries a plan, with a function that
+generates one cell on its model (loading it if needed) exactly as an ordinary job. Progress covers the whole
+script (steps over all cells; ``image_index`` / ``images_total`` say which cell: "cell k/n"). An Interrupt
+stops the script after the cell it hits, keeping the cells done; the grid then shows the missing cells black.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+
+from webui.pipeline.generation import GenerationControl, Progress
+from webui.pipeline.outputs import save_image
+from webui.pipeline.requests import GenerationResult, ResolvedRequest
+from webui.pipeline.script_plan import GridLayout, ScriptPlan
+from webui.scripts.grid import annotate, image_grid
+
+# (cell request, checkpoint name or None, progress adjuster) -> the cell's result
+CellRunner = Callable[[ResolvedRequest, "str | None", Callable[[Progress], Progress]], GenerationResult]
+
+
+def run_script(
+    request: ResolvedRequest, control: GenerationControl, generate_cell: CellRunner, outputs_dir: Path | None
+) -> GenerationResult:
+    """The script's result: for an X/Y/Z plot the grid first (then sub-grids and cells when asked, as A1111),
+    for a prompt list every image in order. The grid is saved in ``<outputs>/<mode>-grids/<date>/``."""
+    plan = request.script
+    if plan is None:
+        raise ValueError("the request carries no script")
+    total_steps = sum(c.request.sampling_steps * c.request.n_iter for c in plan.cells)
+    results: dict[int, GenerationResult] = {}
+    done = 0
+    for k, index in enumerate(plan.order):
+        if control.interrupted:
+            break
+        cell = plan.cells[index]
+
+        def adjust(progress: Progress, before: int = done, k: int = k) -> Progress:
+            return replace(
+                progress,
+                step=before + progress.step,
+                total_steps=total_steps,
+                image_index=k,
+                images_total=len(plan.cells),
+            )
+
+        results[index] = generate_cell(cell.request, cell.model_name, adjust)
+        done += cell.request.sampling_steps * cell.request.n_iter
+        if results[index].interrupted:
+            break
+    finished = [results[i] for i in range(len(plan.cells)) if i in results]
+    out = GenerationResult(request=request, interrupted=control.interrupted or any(r.interrupted for r in finished))
+    if finished:
+        out.model_name, out.model_hash = finished[0].model_name, finished[0].model_hash
+    if plan.grid is None:
+        for r in finished:
+            out.images += r.images
+            out.seeds += r.seeds
+            out.infotexts += r.infotexts
+            out.paths += r.paths
+            out.subseeds += r.subseeds
+        return out
+    return _xyz_result(plan, plan.grid, results, out, outputs_dir)
+
+
+def _xyz_result(
+    plan: ScriptPlan,
+    layout: GridLayout,
+    results: dict[int, GenerationResult],
+    out: GenerationResult,
+    outputs_dir: Path | None,
+) -> GenerationResult:
+    done = [r for r in results.values() if r.images]
+    if not done:
+        return out
+    first = next(results[i] for i in range(len(plan.cells)) if i in results and results[i].images)
+    size = first.images[0].size
+    cells = [
+        results[i].images[0] if i in results and results[i].images else Image.new("RGB", size)
+        for i in range(len(plan.cells))
+    ]
+    infotexts = [results[i].infotexts[0] if i in results and results[i].images else "" for i in range(len(plan.cells))]
+    seeds = [results[i].seeds[0] if i in results and results[i].images else 0 for i in range(len(plan.cells))]
+    nx, ny, nz = len(layout.x_labels), len(layout.y_labels), len(layout.z_labels)
+    sub_grids = []
+    for iz in range(nz):
+        chunk = cells[iz * nx * ny : (iz + 1) * nx * ny]
+        grid = image_grid(chunk, rows=ny)
+        if layout.draw_legend:
+            grid = annotate(grid, size[0], size[1], layout.x_labels, layout.y_labels, layout.margin_size)
+        sub_grids.append(grid)
+    z_grid = image_grid(sub_grids, rows=1)
+    if layout.draw_legend and nz > 1:
+        z_grid = annotate(z_grid, sub_grids[0].width, sub_grids[0].height, layout.z_labels, [""])
+    elif nz == 1:
+        z_grid = sub_grids[0]
+    grid_infotext = first.infotexts[0]
+    out.images = [z_grid]
+    out.infotexts = [grid_infotext]
+    out.seeds = [first.seeds[0]]
+    if outputs_dir is not None:
+        mode = first.request.mode if first.request is not None else "txt2img"
+        out.paths.append(save_image(z_grid, outputs_dir, f"{mode}-grids", first.seeds[0], grid_infotext))
+    if layout.include_sub_grids and nz > 1:
+        out.images += sub_grids
+        out.infotexts += [infotexts[iz * nx * ny] for iz in range(nz)]
+        out.seeds += [seeds[iz * nx * ny] for iz in range(nz)]
+    if layout.include_lone_images:
+        out.images += cells
+        out.infotexts += infotexts
+        out.seeds += seeds
+    return out
