@@ -94,7 +94,7 @@ def test_the_resolved_request_has_a_value_for_every_field(samplers):
     resolved = resolve_request(GenerationRequest(), samplers, NATIVE)
     assert isinstance(resolved, ResolvedRequest)
     missing = [f.name for f in dataclasses.fields(resolved) if getattr(resolved, f.name) is None]
-    assert missing == ["img2img"]  # None only for what txt2img does not have
+    assert missing == ["img2img", "hires"]  # None only for what a plain txt2img does not have
 
 
 def test_eta_is_a_sampler_option_that_samplers_without_one_ignore(samplers):

@@ -209,6 +209,7 @@ class WebUIService:
         device, dtype: where and in which precision models run (``webui.devices`` picks them).
         outputs_dir: where images are saved (``<outputs>/<txt2img|img2img>/<date>/``); None saves nothing.
         samplers_dir: a folder of local sampler plugins (besides built-ins and entry points).
+        upscaler_dir: the folder of model upscaler files (hires fix, Extras); None lists only the built-ins.
         manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
         version: ``Version`` written into infotexts.
     """
@@ -224,6 +225,7 @@ class WebUIService:
         manager: ModelManager | None = None,
         samplers: SamplerRegistry | None = None,
         version: str | None = None,
+        upscaler_dir: str | Path | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -250,6 +252,9 @@ class WebUIService:
         self.samplers = samplers
         self.outputs_dir = Path(outputs_dir) if outputs_dir is not None else None
         self.version = version
+        from webui.upscalers import UpscalerRegistry
+
+        self.upscalers = UpscalerRegistry(upscaler_dir, device=self.device, dtype=self.dtype)
         # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
         # unloaded or evicted for another one; the model's fitted preview map).
         self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
@@ -276,7 +281,7 @@ class WebUIService:
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
         ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
         """
-        resolved = resolve_request(request, self.samplers, self._default_size(model_name))
+        resolved = resolve_request(request, self.samplers, self._default_size(model_name), self.upscalers)
         return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
 
     def _default_size(self, model_name: str | None = None) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,9 +24,11 @@ from typing import Any
 from PIL import Image
 
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.hires import HiresRequest, ResolvedHires, resolve_hires
 from webui.pipeline.seeds import resolve_seed
 from webui.sampling import Sampler, SamplerRegistry, normalize_schedule
 from webui.sampling.driver import img2img_start, sampler_options
+from webui.upscalers import UpscalerRegistry
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
 MAX_STEPS = 150
@@ -71,6 +73,8 @@ class GenerationRequest:
     clip_skip: int = 1
     # Sampler options by name (``Sampler.options`` lists those a sampler takes), e.g. ``{"eta": 0.5}``.
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Hires fix (webui/pipeline/hires.py): None is off, A1111's ``enable_hr`` false. txt2img only.
+    hires: HiresRequest | None = None
 
     @property
     def mode(self) -> str:
@@ -103,6 +107,7 @@ class GenerationRequest:
         if not isinstance(self.sampler_options, Mapping):
             raise InvalidRequest("sampler_options", "must be a mapping of option name to value")
         values["sampler_options"] = dict(self.sampler_options)
+        values["hires"] = self.hires
         return values
 
 
@@ -129,6 +134,8 @@ class Img2ImgRequest(GenerationRequest):
 
     def _checked_fields(self) -> dict[str, Any]:
         values = super()._checked_fields()
+        if self.hires is not None:
+            raise InvalidRequest("enable_hr", "hires fix is a txt2img feature; img2img takes denoising_strength")
         if not isinstance(self.init_images, (list, tuple)) or not self.init_images:
             raise InvalidRequest("init_images", "needs at least one image")
         for i, image in enumerate(self.init_images):
@@ -190,6 +197,7 @@ class ResolvedRequest:
     sampler_options: Mapping[str, Any]
     given_options: tuple[str, ...] = ()
     img2img: ResolvedImg2Img | None = None
+    hires: ResolvedHires | None = None  # hires fix's second pass (webui/pipeline/hires.py)
 
     @property
     def sampler_name(self) -> str:
@@ -206,9 +214,10 @@ class ResolvedRequest:
 
     @property
     def sampling_steps(self) -> int:
-        """Steps sampled per batch: all of them for txt2img, those from ``img2img_start`` on for img2img."""
+        """Steps sampled per batch: all of them (and the hires pass's) for txt2img, those from ``img2img_start`` on
+        for img2img."""
         if self.img2img is None:
-            return self.steps
+            return self.steps + (self.hires.sampling_steps if self.hires is not None else 0)
         return self.steps - img2img_start(self.steps, self.img2img.denoising_strength)
 
     def seeds(self) -> list[int]:
@@ -217,7 +226,10 @@ class ResolvedRequest:
 
 
 def resolve_request(
-    request: GenerationRequest, samplers: SamplerRegistry, native_size: tuple[int, int]
+    request: GenerationRequest,
+    samplers: SamplerRegistry,
+    native_size: tuple[int, int],
+    upscalers: UpscalerRegistry | None = None,
 ) -> ResolvedRequest:
     """Check ``request`` and decide what it leaves open; ``request`` itself is not changed.
 
@@ -225,6 +237,7 @@ def resolve_request(
         request: a :class:`GenerationRequest` or :class:`Img2ImgRequest`.
         samplers: where ``sampler_name`` (a name or alias, any case) is looked up.
         native_size: ``(width, height)`` for a width or height of None: the model's native size.
+        upscalers: where a hires fix's image upscaler is looked up (None: the built-in ones).
 
     Returns:
         the :class:`ResolvedRequest`: native size filled in, ``seed=-1`` replaced by a random seed
@@ -259,7 +272,7 @@ def resolve_request(
     img2img = None
     if isinstance(request, Img2ImgRequest):
         img2img = ResolvedImg2Img(**{f.name: values[f.name] for f in fields(ResolvedImg2Img)})
-    return ResolvedRequest(
+    resolved = ResolvedRequest(
         prompt=values["prompt"],
         negative_prompt=values["negative_prompt"],
         sampler=sampler,
@@ -276,6 +289,9 @@ def resolve_request(
         given_options=tuple(given),
         img2img=img2img,
     )
+    if values["hires"] is not None:
+        return replace(resolved, hires=resolve_hires(values["hires"], resolved, samplers, upscalers))
+    return resolved
 
 
 def _given_options(sampler: Sampler, options: dict[str, Any]) -> dict[str, Any]:
