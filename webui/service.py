@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from webui.models.model import StableDiffusionModel
     from webui.models.registry import Registry
     from webui.sampling.registry import SamplerRegistry
+    from webui.upscalers import UpscalerRegistry
+    from webui.upscalers.postprocess import ExtrasRequest
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,19 @@ class Service(Protocol):
 
     def close(self) -> None:
         """Interrupt everything and stop working."""
+        ...
+
+    # Upscalers (hires fix and the Extras tab, webui/upscalers)
+    @property
+    def upscalers(self) -> UpscalerRegistry:
+        """The image upscalers: None, Lanczos, Nearest and the model files of the upscaler folder."""
+        ...
+
+    def run_extras(
+        self, images: list[Image.Image], request: ExtrasRequest, *, save: bool = True
+    ) -> list[tuple[Image.Image, str]]:
+        """Upscale ``images`` as the Extras tab does (after the running job); ``(image, PNG parameters)`` each,
+        saved under ``outputs/extras/<date>/`` when ``save``. Raises ``InvalidRequest`` naming a bad field."""
         ...
 
 
@@ -517,6 +532,19 @@ class WebUIService:
                 version=self.version,
                 model_name=model.name,
             )
+
+    def run_extras(
+        self, images: list[Image.Image], request: ExtrasRequest, *, save: bool = True
+    ) -> list[tuple[Image.Image, str]]:
+        from webui.pipeline.outputs import save_image
+        from webui.upscalers.postprocess import run_extras
+
+        with self._device_lock:  # model upscalers run on the device: after the running generation
+            results = run_extras(images, request, self.upscalers)
+        if save and self.outputs_dir is not None:
+            for image, text in results:
+                save_image(image, self.outputs_dir, "extras", 0, text)
+        return results
 
     def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
         steps = last.step - first.step

@@ -28,6 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from webui.api.errors import field_error
+from webui.api.extras import extras_routes, hires_request
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
 from webui.api.models import (
@@ -77,7 +78,7 @@ class SdApi:
     # ---------------------------------------------------------------- generation
 
     async def txt2img(self, req: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:
-        request = self._generation_request(req, GenerationRequest)
+        request = self._generation_request(req, GenerationRequest, hires=hires_request(req))
         return await self._run(req, request, self._parameters(req))
 
     async def img2img(self, req: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:
@@ -415,6 +416,7 @@ def mount_api(
         ("/refresh-checkpoints", api.refresh_checkpoints, post, None),
         ("/scripts", api.scripts, get, ScriptsList),
     ]
+    table += extras_routes(service, limits)  # upscalers, latent modes, extra-single-image, extra-batch-images
     for path, endpoint, methods, response_model in table:
         app.router.add_api_route(
             API_PREFIX + path,
