@@ -33,6 +33,8 @@ from webui.pipeline.errors import OutOfMemory
 from webui.pipeline.requests import GenerationResult, resolve_request
 from webui.sampling.registry import create_sampler_registry
 from webui.service import IDLE, ProgressSnapshot
+from webui.upscalers import UpscalerRegistry
+from webui.upscalers.postprocess import run_extras
 
 USER, PASSWORD = "alice", "s3cret:with:colons"
 # Prompts that make the stub's job fail the way a real job can.
@@ -176,6 +178,12 @@ class StubService:
     def set_sd_vae(self, choice: str) -> None:
         self.sd_vae = choice
 
+    # Upscalers (hires fix, Extras): the built-in ones, run for real (they need no model)
+    upscalers = UpscalerRegistry()
+
+    def run_extras(self, images: list[Any], request: Any, *, save: bool = True) -> list[tuple[Any, str]]:
+        return run_extras(images, request, self.upscalers)
+
 
 def test_the_stub_offers_the_whole_service_interface() -> None:
     assert interface_gaps(StubService()) == []
@@ -240,6 +248,10 @@ ROUTES: list[tuple[str, str, dict | None]] = [
     ("GET", "/sdapi/v1/sd-vae", None),
     ("POST", "/sdapi/v1/refresh-vae", None),
     ("GET", "/sdapi/v1/prompt-styles", None),
+    ("GET", "/sdapi/v1/upscalers", None),
+    ("GET", "/sdapi/v1/latent-upscale-modes", None),
+    ("POST", "/sdapi/v1/extra-single-image", {"image": "<png>", "upscaler_1": "Lanczos"}),
+    ("POST", "/sdapi/v1/extra-batch-images", {"imageList": [{"data": "<png>", "name": "a"}]}),
     ("GET", "/docs", None),
     ("GET", "/openapi.json", None),
 ]
@@ -374,7 +386,7 @@ BAD_TXT2IMG = [
     ({"override_settings": {"sd_model_checkpoint": "missing"}}, ["body", "override_settings", "sd_model_checkpoint"]),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, ["body", "clip_skip"]),
     ({"override_settings": "x"}, ["body", "override_settings"]),
-    ({"enable_hr": True}, ["body", "enable_hr"]),
+    ({"enable_hr": True, "hr_upscaler": "Nope"}, ["body", "hr_upscaler"]),
     ({"alwayson_scripts": {"ControlNet": {"args": []}}}, ["body", "alwayson_scripts"]),
     ({"prompt": ["a", "list"]}, ["body", "prompt"]),
     ({"prompt": "x" * 20_001}, ["body", "prompt"]),

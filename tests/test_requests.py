@@ -95,7 +95,7 @@ def test_the_resolved_request_has_a_value_for_every_field(samplers):
     assert isinstance(resolved, ResolvedRequest)
     missing = [f.name for f in dataclasses.fields(resolved) if getattr(resolved, f.name) is None]
     # None only for what txt2img does not have, and for seed resize (variation seeds), which is off by default
-    assert missing == ["img2img", "seed_resize_from", "script"]  # and no script (X/Y/Z plot, prompt list)
+    assert missing == ["img2img", "seed_resize_from", "script", "hires"]  # no script (X/Y/Z plot), no hires fix
 
 
 def test_eta_is_a_sampler_option_that_samplers_without_one_ignore(samplers):

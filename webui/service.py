@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from webui.models.model import StableDiffusionModel
     from webui.models.registry import Registry
     from webui.sampling.registry import SamplerRegistry
+    from webui.upscalers import UpscalerRegistry
+    from webui.upscalers.postprocess import ExtrasRequest
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +245,18 @@ class Service(Protocol):
 
     def set_sd_vae(self, choice: str) -> None:
         """Change the "SD VAE" setting; raises ``InvalidRequest`` (field ``sd_vae``) for an unknown name."""
+
+    # Upscalers (hires fix and the Extras tab, webui/upscalers)
+    @property
+    def upscalers(self) -> UpscalerRegistry:
+        """The image upscalers: None, Lanczos, Nearest and the model files of the upscaler folder."""
+        ...
+
+    def run_extras(
+        self, images: list[Image.Image], request: ExtrasRequest, *, save: bool = True
+    ) -> list[tuple[Image.Image, str]]:
+        """Upscale ``images`` as the Extras tab does (after the running job); ``(image, PNG parameters)`` each,
+        saved under ``outputs/extras/<date>/`` when ``save``. Raises ``InvalidRequest`` naming a bad field."""
         ...
 
 
@@ -254,6 +268,7 @@ class WebUIService:
         device, dtype: where and in which precision models run (``webui.devices`` picks them).
         outputs_dir: where images are saved (``<outputs>/<txt2img|img2img>/<date>/``); None saves nothing.
         samplers_dir: a folder of local sampler plugins (besides built-ins and entry points).
+        upscaler_dir: the folder of model upscaler files (hires fix, Extras); None lists only the built-ins.
         manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
         version: ``Version`` written into infotexts.
         lora_dir: the LoRA folder (sub-folders included) that ``<lora:NAME:W>`` prompt tags use; None: none.
@@ -275,6 +290,7 @@ class WebUIService:
         embeddings_dir: str | Path | None = None,
         vae_dir: str | Path | None = None,
         styles_file: str | Path | None = None,
+        upscaler_dir: str | Path | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         # Prompt styles (webui/pipeline/styles.py): read again on every use, so edits are picked up.
@@ -311,6 +327,9 @@ class WebUIService:
             Path(vae_dir) if vae_dir is not None else None,
             self.registry_path.parent if self.registry_path is not None else Path.cwd(),
         )
+        from webui.upscalers import UpscalerRegistry
+
+        self.upscalers = UpscalerRegistry(upscaler_dir, device=self.device, dtype=self.dtype)
         # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
         # unloaded or evicted for another one; the model's fitted preview map).
         self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
@@ -344,7 +363,9 @@ class WebUIService:
         """
         if request.sd_vae is None:  # the "SD VAE" setting as it is now, not when the job runs
             request = replace(request, sd_vae=self.sd_vae)
-        resolved = resolve_request(request, self.samplers, self._default_size(model_name), loras=self.lora_library)
+        resolved = resolve_request(
+            request, self.samplers, self._default_size(model_name), self.upscalers, loras=self.lora_library
+        )
         self._check_vae_choice(resolved.sd_vae)
         return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
 
@@ -656,6 +677,19 @@ class WebUIService:
             use_vae(model, self.extra_networks.vae_path_for(model, choice, entry_vae))
         except VaeError as err:  # the job fails with the file's message; the model keeps its VAE
             raise InvalidRequest("sd_vae", str(err)) from None
+
+    def run_extras(
+        self, images: list[Image.Image], request: ExtrasRequest, *, save: bool = True
+    ) -> list[tuple[Image.Image, str]]:
+        from webui.pipeline.outputs import save_image
+        from webui.upscalers.postprocess import run_extras
+
+        with self._device_lock:  # model upscalers run on the device: after the running generation
+            results = run_extras(images, request, self.upscalers)
+        if save and self.outputs_dir is not None:
+            for image, text in results:
+                save_image(image, self.outputs_dir, "extras", 0, text)
+        return results
 
     def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
         steps = last.step - first.step

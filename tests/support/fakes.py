@@ -34,6 +34,8 @@ from webui.pipeline.errors import InvalidRequest
 from webui.sampling import create_sampler_registry
 from webui.sampling.registry import SamplerRegistry
 from webui.service import IDLE, LoadedModelInfo, ProgressSnapshot, Service
+from webui.upscalers import UpscalerRegistry
+from webui.upscalers.postprocess import ExtrasRequest, run_extras
 
 FAKE_SAMPLERS = ("Euler a", "Euler", "DDIM")  # built-in samplers the fake offers, in this order
 BROKEN_MODEL = "broken"  # the fake model that fails to load, as a checkpoint of another architecture would
@@ -303,6 +305,17 @@ class FakeService:
                 f"CFG scale: {request.cfg_scale:g}, Seed: {seed + i}, Size: {request.width}x{request.height}"
             )
         return GenerationResult(images, seeds, infotexts, [], job.control.interrupted, request)
+
+    # --- upscalers (hires fix, Extras): the built-in ones, run for real (they need no model) -------------
+
+    @property
+    def upscalers(self) -> UpscalerRegistry:
+        return UpscalerRegistry()
+
+    def run_extras(
+        self, images: list[Image.Image], request: ExtrasRequest, *, save: bool = True
+    ) -> list[tuple[Image.Image, str]]:
+        return run_extras(images, request, self.upscalers)
 
 
 def interface_gaps(service: object) -> list[str]:

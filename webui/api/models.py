@@ -2,7 +2,7 @@
 
 Existing clients (the ``webuiapi`` package, Krita/Photoshop plugins, scripts written for A1111) send the full
 A1111 payload; fields this server does not know are ignored (pydantic's default ``extra="ignore"``). The fields
-below are the ones the server honours, plus a few A1111 features it does not implement (hires fix, face
+below are the ones the server honours, plus a few A1111 features it does not implement (face
 restoration, tiling, extensions): their schema admits only the "off" value, so that turning one
 on is answered with 422 naming the field and a client never silently gets something else than it asked for.
 
@@ -132,15 +132,24 @@ class GenerationFields(_Body):
 class StableDiffusionTxt2ImgProcessingAPI(GenerationFields):
     """``POST /sdapi/v1/txt2img``."""
 
-    enable_hr: Literal[False] = Field(default=False, description=f"Hires fix {NOT_SUPPORTED}: false only.")
-    denoising_strength: float | None = Field(default=None, description="Only used by hires fix (ignored).")
-    firstphase_width: int = Field(default=0)
-    firstphase_height: int = Field(default=0)
-    hr_scale: float = Field(default=2.0)
-    hr_upscaler: str | None = Field(default=None)
-    hr_second_pass_steps: int = Field(default=0)
-    hr_resize_x: int = Field(default=0)
-    hr_resize_y: int = Field(default=0)
+    # Hires fix (webui/pipeline/hires.py, webui/api/extras.py): A1111's names and defaults.
+    enable_hr: bool = Field(default=False, description="Hires fix: sample, upscale, then a second img2img pass.")
+    denoising_strength: float | None = Field(
+        default=None, ge=0, le=1, description="Hires fix's second-pass strength; null = 0.7."
+    )
+    firstphase_width: int = Field(default=0, description="Old A1111 field (ignored).")
+    firstphase_height: int = Field(default=0, description="Old A1111 field (ignored).")
+    hr_scale: float = Field(default=2.0, ge=1, le=8, description="Upscale factor (when hr_resize_x/y are 0).")
+    hr_upscaler: str | None = Field(default=None, description="A latent mode or upscaler name; null = Latent.")
+    hr_second_pass_steps: int = Field(default=0, ge=0, le=MAX_STEPS, description="0 = steps.")
+    hr_resize_x: int = Field(default=0, ge=0, description="Target width; 0 = from hr_scale or the aspect ratio.")
+    hr_resize_y: int = Field(default=0, ge=0, description="Target height; 0 = from hr_scale or the aspect ratio.")
+    hr_checkpoint_name: str | None = Field(default=None, description=f"Another checkpoint {NOT_SUPPORTED}.")
+    hr_sampler_name: str | None = Field(default=None, description="Second-pass sampler; empty = the first's.")
+    hr_scheduler: str | None = Field(default=None, description="Second-pass schedule; empty = the first's.")
+    hr_prompt: str = Field(default="", description="Second-pass prompt; empty = prompt.")
+    hr_negative_prompt: str = Field(default="", description="Second-pass negative prompt; empty = the first's.")
+    hr_cfg: float | None = Field(default=None, ge=0, le=MAX_CFG_SCALE, description="Second-pass CFG; null = same.")
 
 
 class StableDiffusionImg2ImgProcessingAPI(GenerationFields):

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from webui.api.errors import field_error
 from webui.api.explore import explore_routes, scripts_list, styled_prompts, with_script
 from webui.api.extra_networks import add_extra_network_routes, set_vae_option, vae_option
+from webui.api.extras import extras_routes, hires_request
 from webui.api.images import decode_image, encode_png
 from webui.api.limits import ApiLimits
 from webui.api.loras import lora_routes
@@ -80,7 +81,7 @@ class SdApi:
     # ---------------------------------------------------------------- generation
 
     async def txt2img(self, req: StableDiffusionTxt2ImgProcessingAPI) -> dict[str, Any]:
-        request = self._generation_request(req, GenerationRequest)
+        request = self._generation_request(req, GenerationRequest, hires=hires_request(req))
         return await self._run(req, request, self._parameters(req))
 
     async def img2img(self, req: StableDiffusionImg2ImgProcessingAPI) -> dict[str, Any]:
@@ -435,6 +436,7 @@ def mount_api(
         *explore_routes(service),  # prompt styles and scripts: webui/api/explore.py
     ]
     table += lora_routes(service)  # LoRA (issue 15)
+    table += extras_routes(service, limits)  # upscalers, latent modes, extra-single-image, extra-batch-images
     for path, endpoint, methods, response_model in table:
         app.router.add_api_route(
             API_PREFIX + path,

@@ -33,6 +33,7 @@ from webui.extra_networks.prompt_tags import strip_tags
 from webui.extra_networks.vae_files import vae_infotext
 from webui.pipeline.conditioning import Conditioning, encode_conditioning
 from webui.pipeline.errors import InvalidRequest, OutOfMemory
+from webui.pipeline.hires import HiresPass
 from webui.pipeline.images import (
     fill_masked,
     image_to_tensor,
@@ -358,6 +359,8 @@ class _Run:
         self.eps_fn = cfg_eps_fn(model.unet, conditioning.to(device), request.cfg_scale)
         self.alphas_cumprod = model.alphas_cumprod.to(device)
         self.latent_shape = (model.vae.config.embed_dim, request.height // down, request.width // down)
+        # Hires fix: the second pass's guided eps function; its steps count in the progress (steps_per_batch).
+        self.hires = HiresPass(model, request, device) if request.hires is not None else None
         self.steps_per_batch = request.sampling_steps
         self.total_steps = self.steps_per_batch * request.n_iter
         self.done_steps = 0
@@ -384,24 +387,31 @@ class _Run:
             seeds = request.seeds()[first : first + request.batch_size]
             steps_before = self.done_steps
             extra: dict[str, Any] | None = None
+            first_pass, first_images, info_request = None, None, request
             try:
                 with stop_between_blocks(stop_points(self.model.unet), control.should_stop):
                     latents = self.sample_batch(first, seeds, control)
+                    if self.hires is not None:
+                        first_pass = latents
+                        latents, first_images = self.hires_pass(first, seeds, latents, control, outputs_dir)
             except SamplingCancelled:
                 if not control.interrupted:
                     control.clear_skip()  # skip: this batch only
                     self.done_steps = steps_before + self.steps_per_batch
                     continue
                 result.interrupted = True
-                if self.latest is None:  # not one step of this batch finished: nothing to keep
+                if first_pass is not None:  # the hires pass was cut: keep the first pass's image, as A1111
+                    latents, info_request = first_pass, replace(request, hires=None)
+                elif self.latest is None:  # not one step of this batch finished: nothing to keep
                     break
-                latents, step = self.latest
-                extra = {"Interrupted": f"step {step}/{self.steps_per_batch}"}
+                else:
+                    latents, step = self.latest
+                    extra = {"Interrupted": f"step {step}/{self.steps_per_batch}"}
             if self.progress is not None and self.last_progress is not None:
                 self.progress(replace(self.last_progress, decoding=True))
             for b, image in enumerate(self.finish_images(first, latents)):
                 infotext = format_infotext(
-                    request,
+                    info_request,
                     seed=seeds[b],
                     model_name=model_name,
                     model_hash=result.model_hash,
@@ -417,6 +427,16 @@ class _Run:
                 result.infotexts.append(infotext)
                 if outputs_dir is not None:
                     result.paths.append(save_image(image, outputs_dir, request.mode, seeds[b], infotext))
+            if first_images and outputs_dir is not None:  # hires fix's "save the first pass too"
+                for b, image in enumerate(first_images):
+                    text = format_infotext(
+                        replace(request, hires=None),
+                        seed=seeds[b],
+                        model_name=model_name,
+                        model_hash=result.model_hash,
+                        version=version,
+                    )
+                    save_image(image, outputs_dir, request.mode, seeds[b], text)
             if result.interrupted:
                 break
         return result
@@ -489,19 +509,30 @@ class _Run:
             out.append(Image.composite(image, prepared.originals[i], prepared.overlay_masks[i]))
         return out
 
-    def _step_callback(self, first: int) -> Callable[[dict[str, Any]], None]:
+    def hires_pass(
+        self, first: int, seeds: list[int], latents: torch.Tensor, control: GenerationControl, outputs_dir: Path | None
+    ) -> tuple[torch.Tensor, list[Image.Image] | None]:
+        """Hires fix's second pass of one batch; the first pass's images too when they are to be saved."""
+        assert self.hires is not None and self.request.hires is not None
+        keep = self.request.hires.given.save_first_pass and outputs_dir is not None
+        callback = self._step_callback(first, offset=self.request.steps)
+        out = self.hires.run(latents, seeds, control.should_stop, callback, keep_first_images=keep)
+        return out.latents, out.first_images if keep else None
+
+    def _step_callback(self, first: int, offset: int = 0) -> Callable[[dict[str, Any]], None]:
+        """Per-step progress; ``offset`` is the batch's steps before this sampling (the hires pass's first pass)."""
         steps_before, batch_started = self.done_steps, time.monotonic()
         self.latest = self.last_progress = None
 
         def on_step(info: dict[str, Any]) -> None:
-            step_in_batch = int(info["i"]) + 1
-            self.done_steps = steps_before + step_in_batch
+            step_in_batch = offset + int(info["i"]) + 1
+            self.done_steps = steps_before + step_in_batch - offset
             denoised = info.get("denoised")
             self.latest = ((denoised if denoised is not None else info["x"]).detach(), step_in_batch)
             if self.progress is None:
                 return
             now = time.monotonic()
-            eta = (now - batch_started) / step_in_batch * (self.total_steps - self.done_steps)
+            eta = (now - batch_started) / (step_in_batch - offset) * (self.total_steps - self.done_steps)
             preview = self.previewer(denoised) if self.previewer is not None and denoised is not None else None
             self.last_progress = Progress(
                 step=self.done_steps,

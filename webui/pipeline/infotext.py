@@ -20,7 +20,8 @@ from dataclasses import fields, replace
 from typing import Any
 
 from webui.extra_networks.lora_library import lora_hashes_text
-from webui.pipeline.requests import GenerationRequest, ResolvedRequest
+from webui.pipeline.hires import hires_from_infotext, infotext_params
+from webui.pipeline.requests import GenerationRequest, Img2ImgRequest, ResolvedRequest
 
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
@@ -90,6 +91,8 @@ def infotext_parameters(
     }
     if img2img is not None and img2img.mask is not None:
         params["Mask blur"] = img2img.mask_blur
+    if request.hires is not None:  # hires fix: Denoising strength, Hires upscale, Hires upscaler, ...
+        params.update(infotext_params(request.hires, request))
     if request.batch_size > 1:
         params["Batch size"] = request.batch_size
         params["Batch pos"] = batch_pos
@@ -210,6 +213,9 @@ def request_from_infotext(infotext: str | dict[str, str], base: GenerationReques
             changes["sampler_options"] = {**request.sampler_options, "eta": float(params["Eta"])}
         except ValueError:
             pass
+    hires = hires_from_infotext(params)
+    if hires is not None and not isinstance(request, Img2ImgRequest):
+        changes["hires"] = hires
     # One infotext describes one image: regenerate exactly it.
     changes["batch_size"], changes["n_iter"] = 1, 1
     return replace(request, **changes)

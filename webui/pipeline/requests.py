@@ -25,10 +25,12 @@ from PIL import Image
 
 from webui.extra_networks.lora_merge import LoraUse
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.hires import HiresRequest, ResolvedHires, resolve_hires
 from webui.pipeline.script_plan import ScriptPlan
 from webui.pipeline.seeds import resolve_seed
 from webui.sampling import Sampler, SamplerRegistry, ScheduleType
 from webui.sampling.driver import img2img_start, sampler_options
+from webui.upscalers import UpscalerRegistry
 
 if TYPE_CHECKING:
     from webui.extra_networks.lora_library import LoraLibrary
@@ -88,6 +90,8 @@ class GenerationRequest:
     seed_resize_from_h: int = -1
     # A script (X/Y/Z plot, prompts from file) planned by ``webui.scripts``: the job runs its cells instead.
     script: ScriptPlan | None = None
+    # Hires fix (webui/pipeline/hires.py): None is off, A1111's ``enable_hr`` false. txt2img only.
+    hires: HiresRequest | None = None
 
     @property
     def mode(self) -> str:
@@ -122,6 +126,7 @@ class GenerationRequest:
         values["sampler_options"] = dict(self.sampler_options)
         values["sd_vae"] = None if self.sd_vae is None else _text("sd_vae", self.sd_vae)
         values.update(_checked_variation(self, values["batch_size"] * values["n_iter"]))
+        values["hires"] = self.hires
         return values
 
 
@@ -148,6 +153,8 @@ class Img2ImgRequest(GenerationRequest):
 
     def _checked_fields(self) -> dict[str, Any]:
         values = super()._checked_fields()
+        if self.hires is not None:
+            raise InvalidRequest("enable_hr", "hires fix is a txt2img feature; img2img takes denoising_strength")
         if not isinstance(self.init_images, (list, tuple)) or not self.init_images:
             raise InvalidRequest("init_images", "needs at least one image")
         for i, image in enumerate(self.init_images):
@@ -221,6 +228,7 @@ class ResolvedRequest:
     seed_resize_from: tuple[int, int] | None = None
     # A script's plan with every cell resolved (this request is its first cell's, for the queue's display).
     script: ScriptPlan | None = None
+    hires: ResolvedHires | None = None  # hires fix's second pass (webui/pipeline/hires.py)
 
     @property
     def sampler_name(self) -> str:
@@ -237,9 +245,10 @@ class ResolvedRequest:
 
     @property
     def sampling_steps(self) -> int:
-        """Steps sampled per batch: all of them for txt2img, those from ``img2img_start`` on for img2img."""
+        """Steps sampled per batch: all of them (and the hires pass's) for txt2img, those from ``img2img_start`` on
+        for img2img."""
         if self.img2img is None:
-            return self.steps
+            return self.steps + (self.hires.sampling_steps if self.hires is not None else 0)
         return self.steps - img2img_start(self.steps, self.img2img.denoising_strength)
 
     def seeds(self) -> list[int]:
@@ -257,6 +266,7 @@ def resolve_request(
     request: GenerationRequest,
     samplers: SamplerRegistry,
     native_size: tuple[int, int],
+    upscalers: UpscalerRegistry | None = None,
     *,
     loras: LoraLibrary | None = None,
 ) -> ResolvedRequest:
@@ -267,6 +277,7 @@ def resolve_request(
         samplers: where ``sampler_name`` (a name or alias, any case) is looked up.
         native_size: ``(width, height)`` for a width or height of None: the model's native size.
         loras: the LoRA folder that ``<lora:NAME:...>`` tags are looked up in (None: no LoRA can be used).
+        upscalers: where a hires fix's image upscaler is looked up (None: the built-in ones).
 
     Returns:
         the :class:`ResolvedRequest`: native size filled in, ``seed=-1`` replaced by a random seed
@@ -277,7 +288,7 @@ def resolve_request(
             included, except ``eta``, which a sampler without one ignores as in A1111).
     """
     if request.script is not None:  # X/Y/Z plot or prompt list: every cell checked and resolved now
-        return _resolve_script(request.script, samplers, native_size, loras)
+        return _resolve_script(request.script, samplers, native_size, upscalers, loras)
     values = request._checked_fields()
     try:
         sampler = samplers.get(values["sampler_name"])
@@ -304,7 +315,7 @@ def resolve_request(
     img2img = None
     if isinstance(request, Img2ImgRequest):
         img2img = ResolvedImg2Img(**{f.name: values[f.name] for f in fields(ResolvedImg2Img)})
-    return ResolvedRequest(
+    resolved = ResolvedRequest(
         prompt=values["prompt"],
         negative_prompt=values["negative_prompt"],
         sampler=sampler,
@@ -327,6 +338,9 @@ def resolve_request(
         subseed_strength=values["subseed_strength"],
         seed_resize_from=values["seed_resize_from"],
     )
+    if values["hires"] is not None:
+        return replace(resolved, hires=resolve_hires(values["hires"], resolved, samplers, upscalers))
+    return resolved
 
 
 def resolve_loras(library: LoraLibrary | None, prompt: str, negative_prompt: str) -> tuple[LoraUse, ...]:
@@ -346,12 +360,17 @@ def resolve_loras(library: LoraLibrary | None, prompt: str, negative_prompt: str
 
 
 def _resolve_script(
-    plan: ScriptPlan, samplers: SamplerRegistry, native_size: tuple[int, int], loras: LoraLibrary | None
+    plan: ScriptPlan,
+    samplers: SamplerRegistry,
+    native_size: tuple[int, int],
+    upscalers: UpscalerRegistry | None,
+    loras: LoraLibrary | None,
 ) -> ResolvedRequest:
     if not plan.cells:
         raise InvalidRequest("script_args", f"script {plan.name!r} has nothing to generate")
     cells = tuple(
-        replace(c, request=resolve_request(c.request, samplers, native_size, loras=loras)) for c in plan.cells
+        replace(c, request=resolve_request(c.request, samplers, native_size, upscalers, loras=loras))
+        for c in plan.cells
     )
     return replace(cells[plan.order[0]].request, script=replace(plan, cells=cells))
 
