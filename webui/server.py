@@ -97,6 +97,8 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
+    # speed and memory (issue 19)
+    models_in_memory: int = 1
 
     @property
     def server_name(self) -> str:
@@ -206,12 +208,31 @@ def create_service(options: ServerOptions) -> WebUIService:
 
     device = pick_device(options.device)
     dtype = pick_dtype(device, options.precision)
+    # speed and memory (issue 19): per-network precision, LRU of resident models, file hashes cached
+    # next to the outputs
+    from webui.models.hash_cache import HashCache
+    from webui.models.manager import ModelManager
+    from webui.models.precision import plan_precision
+    from webui.models.registry import load_registry
+
+    precision = plan_precision(device, options.precision)
+    dtype = precision.unet
+
+    manager = ModelManager(
+        load_registry(options.models),
+        device,
+        dtype,
+        max_loaded=options.models_in_memory,
+        hash_cache=HashCache(options.outputs / "cache.json"),
+        precision=precision,
+    )
     return WebUIService(
         registry_path=options.models,
         device=device,
         dtype=dtype,
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
+        manager=manager,
     )
 
 
@@ -309,6 +330,7 @@ def serve(options: ServerOptions) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report_models(service)
+    print(f"* Precision: {service.precision_text()}", file=sys.stderr)  # issue 19: the choice, at start
     try:
         server = start(options, service)
     except (LaunchError, OSError) as exc:  # OSError: the port is taken
