@@ -143,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="How many models stay loaded; switching to one of them is instant. Beyond N the least recently "
         "used is unloaded. Each SD 1.5 model takes about 4 GB (fp32) or 2 GB (fp16/bf16).",
     )
+    perf.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the models (default: the physical cores this process may use).",
+    )
+    perf.add_argument(
+        "--vae-tiling",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="Decode and encode images tile by tile (bounded memory at large sizes; seams are cross-faded). "
+        "auto: above 1024x1024 pixels or when the untiled activations would not fit in free memory.",
+    )
     return parser
 
 
@@ -169,6 +182,8 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         insecure_no_auth=args.insecure_no_auth,
         # speed and memory (issue 19)
         models_in_memory=args.models_in_memory,
+        threads=args.threads,
+        vae_tiling=args.vae_tiling,
     )
 
 

@@ -99,6 +99,8 @@ class ServerOptions:
     insecure_no_auth: bool = False
     # speed and memory (issue 19)
     models_in_memory: int = 1
+    threads: int | None = None  # None: the physical cores
+    vae_tiling: str = "auto"
 
     @property
     def server_name(self) -> str:
@@ -214,7 +216,9 @@ def create_service(options: ServerOptions) -> WebUIService:
     from webui.models.manager import ModelManager
     from webui.models.precision import plan_precision
     from webui.models.registry import load_registry
+    from webui.threads import set_threads
 
+    set_threads(options.threads)
     precision = plan_precision(device, options.precision)
     dtype = precision.unet
 
@@ -225,6 +229,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         max_loaded=options.models_in_memory,
         hash_cache=HashCache(options.outputs / "cache.json"),
         precision=precision,
+        vae_tiling=options.vae_tiling,
     )
     return WebUIService(
         registry_path=options.models,
@@ -331,6 +336,9 @@ def serve(options: ServerOptions) -> int:
         return 2
     report_models(service)
     print(f"* Precision: {service.precision_text()}", file=sys.stderr)  # issue 19: the choice, at start
+    import torch
+
+    print(f"* CPU threads: {torch.get_num_threads()} (--threads)", file=sys.stderr)
     try:
         server = start(options, service)
     except (LaunchError, OSError) as exc:  # OSError: the port is taken

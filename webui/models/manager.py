@@ -103,6 +103,7 @@ class ModelManager:
             ends. Without one (the library default) the loader hashes the file itself.
         precision: each network's dtype (``--precision``, :mod:`webui.models.precision`) for entries
             whose ``dtype`` is ``auto``; None puts all three in ``dtype``.
+        vae_tiling: ``--vae-tiling`` (auto, on, off) for the models it loads (:mod:`webui.models.vae_tiling`).
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class ModelManager:
         loader: Loader = load_model,
         hash_cache: HashCache | None = None,
         precision: PrecisionPlan | None = None,
+        vae_tiling: str = "auto",
     ):
         self.registry = registry
         self.device = torch.device(device)
@@ -133,6 +135,7 @@ class ModelManager:
         self._known_samplers: tuple[list[str], list[str], list[str]] | None = None
         self.hasher = BackgroundHasher(hash_cache) if hash_cache is not None else None
         self.precision = precision
+        self.vae_tiling = vae_tiling
 
     @property
     def current_name(self) -> str | None:
@@ -460,6 +463,7 @@ class ModelManager:
         )
         if self.hasher is not None and path.is_file():
             self._hash_later(model, path)
+        model.vae_tiling = self.vae_tiling
         return model
 
     def _hash_later(self, model: StableDiffusionModel, path: Path) -> None:
