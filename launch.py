@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["auto", "fp32", "fp16", "bf16"],
         default="auto",
-        help="Weights/activations dtype; auto is fp16 on CUDA/MPS and fp32 on CPU.",
+        help="Weights/activations dtype; auto is fp16 on CUDA/MPS; on the CPU bf16 for the UNet and VAE where the "
+        "CPU computes bf16 natively (AVX512-BF16/AMX), else fp32. The choice is printed at start.",
     )
     run.add_argument(
         "--outputs", type=Path, default=HERE / "outputs", metavar="DIR", help="Where generated PNGs are saved."
@@ -165,6 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="AUTOMATIC1111's styles.csv (name,prompt,negative_prompt) offered as prompt styles "
         "(default: styles.csv next to the --models file).",
     )
+    # --- speed and memory (issue 19) ---
+    perf = parser.add_argument_group("speed and memory")
+    perf.add_argument(
+        "--models-in-memory",
+        type=int,
+        default=1,
+        metavar="N",
+        help="How many models stay loaded; switching to one of them is instant. Beyond N the least recently "
+        "used is unloaded. Each SD 1.5 model takes about 4 GB (fp32) or 2 GB (fp16/bf16).",
+    )
+    perf.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the models (default: the physical cores this process may use).",
+    )
+    perf.add_argument(
+        "--vae-tiling",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="Decode and encode images tile by tile (bounded memory at large sizes; seams are cross-faded). "
+        "auto: above 1024x1024 pixels or when the untiled activations would not fit in free memory.",
+    )
     return parser
 
 
@@ -193,6 +217,10 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         embeddings_dir=args.embeddings_dir,
         vae_dir=args.vae_dir,
         styles_file=args.styles_file,
+        # speed and memory (issue 19)
+        models_in_memory=args.models_in_memory,
+        threads=args.threads,
+        vae_tiling=args.vae_tiling,
     )
 
 

@@ -143,6 +143,9 @@ class StubService:
     def model_sha256(self, name: str) -> str | None:
         return "ab" * 32 if name == "tiny" else None
 
+    def precision_text(self) -> str:
+        return "UNet fp32, VAE fp32, text encoder fp32 (stub)"
+
     def reload_registry(self) -> Registry:
         self.calls.append("reload")
         return self.registry

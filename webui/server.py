@@ -102,6 +102,10 @@ class ServerOptions:
     embeddings_dir: Path | None = None
     vae_dir: Path | None = None
     styles_file: Path | None = None  # A1111's styles.csv; None: next to models.yaml
+    # speed and memory (issue 19)
+    models_in_memory: int = 1
+    threads: int | None = None  # None: the physical cores
+    vae_tiling: str = "auto"
 
     @property
     def server_name(self) -> str:
@@ -211,6 +215,27 @@ def create_service(options: ServerOptions) -> WebUIService:
 
     device = pick_device(options.device)
     dtype = pick_dtype(device, options.precision)
+    # speed and memory (issue 19): per-network precision, LRU of resident models, file hashes cached
+    # next to the outputs
+    from webui.models.hash_cache import HashCache
+    from webui.models.manager import ModelManager
+    from webui.models.precision import plan_precision
+    from webui.models.registry import load_registry
+    from webui.threads import set_threads
+
+    set_threads(options.threads)
+    precision = plan_precision(device, options.precision)
+    dtype = precision.unet
+
+    manager = ModelManager(
+        load_registry(options.models),
+        device,
+        dtype,
+        max_loaded=options.models_in_memory,
+        hash_cache=HashCache(options.outputs / "cache.json"),
+        precision=precision,
+        vae_tiling=options.vae_tiling,
+    )
     return WebUIService(
         registry_path=options.models,
         device=device,
@@ -221,6 +246,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         embeddings_dir=options.embeddings_dir,
         vae_dir=options.vae_dir,
         styles_file=options.styles_file,
+        manager=manager,
     )
 
 
@@ -318,6 +344,10 @@ def serve(options: ServerOptions) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report_models(service)
+    print(f"* Precision: {service.precision_text()}", file=sys.stderr)  # issue 19: the choice, at start
+    import torch
+
+    print(f"* CPU threads: {torch.get_num_threads()} (--threads)", file=sys.stderr)
     try:
         server = start(options, service)
     except (LaunchError, OSError) as exc:  # OSError: the port is taken

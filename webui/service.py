@@ -148,6 +148,10 @@ class Service(Protocol):
         """What the current model is, if it is in memory: name, native size, precision, device; never loads."""
         ...
 
+    def precision_text(self) -> str:
+        """Each network's precision and why (``--precision``), e.g. for the Models tab; never loads."""
+        ...
+
     def model_sha256(self, name: str) -> str | None:
         """The sha256 of a model's file when known without a long read."""
         ...
@@ -483,6 +487,13 @@ class WebUIService:
             return None
         return LoadedModelInfo(name=model.name, native_size=native_size(model), dtype=model.dtype, device=model.device)
 
+    def precision_text(self) -> str:
+        """``"UNet bf16, VAE bf16, text encoder fp32 (auto: ...)"``: what models load in (issue 19)."""
+        from webui.models.precision import PrecisionPlan
+
+        plan = self.models.precision or PrecisionPlan.uniform(self.models.dtype, "the service's dtype")
+        return plan.describe()
+
     def reload_registry(self) -> Registry:
         """Re-read ``models.yaml`` (A1111's "refresh checkpoints"); loaded models stay loaded."""
         if self.registry_path is None:
@@ -508,6 +519,10 @@ class WebUIService:
             return None
         if path is None or not path.is_file():
             return None
+        if self.models.hasher is not None:  # the app's persistent cache (issue 19): no read if known
+            cached = self.models.hasher.cache.get(path)
+            if cached is not None:
+                return cached
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:

@@ -127,6 +127,9 @@ class FakeService:
     def model_sha256(self, name: str) -> str | None:
         return None  # no files behind the fake models
 
+    def precision_text(self) -> str:
+        return "UNet fp32, VAE fp32, text encoder fp32 (fake)"
+
     def download_plan(self, name: str) -> DownloadPlan | None:
         entry = self._registry.get(name)
         size = self.hub_sizes.get(entry.name)

@@ -52,6 +52,7 @@ def load_model(
     vae_dtype: torch.dtype | None = None,
     native_size: tuple[int, int] | None = None,
     compute_hash: bool = True,
+    text_encoder_dtype: torch.dtype | None = None,
 ) -> StableDiffusionModel:
     """Load an SD 1.x model from a single file (``.safetensors`` / ``.ckpt``) or a diffusers folder.
 
@@ -66,6 +67,8 @@ def load_model(
             VAE overflows).
         native_size: (width, height) the model was trained at; 512x512 by default.
         compute_hash: read the whole file once for its sha256 (A1111's model hash).
+        text_encoder_dtype: the text encoder's precision if different from ``dtype``
+            (:mod:`webui.models.precision` keeps it float32 where the UNet runs in bf16 on a CPU).
 
     Raises:
         CheckpointError: one of its subclasses, with a message that says what is wrong with the input.
@@ -121,7 +124,9 @@ def load_model(
         try:
             _materialize(unet, {k: UNET_PREFIX + k for k in unet_shapes}, source, device, dtype, "UNet")
             _materialize(vae, vae_keys, source, device, vae_dtype or dtype, "VAE")
-            text_model = _build_text_model(text_kwargs, clip_tokenizer, text_keys, source, device, dtype)
+            text_model = _build_text_model(
+                text_kwargs, clip_tokenizer, text_keys, source, device, text_encoder_dtype or dtype
+            )
         except CheckpointError as exc:
             raise type(exc)(f"{path.name}: {exc}") from None
         alphas_cumprod = _alphas_cumprod(source, shapes)

@@ -39,8 +39,11 @@ from webui.models.download import (
     plan_download,
 )
 from webui.models.errors import CheckpointNotFoundError
+from webui.models.hash_cache import BackgroundHasher, HashCache
+from webui.models.hashing import short_hash
 from webui.models.loading import load_model
 from webui.models.model import StableDiffusionModel
+from webui.models.precision import PrecisionPlan
 from webui.models.registry import (
     ModelEntry,
     Registry,
@@ -88,10 +91,19 @@ class ModelManager:
     Args:
         registry: the validated ``models.yaml``.
         device, dtype: where models go; an entry's ``dtype`` (fp16, bf16, fp32) overrides ``dtype``.
-        max_loaded: how many models may stay resident (1: loading another unloads the current one first,
-            so that two SD models never need memory at the same time).
+        max_loaded: how many models may stay resident (``--models-in-memory``; 1: loading another
+            unloads the current one first, so that two SD models never need memory at the same time).
+            Beyond it the least recently used model is dropped first: switching back and forth between
+            two checkpoints for an A/B comparison then never reloads with ``max_loaded=2``.
         cache_dir: Hugging Face cache for hub entries (default: huggingface_hub's, ``HF_HUB_CACHE``).
         loader: :func:`load_model` or a stand-in with its signature (tests).
+        hash_cache: where files' sha256 are kept (:mod:`webui.models.hash_cache`). With one, a load
+            never reads the whole file for its hash: a known file takes it from the cache, a new one
+            is hashed in the background and the model gets its ``sha256``/``short_hash`` when that
+            ends. Without one (the library default) the loader hashes the file itself.
+        precision: each network's dtype (``--precision``, :mod:`webui.models.precision`) for entries
+            whose ``dtype`` is ``auto``; None puts all three in ``dtype``.
+        vae_tiling: ``--vae-tiling`` (auto, on, off) for the models it loads (:mod:`webui.models.vae_tiling`).
     """
 
     def __init__(
@@ -103,6 +115,9 @@ class ModelManager:
         max_loaded: int = 1,
         cache_dir: Path | None = None,
         loader: Loader = load_model,
+        hash_cache: HashCache | None = None,
+        precision: PrecisionPlan | None = None,
+        vae_tiling: str = "auto",
     ):
         self.registry = registry
         self.device = torch.device(device)
@@ -112,12 +127,15 @@ class ModelManager:
         self._loader = loader
         self._load_lock = threading.RLock()
         self._state_lock = threading.Lock()
-        self._loaded: dict[str, StableDiffusionModel] = {}  # in load order
+        self._loaded: dict[str, StableDiffusionModel] = {}  # least recently used first
         self._errors: dict[str, str] = {}
         self._current: str | None = None
         self._loading: str | None = None
         self._downloads: dict[str, _Download] = {}
         self._known_samplers: tuple[list[str], list[str], list[str]] | None = None
+        self.hasher = BackgroundHasher(hash_cache) if hash_cache is not None else None
+        self.precision = precision
+        self.vae_tiling = vae_tiling
 
     @property
     def current_name(self) -> str | None:
@@ -300,18 +318,24 @@ class ModelManager:
         """
         entry = self.entry(name)
         with self._state_lock:
-            model = self._loaded.get(entry.name)
+            model = self._use_loaded(entry.name)
             if model is not None:
-                self._current = entry.name
                 return model
         self._prepare(entry, download)
         with self._load_lock:
             with self._state_lock:  # loaded by another thread while this one waited for the lock
-                model = self._loaded.get(entry.name)
+                model = self._use_loaded(entry.name)
                 if model is not None:
-                    self._current = entry.name
                     return model
             return self._load_locked(entry)
+
+    def _use_loaded(self, name: str) -> StableDiffusionModel | None:
+        """The resident model ``name`` made current and most recently used (caller holds ``_state_lock``)."""
+        model = self._loaded.pop(name, None)
+        if model is not None:
+            self._loaded[name] = model  # re-inserted last: the eviction order is least recently used first
+            self._current = name
+        return model
 
     def load(self, name: str, *, download: bool = True) -> StableDiffusionModel:
         """Load ``name`` (again, if it was loaded) and make it current; raises the loader's error."""
@@ -422,12 +446,39 @@ class ModelManager:
         if entry.tokenizer and not Path(entry.tokenizer).exists():
             tokenizer = cached_tokenizer(entry.tokenizer, self.cache_dir) or entry.tokenizer
         dtype = self.dtype if entry.dtype == "auto" else pick_dtype(self.device, entry.dtype)
-        return self._loader(
-            path, tokenizer=tokenizer, device=self.device, dtype=dtype, name=entry.name, native_size=entry.native_size
+        kwargs: dict[str, object] = {}
+        if self.precision is not None and entry.dtype == "auto":
+            dtype = self.precision.unet
+            kwargs.update(vae_dtype=self.precision.vae, text_encoder_dtype=self.precision.text_encoder)
+        if self.hasher is not None:
+            kwargs["compute_hash"] = False
+        model = self._loader(
+            path,
+            tokenizer=tokenizer,
+            device=self.device,
+            dtype=dtype,
+            name=entry.name,
+            native_size=entry.native_size,
+            **kwargs,
         )
+        if self.hasher is not None and path.is_file():
+            self._hash_later(model, path)
+        model.vae_tiling = self.vae_tiling
+        return model
+
+    def _hash_later(self, model: StableDiffusionModel, path: Path) -> None:
+        """Give ``model`` its file's hash: at once from the cache, else when the background hash ends."""
+        assert self.hasher is not None
+
+        def known(sha256: str) -> None:
+            model.sha256, model.short_hash = sha256, short_hash(sha256)
+
+        cached = self.hasher.request(path, known)
+        if cached is not None:
+            known(cached)
 
     def _evict(self, keep: int) -> list[str]:
-        """Drop the oldest resident models until ``keep`` remain (caller holds ``_state_lock``); their names."""
+        """Drop the least recently used models until ``keep`` remain (caller holds ``_state_lock``); their names."""
         evicted = []
         while len(self._loaded) > keep:
             oldest = next(iter(self._loaded))

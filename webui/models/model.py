@@ -13,7 +13,14 @@ from webui.models.text_encoder import TextEncoder
 from webui.models.unet import UNetModel
 from webui.models.vae import AutoencoderKL
 
-__all__ = ["SD1_NATIVE_SIZE", "StableDiffusionModel"]
+__all__ = ["SD1_NATIVE_SIZE", "StableDiffusionModel", "is_out_of_memory"]
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device (or host) out-of-memory error from PyTorch."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
 @dataclass
@@ -38,6 +45,8 @@ class StableDiffusionModel:
     vae_path: Path | None = None
     vae_hash: str | None = None
     baked_vae: AutoencoderKL | None = None
+    # --vae-tiling (issue 19): "auto" tiles images over 1024x1024 or too large for free memory; "on", "off"
+    vae_tiling: str = "auto"
 
     @property
     def scale_factor(self) -> float:
@@ -57,8 +66,37 @@ class StableDiffusionModel:
 
         Divides by the VAE's ``scale_factor`` (0.18215) first (Rombach et al. 2022, section 4.3.2).
         """
-        images = self._run_vae(lambda vae, z: vae.decode(z), latents / self.scale_factor)
+        from webui.models.vae_tiling import tiled_decode
+
+        tiled = self._tiles(latents.shape[-2] * self.downscale, latents.shape[-1] * self.downscale)
+        z = latents / self.scale_factor
+        if tiled:
+            images = self._run_vae(tiled_decode, z)
+        else:
+            try:
+                images = self._run_vae(AutoencoderKL.decode, z)
+            except Exception as err:  # out of memory in one piece: free what it took, then tile by tile
+                if not is_out_of_memory(err) or self.vae_tiling == "off":
+                    raise
+                del err
+                self._free_memory()
+                images = self._run_vae(tiled_decode, z)
         return images.clamp(-1.0, 1.0)
+
+    def _free_memory(self) -> None:
+        import gc
+
+        from webui.devices import empty_cache
+
+        gc.collect()
+        empty_cache(self.device)
+
+    def _tiles(self, height: int, width: int) -> bool:
+        """Whether the VAE works tile by tile on an image this size (:mod:`webui.models.vae_tiling`)."""
+        from webui.models.vae_tiling import should_tile
+
+        dtype = self.vae_dtype or self.dtype
+        return should_tile(self.vae_tiling, self.vae, height, width, dtype, self.device)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> sampler-space latents, multiplied by ``scale_factor``.
@@ -67,8 +105,12 @@ class StableDiffusionModel:
         on the generator's device, as diffusers' img2img does); without one, the mean is used.
         """
 
+        from webui.models.vae_tiling import tiled_encode
+
+        tiled = self._tiles(images.shape[-2], images.shape[-1])
+
         def encode(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
-            mean, logvar = vae.encode(x)
+            mean, logvar = tiled_encode(vae, x) if tiled else vae.encode(x)
             if generator is None:
                 return mean
             noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=torch.float32)

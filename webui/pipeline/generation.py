@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -271,15 +272,25 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 def _out_of_memory(request: ResolvedRequest, device: torch.device) -> OutOfMemory:
+    import gc
+
     from webui.devices import empty_cache
 
+    gc.collect()  # free the failed step's tensors (their frames were cleared) before the cache
     empty_cache(device)
     field_ = "batch_size" if request.batch_size > 1 else "width"
     return OutOfMemory(
         field_,
         f"out of memory on {device} generating {request.batch_size} image(s) of {request.width}x{request.height}; "
-        "lower the batch size, then the width and height (or use a smaller model / half precision)",
+        "lower the batch size, then the width and height (or use a smaller model / half precision)" + OOM_FLAGS_HINT,
     )
+
+
+# issue 19: the start-up flags that bound memory, named in every out-of-memory message
+OOM_FLAGS_HINT = (
+    "; or restart with --vae-tiling on (large images decoded tile by tile), --models-in-memory 1 "
+    "and, on a GPU, --precision fp16"
+)
 
 
 def generate(
@@ -325,6 +336,7 @@ def generate(
             return run.all_batches(control, outputs_dir, model_name or getattr(model, "name", None), version)
     except Exception as err:
         if _is_out_of_memory(err):
+            traceback.clear_frames(err.__traceback__)  # issue 19: the frames hold the failed step's tensors
             raise _out_of_memory(request, device) from err
         raise
 

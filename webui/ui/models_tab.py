@@ -68,6 +68,7 @@ def build_models_tab(service: Service, model: gr.Dropdown, banner: gr.HTML | Non
         unload = gr.Button("Unload", elem_id="models_unload", scale=1)
         refresh = gr.Button("Refresh", elem_id="models_refresh", scale=1)  # re-reads models.yaml
     message = gr.Markdown(elem_id="models_message")
+    gr.Markdown(f"Precision: {service.precision_text()}", elem_id="models_precision")  # --precision (issue 19)
 
     def do_load(name: str | None) -> tuple[list, str, Any]:
         if not name:
