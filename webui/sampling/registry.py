@@ -32,7 +32,7 @@ from typing import Any
 import pluggy
 
 from webui.sampling import hookspecs
-from webui.sampling.schedules import SCHEDULES, ScheduleType
+from webui.sampling.schedules import SCHEDULES, ScheduleType, schedule_key
 from webui.sampling.types import Sampler, UnknownSamplerError
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,12 @@ class SamplerRegistry:
         """The core schedule's canonical name or the plugin's :class:`ScheduleType` that ``name`` (or an alias)
         means: what :func:`~webui.sampling.sample` takes. Case-insensitive, and ``_`` stands for a space, so that
         AUTOMATIC1111's API names ("sgm_uniform", "align_your_steps") match too. ValueError listing the choices."""
-        key = _schedule_key(name) if isinstance(name, str) else None
+        key = schedule_key(name) if isinstance(name, str) else None
         for known in SCHEDULES:
-            if key == _schedule_key(known):
+            if key == schedule_key(known):
                 return known
         for schedule in self.schedules:
-            if key in (_schedule_key(n) for n in schedule.names):
+            if key in (schedule_key(n) for n in schedule.names):
                 return schedule
         raise ValueError(f"Unknown schedule {name!r}; choose one of {', '.join(self.schedule_names)}")
 
@@ -112,10 +112,6 @@ class SamplerRegistry:
 
     def __len__(self) -> int:
         return len(self.samplers)
-
-
-def _schedule_key(name: str) -> str:
-    return name.strip().replace("_", " ").casefold()
 
 
 class _PluginRejected(Exception):
@@ -238,9 +234,9 @@ def _register_plugin(registry: SamplerRegistry, pm: pluggy.PluginManager, plugin
         )
 
     taken = {n.casefold(): registry.sources[s.name] for s in registry.samplers for n in s.names}
-    schedules_taken = {_schedule_key(n): "the core" for n in SCHEDULES}
+    schedules_taken = {schedule_key(n): "the core" for n in SCHEDULES}
     schedules_taken.update(
-        {_schedule_key(n): registry.schedule_sources[s.name] for s in registry.schedules for n in s.names}
+        {schedule_key(n): registry.schedule_sources[s.name] for s in registry.schedules for n in s.names}
     )
     staged: list[Sampler] = []
     staged_schedules: list[ScheduleType] = []
@@ -249,11 +245,11 @@ def _register_plugin(registry: SamplerRegistry, pm: pluggy.PluginManager, plugin
         if not isinstance(schedule, ScheduleType):
             raise _PluginRejected(f"register() got a {type(schedule).__name__}, not a webui.sampling.ScheduleType")
         for n in schedule.names:
-            owner = schedules_taken.get(_schedule_key(n))
+            owner = schedules_taken.get(schedule_key(n))
             if owner is not None:
                 where = "twice by this plugin" if owner == plugin_name else f"already by {owner!r}"
                 raise _PluginRejected(f"schedule name {n!r} is registered {where}")
-            schedules_taken[_schedule_key(n)] = plugin_name
+            schedules_taken[schedule_key(n)] = plugin_name
         staged_schedules.append(schedule)
 
     def canonical_schedules(sampler: Sampler) -> Sampler:

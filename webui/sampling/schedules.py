@@ -51,6 +51,11 @@ class Schedule:
         return self.sigmas.shape[0] - 1
 
 
+def schedule_key(name: str) -> str:
+    """How schedule names compare: case-insensitively, ``_`` standing for a space (A1111's API names)."""
+    return name.strip().replace("_", " ").casefold()
+
+
 ScheduleFunction = Callable[[int, torch.Tensor], "torch.Tensor | Schedule"]
 """``function(steps, table) -> sigmas`` of a plugin schedule.
 
@@ -86,9 +91,9 @@ class ScheduleType:
         aliases = (self.aliases,) if isinstance(self.aliases, str) else tuple(self.aliases)
         if not all(isinstance(a, str) and a.strip() for a in aliases):
             raise ValueError(f"Schedule {self.name!r}: aliases must be non-empty strings, got {self.aliases!r}")
-        unique: dict[str, str] = {self.name.strip().casefold(): self.name.strip()}
-        for alias in aliases:  # aliases repeating the name (in any case) or each other are dropped
-            unique.setdefault(alias.strip().casefold(), alias.strip())
+        unique: dict[str, str] = {schedule_key(self.name): self.name.strip()}
+        for alias in aliases:  # aliases repeating the name (in any case, "_" for " ") or each other are dropped
+            unique.setdefault(schedule_key(alias), alias.strip())
         object.__setattr__(self, "name", self.name.strip())
         object.__setattr__(self, "aliases", tuple(unique.values())[1:])
 
