@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 
@@ -167,9 +167,12 @@ def build_script(tab: str) -> tuple[gr.Dropdown, list[Any], list[Any]]:
     return script, xyz, prompts
 
 
+RequestT = TypeVar("RequestT", bound=GenerationRequest)
+
+
 def amend_request(
-    service: Service, request: GenerationRequest, model_name: str | None, values: Sequence[Any] | None
-) -> GenerationRequest:
+    service: Service, request: RequestT, model_name: str | None, values: Sequence[Any] | None
+) -> RequestT:
     """``request`` with the explore widgets' ``values`` (in :meth:`ExploreWidgets.inputs` order) applied."""
     if not values:
         return request

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageChops
@@ -28,6 +29,7 @@ from webui.ui.common import (
     wire_token_counter,
 )
 from webui.ui.embeddings_vae import build_textual_inversion_panel
+from webui.ui.explore import ExploreWidgets, amend_request, build_script, build_styles, build_variation
 from webui.ui.jobs import JobTracker
 from webui.ui.lora_panel import build_lora_panel
 
@@ -222,6 +224,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
     build_lora_panel(service, prompt, name)  # LoRA (issue 15)
     build_textual_inversion_panel(name, service)  # issue 15
+    styles, _ = build_styles(name, service, prompt, negative)  # styles, variation seeds, scripts: ui/explore.py
     mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", visible=False, elem_id="img2img_mode")
     entry = backend.find_model(service, model.value)
     native = (entry.width, entry.height) if entry and entry.width and entry.height else None
@@ -265,6 +268,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             denoising_strength = gr.Slider(
                 0.0, 1.0, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img_denoising_strength"
             )
+            explore = ExploreWidgets(*build_variation(name), styles, *build_script(name))
         with gr.Column(scale=1):
             outputs = build_outputs(name)
     tab = GenerationTab(
@@ -302,6 +306,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         mask_blur: float,
         mask_mode: int,
         inpainting_fill: int,
+        explore_values: list[Any] | None,
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate from an image (mode "img2img") or repaint its masked part (mode "inpaint": pass the image
@@ -335,6 +340,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
             raise gr.Error("Upload an image first (img2img needs a starting image).", title="No image")
         if mode == "inpaint" and gen_request.mask is None:
             raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
+        gen_request = amend_request(service, gen_request, model_name, explore_values)
         session, owner = (request.session_hash, request.username) if request else (None, None)
         yield from run_generation(tracker, gen_request, model_name, session, owner)
 
@@ -360,6 +366,7 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         mask_blur,
         mask_mode,
         inpainting_fill,
+        explore.collect(),
     ]
     generate.click(
         img2img,
