@@ -132,6 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder of extra sampler plugins (*.py) loaded next to the built-in and installed ones "
         "(default: plugins/ next to launch.py, if it exists).",
     )
+    # --- durable queue, queue API callbacks, workers (issue #20) ---
+    queue = parser.add_argument_group("queue")
+    queue.add_argument(
+        "--queue-db",
+        type=Path,
+        default=HERE / "outputs" / "queue.sqlite3",
+        metavar="PATH",
+        help="SQLite database of the job queue: queued jobs survive a restart or a crash and run again in "
+        "their order. A file that is not a usable queue database is moved aside at start.",
+    )
+    queue.add_argument(
+        "--queue-history", type=int, default=1000, metavar="N", help="How many finished jobs the queue keeps."
+    )
+    queue.add_argument(
+        "--allow-private-callbacks",
+        action="store_true",
+        help="Let queue API callback_url point at this machine, its private network or link-local/metadata "
+        "addresses (refused by default).",
+    )
     return parser
 
 
@@ -156,6 +175,9 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         samplers_dir=args.samplers_dir,
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
+        queue_db=args.queue_db,
+        queue_history=args.queue_history,
+        allow_private_callbacks=args.allow_private_callbacks,
     )
 
 

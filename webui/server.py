@@ -97,6 +97,10 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
+    # The durable queue and its API (issue #20).
+    queue_db: Path | None = None
+    queue_history: int = 1000
+    allow_private_callbacks: bool = False
 
     @property
     def server_name(self) -> str:
@@ -212,6 +216,8 @@ def create_service(options: ServerOptions) -> WebUIService:
         dtype=dtype,
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
+        queue_db=options.queue_db,
+        queue_history=options.queue_history,
     )
 
 

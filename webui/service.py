@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -27,6 +28,9 @@ from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
+from webui.queue.codec import decode_request
+from webui.queue.outputs import save_job_images
+from webui.queue.store import DEFAULT_HISTORY, QueueStore
 
 if TYPE_CHECKING:
     from webui.models.download import DownloadPlan, ProgressCallback
@@ -211,6 +215,9 @@ class WebUIService:
         samplers_dir: a folder of local sampler plugins (besides built-ins and entry points).
         manager, samplers: ready-made ModelManager / SamplerRegistry to use instead.
         version: ``Version`` written into infotexts.
+        queue_db: the queue database (``--queue-db``): pending jobs in it run again, in their order; None
+            keeps the queue in memory.
+        queue_history: how many finished jobs the queue database keeps (``--queue-history``).
     """
 
     def __init__(
@@ -224,6 +231,8 @@ class WebUIService:
         manager: ModelManager | None = None,
         samplers: SamplerRegistry | None = None,
         version: str | None = None,
+        queue_db: str | Path | None = None,
+        queue_history: int = DEFAULT_HISTORY,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -257,15 +266,25 @@ class WebUIService:
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
         self._device_lock = threading.RLock()
-        self._queue = JobQueue(self._run_job)
         # Seconds of one sampling step per latent pixel per image, measured on this service's device by the
         # last job that ran two steps or more; what the size warning's time estimate is made of.
         self._step_seconds_per_pixel: float | None = None
+        # Last: restoring a queue database starts its pending jobs at once.
+        store = QueueStore.open(queue_db) if queue_db is not None else QueueStore.memory()
+        self._queue = JobQueue(
+            self._run_job, store=store, history=queue_history, decode=lambda text: decode_request(text, self.samplers)
+        )
 
     # --- jobs -------------------------------------------------------------------------------
 
     def submit(
-        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+        self,
+        request: GenerationRequest,
+        model_name: str | None = None,
+        *,
+        save: bool = True,
+        owner: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Job:
         """Queue ``request``; raises :class:`InvalidRequest` at once for a bad request.
 
@@ -274,10 +293,11 @@ class WebUIService:
         caller that reuses its request object cannot change a queued job, and a random seed is drawn
         once. A width or height left out becomes :meth:`_default_size`'s. ``model_name`` None uses the
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
-        ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
+        ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`); ``meta`` is
+        stored with the job (the queue API's ``callback_url`` and task name).
         """
         resolved = resolve_request(request, self.samplers, self._default_size(model_name))
-        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
+        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner, meta=meta))
 
     def _default_size(self, model_name: str | None = None) -> tuple[int, int]:
         """``(width, height)`` for a request that leaves them out, known without loading anything.
@@ -335,10 +355,16 @@ class WebUIService:
     def waiting_jobs(self) -> list[Job]:
         return self._queue.waiting
 
+    @property
+    def queue(self) -> JobQueue:
+        """The queue itself: order, pause, history (the queue API and the Queue tab)."""
+        return self._queue
+
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
         """Progress of ``job_id``, or of the running job (``state="idle"`` when none)."""
-        job = self.get_job(job_id) if job_id is not None else self._queue.running
-        waiting = len(self._queue.waiting)
+        snapshot = self._queue.snapshot()  # running and waiting read together: never a job in neither
+        job = self.get_job(job_id) if job_id is not None else snapshot.current
+        waiting = len(snapshot.waiting)
         if job is None:
             return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
         return ProgressSnapshot.of(job, waiting)
@@ -360,8 +386,9 @@ class WebUIService:
         return True
 
     def close(self) -> None:
-        """Interrupt everything and stop the worker thread."""
+        """Interrupt everything and stop the worker thread (queued jobs stay in the queue database)."""
         self._queue.close()
+        self._queue.store.close()
 
     # --- models -----------------------------------------------------------------------------
 
@@ -502,16 +529,19 @@ class WebUIService:
 
         with self._device_lock:
             model = self.models.get(job.model_name, download=False)  # selecting a model downloads, Generate never
-            return generate(
+            result = generate(
                 model,
                 job.request,
-                outputs_dir=self.outputs_dir if job.save else None,
+                outputs_dir=None,  # saved below, under the job's own names: a re-run never duplicates a file
                 progress=on_progress,
                 control=job.control,
                 previewer=self.previewer(model),
                 version=self.version,
                 model_name=model.name,
             )
+            if job.save and self.outputs_dir is not None:  # under the lock, as before: the job ends with its files
+                result.paths = save_job_images(self.outputs_dir, job, result)
+        return result
 
     def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
         steps = last.step - first.step
