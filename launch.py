@@ -137,18 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument(
         "--queue-db",
         type=Path,
-        default=HERE / "outputs" / "queue.sqlite3",
+        default=None,
         metavar="PATH",
-        help="SQLite database of the job queue: queued jobs survive a restart or a crash and run again in "
-        "their order. A file that is not a usable queue database is moved aside at start.",
+        help="SQLite database of the job queue (default: queue.sqlite3 in --outputs): queued jobs survive a "
+        "restart or a crash and run again in their order. A file that is not a usable queue database is moved "
+        "aside at start.",
     )
     queue.add_argument(
         "--queue-history", type=int, default=1000, metavar="N", help="How many finished jobs the queue keeps."
     )
     queue.add_argument(
-        "--allow-private-callbacks",
+        "--allow-local-callbacks",
         action="store_true",
-        help="Let queue API callback_url point at this machine, its private network or link-local/metadata "
+        help="Let queue API callback_url point at this machine or at link-local/cloud metadata addresses "
         "addresses (refused by default).",
     )
     return parser
@@ -175,9 +176,9 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         samplers_dir=args.samplers_dir,
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
-        queue_db=args.queue_db,
+        queue_db=args.queue_db if args.queue_db is not None else args.outputs / "queue.sqlite3",
         queue_history=args.queue_history,
-        allow_private_callbacks=args.allow_private_callbacks,
+        allow_local_callbacks=args.allow_local_callbacks,
     )
 
 

@@ -242,6 +242,7 @@ class JobQueue:
         history: how many finished jobs the store keeps (older ones are pruned).
         decode: ``decode(request_json) -> ResolvedRequest`` for restoring jobs; required with a store that
             holds pending jobs.
+        listeners: called with each job that finishes (see :meth:`add_listener`).
     """
 
     def __init__(
@@ -253,6 +254,7 @@ class JobQueue:
         store: QueueStore | None = None,
         history: int = stored.DEFAULT_HISTORY,
         decode: Callable[[str], ResolvedRequest] | None = None,
+        listeners: Sequence[Callable[[Job], None]] = (),
     ):
         if run is not None:
             workers = [FunctionWorker(run, name), *workers]
@@ -263,7 +265,7 @@ class JobQueue:
         self.store = store if store is not None else QueueStore.memory()
         self.history_size = history
         self._decode = decode
-        self._listeners: list[Callable[[Job], None]] = []
+        self._listeners: list[Callable[[Job], None]] = list(listeners)  # before restoring: they see those jobs too
         # The queue's whole state, guarded by _cond:
         self._slots = [_Slot(worker) for worker in workers]
         self._waiting: list[Job] = []  # queued jobs, next first

@@ -100,7 +100,7 @@ class ServerOptions:
     # The durable queue and its API (issue #20).
     queue_db: Path | None = None
     queue_history: int = 1000
-    allow_private_callbacks: bool = False
+    allow_local_callbacks: bool = False
 
     @property
     def server_name(self) -> str:
@@ -218,6 +218,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         samplers_dir=options.samplers_dir,
         queue_db=options.queue_db,
         queue_history=options.queue_history,
+        allow_local_callbacks=options.allow_local_callbacks,
     )
 
 
@@ -225,7 +226,15 @@ def mount_rest_api(app: FastAPI, service: Service, options: ServerOptions) -> No
     """Add the AUTOMATIC1111-compatible REST routes (``/sdapi/v1/*``) to the running app."""
     from webui.api import mount_api
 
-    mount_api(app, service, api_auth=list(options.api_auth) or None)
+    sdapi = mount_api(app, service, api_auth=list(options.api_auth) or None)
+    # The agent-scheduler queue API (issue #20), behind the same credentials and body limit.
+    from webui.api.agent_scheduler import mount_agent_scheduler
+    from webui.api.security import guarded_route_class
+    from webui.service import WebUIService
+
+    if isinstance(service, WebUIService):
+        route_class = guarded_route_class(list(options.api_auth) or None, sdapi.limits.max_body_bytes)
+        mount_agent_scheduler(app, service, sdapi, route_class, per_user=bool(options.gradio_auth))
 
 
 @dataclass

@@ -28,6 +28,7 @@ from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
+from webui.queue.callbacks import CallbackSender
 from webui.queue.codec import decode_request
 from webui.queue.outputs import save_job_images
 from webui.queue.store import DEFAULT_HISTORY, QueueStore
@@ -218,6 +219,7 @@ class WebUIService:
         queue_db: the queue database (``--queue-db``): pending jobs in it run again, in their order; None
             keeps the queue in memory.
         queue_history: how many finished jobs the queue database keeps (``--queue-history``).
+        allow_local_callbacks: let ``callback_url`` point at this machine or link-local addresses.
     """
 
     def __init__(
@@ -233,6 +235,7 @@ class WebUIService:
         version: str | None = None,
         queue_db: str | Path | None = None,
         queue_history: int = DEFAULT_HISTORY,
+        allow_local_callbacks: bool = False,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -269,10 +272,16 @@ class WebUIService:
         # Seconds of one sampling step per latent pixel per image, measured on this service's device by the
         # last job that ran two steps or more; what the size warning's time estimate is made of.
         self._step_seconds_per_pixel: float | None = None
+        # Finished queue API jobs with a callback_url upload their images from here (never holding the queue).
+        self.callbacks = CallbackSender(allow_local=allow_local_callbacks)
         # Last: restoring a queue database starts its pending jobs at once.
         store = QueueStore.open(queue_db) if queue_db is not None else QueueStore.memory()
         self._queue = JobQueue(
-            self._run_job, store=store, history=queue_history, decode=lambda text: decode_request(text, self.samplers)
+            self._run_job,
+            store=store,
+            history=queue_history,
+            decode=lambda text: decode_request(text, self.samplers),
+            listeners=[self.callbacks.job_finished],
         )
 
     # --- jobs -------------------------------------------------------------------------------
@@ -388,6 +397,7 @@ class WebUIService:
     def close(self) -> None:
         """Interrupt everything and stop the worker thread (queued jobs stay in the queue database)."""
         self._queue.close()
+        self.callbacks.close()
         self._queue.store.close()
 
     # --- models -----------------------------------------------------------------------------

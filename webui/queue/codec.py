@@ -150,3 +150,41 @@ def _trusted_class(name: str) -> Any:
     except (ImportError, AttributeError) as err:
         raise UnreadableRequest(f"class {name} no longer exists: {err}") from None
     return target
+
+
+def plain_params(text: str | None) -> dict[str, Any]:
+    """A stored request as plain JSON values for display (the queue API's ``params``): the sampler by name,
+    images left out, nested dataclasses as dicts. Nothing is imported or rebuilt; {} if unreadable."""
+    if not text:
+        return {}
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    plain = _plain(document.get("request") if isinstance(document, dict) else None)
+    return plain if isinstance(plain, dict) else {}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value if not (isinstance(v, dict) and "__image__" in v)]
+    if not isinstance(value, dict):
+        return value
+    if "__sampler__" in value:
+        return value["__sampler__"]
+    if "__image__" in value:
+        return None
+    if "__float__" in value:
+        return value["__float__"]
+    if "__path__" in value:
+        return value["__path__"]
+    if "__tuple__" in value:
+        return _plain(value["__tuple__"])
+    if "__enum__" in value:
+        return _plain(value["value"])
+    if "__dict__" in value or "__proxy__" in value:
+        pairs = value["__dict__"] if "__dict__" in value else value["__proxy__"]
+        return {str(_plain(k)): _plain(v) for k, v in pairs}
+    if "__dataclass__" in value:
+        return {name: _plain(v) for name, v in value["fields"].items()}
+    return value

@@ -287,10 +287,13 @@ class QueueStore:
         """Pending jobs, next first."""
         return self._select("WHERE state = 'pending' ORDER BY priority, seq", ())
 
-    def history(self, limit: int = 20, offset: int = 0, owner: str | None = None) -> list[StoredJob]:
-        """Finished jobs, latest first (only ``owner``'s when given)."""
-        where = "WHERE state IN ('done', 'failed', 'interrupted')" + (" AND owner = ?" if owner is not None else "")
-        args = (owner,) if owner is not None else ()
+    def history(
+        self, limit: int = 20, offset: int = 0, owner: str | None = None, states: Sequence[str] = FINISHED
+    ) -> list[StoredJob]:
+        """Finished jobs (or those in ``states``), latest first; only ``owner``'s when given."""
+        marks = ",".join("?" * len(states))
+        where = f"WHERE state IN ({marks})" + (" AND owner = ?" if owner is not None else "")
+        args = (*states, *((owner,) if owner is not None else ()))
         return self._select(f"{where} ORDER BY finished_at DESC, seq DESC LIMIT ? OFFSET ?", (*args, limit, offset))
 
     def count(self, states: Sequence[str], owner: str | None = None) -> int:
