@@ -21,7 +21,6 @@ import logging
 import queue
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -160,6 +159,7 @@ class CallbackSender:
         self._pending: queue.Queue[Upload | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set by close(): waits between retries end at once
 
     def check(self, url: str) -> None:
         check_callback_url(url, allow_local=self.allow_local, own=self._own)
@@ -178,6 +178,8 @@ class CallbackSender:
         self._pending.put(upload)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop after the upload in progress (callbacks still waiting for a retry are dropped, logged)."""
+        self._stop.set()
         self._pending.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -211,7 +213,9 @@ class CallbackSender:
                 )
                 return False
             logger.warning("callback for job %s: %s; retrying in %.1f s", upload.task_id, problem, delay)
-            time.sleep(delay)
+            if self._stop.wait(delay):
+                logger.error("callback for job %s dropped: the server is stopping", upload.task_id)
+                return False
             delay *= 2
         return False
 
