@@ -29,10 +29,10 @@ def _credentials(text: str) -> tuple[tuple[str, str], ...]:
 
 def _device(text: str) -> str:
     """``--device``'s spelling (auto, cuda, cuda:N, mps, cpu); whether the machine has it is checked at start."""
-    from webui.devices import parse_device
+    from webui.queue.workers import parse_device_list  # also cuda:0,cuda:1 and all: one worker each (#20)
 
     try:
-        return parse_device(text)
+        return parse_device_list(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="{auto,cuda,cuda:N,mps,cpu}",
         help="Where to run the models; auto picks CUDA, then Apple MPS, then CPU; cuda:N picks GPU number N, "
-        "counting from 0.",
+        "counting from 0. A list (cuda:0,cuda:1) or all runs one worker per device, each with its own models.",
     )
     run.add_argument(
         "--precision",

@@ -206,9 +206,11 @@ def log_progress_to_stderr() -> None:
 def create_service(options: ServerOptions) -> WebUIService:
     """Build the `WebUIService` (device, precision, models registry, outputs, sampler plugins)."""
     from webui.devices import pick_device, pick_dtype
+    from webui.queue.workers import pick_devices
     from webui.service import WebUIService
 
-    device = pick_device(options.device)
+    devices = pick_devices(options.device) if options.device in ("all",) or "," in options.device else []
+    device = devices[0] if devices else pick_device(options.device)
     dtype = pick_dtype(device, options.precision)
     return WebUIService(
         registry_path=options.models,
@@ -219,6 +221,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         queue_db=options.queue_db,
         queue_history=options.queue_history,
         allow_local_callbacks=options.allow_local_callbacks,
+        devices=devices,
     )
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -220,6 +220,8 @@ class WebUIService:
             keeps the queue in memory.
         queue_history: how many finished jobs the queue database keeps (``--queue-history``).
         allow_local_callbacks: let ``callback_url`` point at this machine or link-local addresses.
+        devices: run one worker per device (``--device cuda:0,cuda:1``), each with its own model cache; the
+            first is ``device``'s (given or not). Empty: one worker on ``device``.
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class WebUIService:
         queue_db: str | Path | None = None,
         queue_history: int = DEFAULT_HISTORY,
         allow_local_callbacks: bool = False,
+        devices: Sequence[torch.device | str] = (),
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -276,8 +279,16 @@ class WebUIService:
         self.callbacks = CallbackSender(allow_local=allow_local_callbacks)
         # Last: restoring a queue database starts its pending jobs at once.
         store = QueueStore.open(queue_db) if queue_db is not None else QueueStore.memory()
+        self._devices = [_Device(str(self.device), manager, self._device_lock)]
+        for extra in list(devices)[1:]:
+            from webui.models.manager import ModelManager
+
+            self._devices.append(_Device(str(torch.device(extra)), ModelManager(manager.registry, extra, self.dtype)))
+        self._devices = [
+            _Device(_unique_name(d.name, i, self._devices), d.manager, d.lock) for i, d in enumerate(self._devices)
+        ]
         self._queue = JobQueue(
-            self._run_job,
+            workers=[DeviceWorker(self, device) for device in self._devices],
             store=store,
             history=queue_history,
             decode=lambda text: decode_request(text, self.samplers),
@@ -477,10 +488,11 @@ class WebUIService:
             self.models.get(name, download=False)
 
     def unload_model(self, name: str | None = None) -> None:
-        """Free ``name`` (None: every model); waits for the running job first."""
-        with self._device_lock:
-            self.models.unload(name)
-            self._previews.clear()
+        """Free ``name`` (None: every model) on every device; waits for each device's running job first."""
+        for device in self._devices:
+            with device.lock:
+                device.manager.unload(name)
+                self._previews.clear()
 
     def default_request(self, model_name: str | None = None) -> GenerationRequest:
         """A1111's defaults with the model entry's own (``sampler``, ``steps``, ``cfg_scale``, size...).
@@ -518,7 +530,9 @@ class WebUIService:
         key = id(model)
         cached = self._previews.get(key)
         if cached is None or cached[0]() is not model:
-            self._previews.clear()  # one resident model: forget the previous one's map
+            # Forget the maps of models that are gone (one per device stays while several devices work).
+            for gone in [k for k, (ref, _) in self._previews.items() if ref() is None or k == key]:
+                del self._previews[gone]
             try:
                 fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
             except Exception:  # noqa: BLE001 - previews are a nicety; generation goes on without them
@@ -529,6 +543,17 @@ class WebUIService:
         return cached[1]
 
     def _run_job(self, job: Job) -> GenerationResult:
+        """Run ``job`` on the first device (what a single-device service does for every job)."""
+        return self._generate_on(job, self._devices[0])
+
+    def _holds(self, device: _Device, model_name: str | None) -> bool:
+        name = model_name or self.models.current_name
+        if name is None:
+            default = self.registry.default
+            name = default.name if default is not None else None
+        return name is not None and name in device.manager.loaded()
+
+    def _generate_on(self, job: Job, device: _Device) -> GenerationResult:
         first: list[Progress] = []
 
         def on_progress(progress: Progress) -> None:
@@ -537,8 +562,9 @@ class WebUIService:
             job.progress = progress
             self._record_step_time(first[0], progress, job.request.width, job.request.height, job.request.batch_size)
 
-        with self._device_lock:
-            model = self.models.get(job.model_name, download=False)  # selecting a model downloads, Generate never
+        with device.lock:
+            # Selecting a model downloads, Generate never. Every device uses the model the first one calls current.
+            model = device.manager.get(job.model_name or self.models.current_name, download=False)
             result = generate(
                 model,
                 job.request,
@@ -564,3 +590,36 @@ class WebUIService:
 def latent_pixels(width: int, height: int) -> int:
     """Pixels of the latent of an SD 1.x image (1/8 of each side)."""
     return max(1, width // 8) * max(1, height // 8)
+
+
+@dataclass
+class _Device:
+    """One worker's device: its own model cache (a ``ModelManager``) and the lock its jobs and loads take."""
+
+    name: str
+    manager: ModelManager
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _unique_name(name: str, index: int, devices: Sequence[_Device]) -> str:
+    """``cpu``, ``cpu#2``...: worker names stay distinct when a device is listed twice (tests, benches)."""
+    same = [d for d in devices[:index] if d.name == name]
+    return f"{name}#{len(same) + 1}" if same else name
+
+
+class DeviceWorker:
+    """A queue worker that generates on one device of this process (see :class:`webui.queue.workers.Worker`)."""
+
+    def __init__(self, service: WebUIService, device: _Device):
+        self._service = service
+        self.device = device
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    def run(self, job: Job) -> GenerationResult:
+        return self._service._generate_on(job, self.device)
+
+    def holds(self, model_name: str | None) -> bool:
+        return self._service._holds(self.device, model_name)

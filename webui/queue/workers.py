@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import torch
+
     from webui.jobs import Job
     from webui.pipeline import GenerationResult
 
@@ -61,3 +63,27 @@ class FunctionWorker:
 
     def holds(self, model_name: str | None) -> bool:
         return self._holds(model_name) if self._holds is not None else False
+
+
+def parse_device_list(text: str) -> str:
+    """``--device``'s spelling with several devices: ``cuda:0,cuda:1`` or ``all`` (every CUDA GPU), each part as
+    :func:`webui.devices.parse_device` accepts it; returns it normalised. ValueError names a bad part."""
+    from webui.devices import parse_device
+
+    choice = (text or "auto").strip().lower()
+    if choice == "all":
+        return choice
+    return ",".join(parse_device(part) for part in choice.split(","))
+
+
+def pick_devices(spec: str) -> list[torch.device]:
+    """The devices of a ``--device`` value: one for a plain name, several for a list, every CUDA GPU for ``all``
+    (the CPU when there is none). ValueError for a device this machine lacks."""
+    import torch
+
+    from webui.devices import pick_device
+
+    if spec.strip().lower() == "all":
+        count = torch.cuda.device_count()
+        return [torch.device(f"cuda:{i}") for i in range(count)] if count else [torch.device("cpu")]
+    return [pick_device(part) for part in spec.split(",")]
