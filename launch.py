@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Let queue API callback_url point at this machine or at link-local/cloud metadata addresses "
         "addresses (refused by default).",
     )
+    queue.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="Run generation on the Ray cluster at ADDRESS (auto: the one 'ray start' runs here; or "
+        "ray://host:10001): one worker per GPU, or per CPU core. Every node needs the models.yaml files at the "
+        "same paths. Needs: pip install -e '.[cluster]'.",
+    )
     return parser
 
 
@@ -179,6 +187,7 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         queue_db=args.queue_db if args.queue_db is not None else args.outputs / "queue.sqlite3",
         queue_history=args.queue_history,
         allow_local_callbacks=args.allow_local_callbacks,
+        cluster=args.cluster,
     )
 
 

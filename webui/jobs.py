@@ -365,7 +365,9 @@ class JobQueue:
         row = self.store.get(job_id)
         if row is None:
             raise KeyError(f"no job with id {job_id!r}")
-        request = self._decoded(row)
+        with self._cond:
+            known = self._jobs.get(job_id)
+        request = known.request if known is not None else self._decoded(row)
         return self.submit(Job(request, row.model_name, save=row.save, owner=row.owner, meta=row.meta))
 
     def pause(self) -> None:
@@ -451,6 +453,10 @@ class JobQueue:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
+        for slot in self._slots:
+            close = getattr(slot.worker, "close", None)  # workers in other processes (Ray actors) end here
+            if close is not None and not slot.lost:
+                close()
 
     def _restore(self) -> None:
         for row in self.store.pending():

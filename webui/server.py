@@ -101,6 +101,7 @@ class ServerOptions:
     queue_db: Path | None = None
     queue_history: int = 1000
     allow_local_callbacks: bool = False
+    cluster: str | None = None
 
     @property
     def server_name(self) -> str:
@@ -222,6 +223,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         queue_history=options.queue_history,
         allow_local_callbacks=options.allow_local_callbacks,
         devices=devices,
+        cluster=options.cluster,
     )
 
 
@@ -323,7 +325,7 @@ def serve(options: ServerOptions) -> int:
     log_progress_to_stderr()
     try:
         service = create_service(options)
-    except ValueError as exc:  # unknown/unavailable device, unsupported precision
+    except (ValueError, RuntimeError) as exc:  # unknown/unavailable device, unsupported precision, no cluster
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report_models(service)

@@ -32,6 +32,7 @@ from webui.queue.callbacks import CallbackSender
 from webui.queue.codec import decode_request
 from webui.queue.outputs import save_job_images
 from webui.queue.store import DEFAULT_HISTORY, QueueStore
+from webui.queue.workers import Worker
 
 if TYPE_CHECKING:
     from webui.models.download import DownloadPlan, ProgressCallback
@@ -185,6 +186,11 @@ class Service(Protocol):
         """About how long sampling ``images`` images of that size takes here; None before any job has run."""
         ...
 
+    @property
+    def queue(self) -> JobQueue:
+        """The job queue: its order, pause, history (the Queue tab and the queue API)."""
+        ...
+
     def get_job(self, job_id: str) -> Job:
         """A queued, running or recent job; KeyError if unknown."""
         ...
@@ -222,6 +228,8 @@ class WebUIService:
         allow_local_callbacks: let ``callback_url`` point at this machine or link-local addresses.
         devices: run one worker per device (``--device cuda:0,cuda:1``), each with its own model cache; the
             first is ``device``'s (given or not). Empty: one worker on ``device``.
+        cluster: run the workers as Ray actors on this cluster (``auto`` or ``ray://host:10001``) instead of on
+            ``devices``; ``cluster_workers`` caps their number (default: one per GPU, else per CPU core).
     """
 
     def __init__(
@@ -239,6 +247,8 @@ class WebUIService:
         queue_history: int = DEFAULT_HISTORY,
         allow_local_callbacks: bool = False,
         devices: Sequence[torch.device | str] = (),
+        cluster: str | None = None,
+        cluster_workers: int | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         self.device = torch.device(device)
@@ -287,8 +297,25 @@ class WebUIService:
         self._devices = [
             _Device(_unique_name(d.name, i, self._devices), d.manager, d.lock) for i, d in enumerate(self._devices)
         ]
+        workers: list[Worker] = [DeviceWorker(self, device) for device in self._devices]
+        if cluster is not None:
+            from webui.queue import ray_workers
+
+            ray_workers.connect_cluster(cluster)
+            if self.registry_path is None:
+                raise ValueError("--cluster needs the models.yaml path: the workers load the models from it")
+            workers = list(
+                ray_workers.start_workers(
+                    self.registry_path,
+                    dtype=str(self.dtype).rsplit(".", 1)[-1],
+                    samplers_dir=Path(samplers_dir) if samplers_dir is not None else None,
+                    version=version,
+                    workers=cluster_workers,
+                    save=self._save_images,
+                )
+            )
         self._queue = JobQueue(
-            workers=[DeviceWorker(self, device) for device in self._devices],
+            workers=workers,
             store=store,
             history=queue_history,
             decode=lambda text: decode_request(text, self.samplers),
@@ -545,6 +572,12 @@ class WebUIService:
     def _run_job(self, job: Job) -> GenerationResult:
         """Run ``job`` on the first device (what a single-device service does for every job)."""
         return self._generate_on(job, self._devices[0])
+
+    def _save_images(self, job: Job, result: GenerationResult) -> list[Path]:
+        """Write a job's images (for workers in other processes, whose results come back here)."""
+        if not job.save or self.outputs_dir is None:
+            return []
+        return save_job_images(self.outputs_dir, job, result)
 
     def _holds(self, device: _Device, model_name: str | None) -> bool:
         name = model_name or self.models.current_name

@@ -184,6 +184,10 @@ class FakeService:
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)
 
+    @property
+    def queue(self) -> JobQueue:
+        return self._queue
+
     def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
         """The fake's steps take ``step_seconds`` at 64x64 and grow with the pixels; unknown before a job ran."""
         if not any(job.done for job in self._queue.jobs):
