@@ -217,7 +217,8 @@ def img2img_request(
 def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown) -> tuple[GenerationTab, Img2ImgInputs]:
     """Lay out the tab (inside the caller's ``gr.Tab``); returns it and its image inputs (Send-to targets)."""
     name = "img2img"
-    prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
+    prompt, negative, generate, interrupt, skip, tokens, enqueue = build_prompts(name)
+    enqueue.visible = False  # the queue takes txt2img jobs from the UI; img2img ones through the queue API
     mode = gr.Radio(list(MODES), value=MODES[0], label="Mode", visible=False, elem_id="img2img_mode")
     entry = backend.find_model(service, model.value)
     native = (entry.width, entry.height) if entry and entry.width and entry.height else None
