@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from PIL import Image
 
 from tests.support.fakes import FakeService
 from webui.jobs import JobState
@@ -65,7 +66,14 @@ def test_the_page_has_the_queue_tab_and_enqueue_beside_generate():
     demo = build_ui(FakeService())
     config = demo.get_config_file()
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
-    assert {"txt2img_enqueue", "queue_table", "queue_cancel", "queue_requeue", "queue_move_top"} <= ids
+    assert {
+        "txt2img_enqueue",
+        "img2img_enqueue",
+        "queue_table",
+        "queue_cancel",
+        "queue_requeue",
+        "queue_move_top",
+    } <= ids
     labels = [c["props"].get("label") for c in config["components"] if c.get("type") == "tabitem"]
     assert "Queue" in labels
 
@@ -112,4 +120,24 @@ def test_enqueue_then_the_queue_tab_shows_the_jobs_and_moves_one_to_top():
             browser.close()
     finally:
         demo.close(verbose=False)
+        service.close()
+
+
+def test_img2img_enqueue_queues_the_same_request_as_generate_and_returns_at_once():
+    service = FakeService(step_seconds=0.02)
+    demo = build_ui(service)
+    try:
+        handler = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "img2img_enqueue")
+        service.queue.pause()
+        image = Image.new("RGB", (64, 64), (200, 10, 10))
+        line = handler("tiny", "img2img", image, None, None, "a red cat", "", "Euler", "Automatic", 4, 7, 64, 64, 9,
+                       1, 2, 0.4, 0, 4, 0, 1, None)  # fmt: skip
+        job = service.submitted[-1]
+        assert job.id in line and job.state == JobState.QUEUED and job.model_name == "tiny"
+        assert job.request.img2img is not None and job.request.img2img.denoising_strength == 0.4
+        assert job.request.img2img.init_images[0].tobytes() == image.tobytes() and job.request.batch_size == 2
+        with pytest.raises(gr.Error, match="Upload an image first"):
+            handler("tiny", "img2img", None, None, None, "x", "", "Euler", "Automatic", 4, 7, 64, 64, 9, 1, 1, 0.4, 0,
+                    4, 0, 1, None)  # fmt: skip
+    finally:
         service.close()

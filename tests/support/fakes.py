@@ -195,8 +195,9 @@ class FakeService:
         return self.step_seconds * width * height / 64**2 * steps * images
 
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
-        job = self.get_job(job_id) if job_id is not None else self._queue.running
-        waiting = len(self._queue.waiting)
+        snapshot = self._queue.snapshot()  # running and waiting read together, as the real service does
+        job = self.get_job(job_id) if job_id is not None else snapshot.current
+        waiting = len(snapshot.waiting)
         if job is None:
             return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
         return ProgressSnapshot.of(job, waiting)
