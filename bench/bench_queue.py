@@ -27,7 +27,9 @@ def _request(seed: int, steps: int):  # -> GenerationRequest
 
 
 def jobs_per_minute(service, jobs: int, steps: int) -> float:  # service: WebUIService
-    service.submit(_request(0, steps)).result(600)  # every worker is warm after the first round
+    warm = [service.submit(_request(0, steps)) for _ in service.queue.workers]  # one job each: every model loaded
+    for job in warm:
+        job.result(600)
     started = time.perf_counter()
     submitted = [service.submit(_request(seed, steps)) for seed in range(jobs)]
     for job in submitted:
