@@ -29,10 +29,10 @@ def _credentials(text: str) -> tuple[tuple[str, str], ...]:
 
 def _device(text: str) -> str:
     """``--device``'s spelling (auto, cuda, cuda:N, mps, cpu); whether the machine has it is checked at start."""
-    from webui.devices import parse_device
+    from webui.queue.workers import parse_device_list  # also cuda:0,cuda:1 and all: one worker each (#20)
 
     try:
-        return parse_device(text)
+        return parse_device_list(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="{auto,cuda,cuda:N,mps,cpu}",
         help="Where to run the models; auto picks CUDA, then Apple MPS, then CPU; cuda:N picks GPU number N, "
-        "counting from 0.",
+        "counting from 0. A list (cuda:0,cuda:1) or all runs one worker per device, each with its own models.",
     )
     run.add_argument(
         "--precision",
@@ -189,6 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="Decode and encode images tile by tile (bounded memory at large sizes; seams are cross-faded). "
         "auto: above 1024x1024 pixels or when the untiled activations would not fit in free memory.",
     )
+    # --- durable queue, queue API callbacks, workers (issue #20) ---
+    queue = parser.add_argument_group("queue")
+    queue.add_argument(
+        "--queue-db",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="SQLite database of the job queue (default: queue.sqlite3 in --outputs): queued jobs survive a "
+        "restart or a crash and run again in their order. A file that is not a usable queue database is moved "
+        "aside at start.",
+    )
+    queue.add_argument(
+        "--queue-history", type=int, default=1000, metavar="N", help="How many finished jobs the queue keeps."
+    )
+    queue.add_argument(
+        "--allow-local-callbacks",
+        action="store_true",
+        help="Let queue API callback_url point at this machine or at link-local/cloud metadata addresses "
+        "addresses (refused by default).",
+    )
+    queue.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="Run generation on the Ray cluster at ADDRESS (auto: the one 'ray start' runs here; or "
+        "ray://host:10001): one worker per GPU, or per CPU core. Every node needs the models.yaml files at the "
+        "same paths. Needs: pip install -e '.[cluster]'.",
+    )
     return parser
 
 
@@ -221,6 +249,10 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         models_in_memory=args.models_in_memory,
         threads=args.threads,
         vae_tiling=args.vae_tiling,
+        queue_db=args.queue_db if args.queue_db is not None else args.outputs / "queue.sqlite3",
+        queue_history=args.queue_history,
+        allow_local_callbacks=args.allow_local_callbacks,
+        cluster=args.cluster,
     )
 
 

@@ -111,6 +111,10 @@ class StubService:
     def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
         return None  # the stub never measures a step
 
+    @property
+    def queue(self) -> JobQueue:
+        return self._queue
+
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)
 

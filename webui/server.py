@@ -106,6 +106,11 @@ class ServerOptions:
     models_in_memory: int = 1
     threads: int | None = None  # None: the physical cores
     vae_tiling: str = "auto"
+    # The durable queue and its API (issue #20).
+    queue_db: Path | None = None
+    queue_history: int = 1000
+    allow_local_callbacks: bool = False
+    cluster: str | None = None
 
     @property
     def server_name(self) -> str:
@@ -211,9 +216,11 @@ def log_progress_to_stderr() -> None:
 def create_service(options: ServerOptions) -> WebUIService:
     """Build the `WebUIService` (device, precision, models registry, outputs, sampler plugins)."""
     from webui.devices import pick_device, pick_dtype
+    from webui.queue.workers import pick_devices
     from webui.service import WebUIService
 
-    device = pick_device(options.device)
+    devices = pick_devices(options.device) if options.device in ("all",) or "," in options.device else []
+    device = devices[0] if devices else pick_device(options.device)
     dtype = pick_dtype(device, options.precision)
     # speed and memory (issue 19): per-network precision, LRU of resident models, file hashes cached
     # next to the outputs
@@ -247,6 +254,11 @@ def create_service(options: ServerOptions) -> WebUIService:
         vae_dir=options.vae_dir,
         styles_file=options.styles_file,
         manager=manager,
+        queue_db=options.queue_db,
+        queue_history=options.queue_history,
+        allow_local_callbacks=options.allow_local_callbacks,
+        devices=devices,
+        cluster=options.cluster,
     )
 
 
@@ -254,7 +266,15 @@ def mount_rest_api(app: FastAPI, service: Service, options: ServerOptions) -> No
     """Add the AUTOMATIC1111-compatible REST routes (``/sdapi/v1/*``) to the running app."""
     from webui.api import mount_api
 
-    mount_api(app, service, api_auth=list(options.api_auth) or None)
+    sdapi = mount_api(app, service, api_auth=list(options.api_auth) or None)
+    # The agent-scheduler queue API (issue #20), behind the same credentials and body limit.
+    from webui.api.agent_scheduler import mount_agent_scheduler
+    from webui.api.security import guarded_route_class
+    from webui.service import WebUIService
+
+    if isinstance(service, WebUIService):
+        route_class = guarded_route_class(list(options.api_auth) or None, sdapi.limits.max_body_bytes)
+        mount_agent_scheduler(app, service, sdapi, route_class, per_user=bool(options.gradio_auth))
 
 
 @dataclass
@@ -340,7 +360,7 @@ def serve(options: ServerOptions) -> int:
     log_progress_to_stderr()
     try:
         service = create_service(options)
-    except ValueError as exc:  # unknown/unavailable device, unsupported precision
+    except (ValueError, RuntimeError) as exc:  # unknown/unavailable device, unsupported precision, no cluster
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report_models(service)

@@ -16,8 +16,8 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
@@ -30,6 +30,11 @@ from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
 from webui.pipeline.styles import default_styles_path
+from webui.queue.callbacks import CallbackSender
+from webui.queue.codec import decode_request
+from webui.queue.outputs import save_job_images
+from webui.queue.store import DEFAULT_HISTORY, QueueStore
+from webui.queue.workers import Worker
 
 if TYPE_CHECKING:
     from webui.extra_networks.embeddings import EmbeddingFolder
@@ -195,6 +200,11 @@ class Service(Protocol):
         """About how long sampling ``images`` images of that size takes here; None before any job has run."""
         ...
 
+    @property
+    def queue(self) -> JobQueue:
+        """The job queue: its order, pause, history (the Queue tab and the queue API)."""
+        ...
+
     def get_job(self, job_id: str) -> Job:
         """A queued, running or recent job; KeyError if unknown."""
         ...
@@ -277,6 +287,14 @@ class WebUIService:
         version: ``Version`` written into infotexts.
         lora_dir: the LoRA folder (sub-folders included) that ``<lora:NAME:W>`` prompt tags use; None: none.
         styles_file: A1111's ``styles.csv``; default: next to ``models.yaml``.
+        queue_db: the queue database (``--queue-db``): pending jobs in it run again, in their order; None
+            keeps the queue in memory.
+        queue_history: how many finished jobs the queue database keeps (``--queue-history``).
+        allow_local_callbacks: let ``callback_url`` point at this machine or link-local addresses.
+        devices: run one worker per device (``--device cuda:0,cuda:1``), each with its own model cache; the
+            first is ``device``'s (given or not). Empty: one worker on ``device``.
+        cluster: run the workers as Ray actors on this cluster (``auto`` or ``ray://host:10001``) instead of on
+            ``devices``; ``cluster_workers`` caps their number (default: one per GPU, else per CPU core).
     """
 
     def __init__(
@@ -295,6 +313,12 @@ class WebUIService:
         vae_dir: str | Path | None = None,
         styles_file: str | Path | None = None,
         upscaler_dir: str | Path | None = None,
+        queue_db: str | Path | None = None,
+        queue_history: int = DEFAULT_HISTORY,
+        allow_local_callbacks: bool = False,
+        devices: Sequence[torch.device | str] = (),
+        cluster: str | None = None,
+        cluster_workers: int | None = None,
     ):
         self.registry_path = Path(registry_path) if registry_path is not None else None
         # Prompt styles (webui/pipeline/styles.py): read again on every use, so edits are picked up.
@@ -341,7 +365,6 @@ class WebUIService:
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
         self._device_lock = threading.RLock()
-        self._queue = JobQueue(self._run_job)
         self.lora_library: LoraLibrary | None = None  # LoRA (issue 15)
         if lora_dir is not None:
             from webui.extra_networks.lora_library import LoraLibrary
@@ -350,11 +373,53 @@ class WebUIService:
         # Seconds of one sampling step per latent pixel per image, measured on this service's device by the
         # last job that ran two steps or more; what the size warning's time estimate is made of.
         self._step_seconds_per_pixel: float | None = None
+        # Finished queue API jobs with a callback_url upload their images from here (never holding the queue).
+        self.callbacks = CallbackSender(allow_local=allow_local_callbacks)
+        # Last: restoring a queue database starts its pending jobs at once.
+        store = QueueStore.open(queue_db) if queue_db is not None else QueueStore.memory()
+        self._devices = [_Device(str(self.device), manager, self._device_lock)]
+        for extra in list(devices)[1:]:
+            from webui.models.manager import ModelManager
+
+            self._devices.append(_Device(str(torch.device(extra)), ModelManager(manager.registry, extra, self.dtype)))
+        self._devices = [
+            _Device(_unique_name(d.name, i, self._devices), d.manager, d.lock) for i, d in enumerate(self._devices)
+        ]
+        workers: list[Worker] = [DeviceWorker(self, device) for device in self._devices]
+        if cluster is not None:
+            from webui.queue import ray_workers
+
+            ray_workers.connect_cluster(cluster)
+            if self.registry_path is None:
+                raise ValueError("--cluster needs the models.yaml path: the workers load the models from it")
+            workers = list(
+                ray_workers.start_workers(
+                    self.registry_path,
+                    dtype=str(self.dtype).rsplit(".", 1)[-1],
+                    samplers_dir=Path(samplers_dir) if samplers_dir is not None else None,
+                    version=version,
+                    workers=cluster_workers,
+                    save=self._save_images,
+                )
+            )
+        self._queue = JobQueue(
+            workers=workers,
+            store=store,
+            history=queue_history,
+            decode=lambda text: decode_request(text, self.samplers),
+            listeners=[self.callbacks.job_finished],
+        )
 
     # --- jobs -------------------------------------------------------------------------------
 
     def submit(
-        self, request: GenerationRequest, model_name: str | None = None, *, save: bool = True, owner: str | None = None
+        self,
+        request: GenerationRequest,
+        model_name: str | None = None,
+        *,
+        save: bool = True,
+        owner: str | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> Job:
         """Queue ``request``; raises :class:`InvalidRequest` at once for a bad request.
 
@@ -363,7 +428,8 @@ class WebUIService:
         caller that reuses its request object cannot change a queued job, and a random seed is drawn
         once. A width or height left out becomes :meth:`_default_size`'s. ``model_name`` None uses the
         current (or default) model; ``save`` False keeps the images out of ``outputs_dir`` (the API's
-        ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`).
+        ``save_images``). ``owner`` is who asked, for the queue display (see :class:`Job`); ``meta`` is
+        stored with the job (the queue API's ``callback_url`` and task name).
         """
         if request.sd_vae is None:  # the "SD VAE" setting as it is now, not when the job runs
             request = replace(request, sd_vae=self.sd_vae)
@@ -371,7 +437,7 @@ class WebUIService:
             request, self.samplers, self._default_size(model_name), self.upscalers, loras=self.lora_library
         )
         self._check_vae_choice(resolved.sd_vae)
-        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
+        return self._queue.submit(Job(resolved, model_name, save=save, owner=owner, meta=meta))
 
     # --- LoRA (issue 15) ---------------------------------------------------------------------
 
@@ -437,10 +503,16 @@ class WebUIService:
     def waiting_jobs(self) -> list[Job]:
         return self._queue.waiting
 
+    @property
+    def queue(self) -> JobQueue:
+        """The queue itself: order, pause, history (the queue API and the Queue tab)."""
+        return self._queue
+
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
         """Progress of ``job_id``, or of the running job (``state="idle"`` when none)."""
-        job = self.get_job(job_id) if job_id is not None else self._queue.running
-        waiting = len(self._queue.waiting)
+        snapshot = self._queue.snapshot()  # running and waiting read together: never a job in neither
+        job = self.get_job(job_id) if job_id is not None else snapshot.current
+        waiting = len(snapshot.waiting)
         if job is None:
             return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
         return ProgressSnapshot.of(job, waiting)
@@ -462,8 +534,10 @@ class WebUIService:
         return True
 
     def close(self) -> None:
-        """Interrupt everything and stop the worker thread."""
+        """Interrupt everything and stop the worker thread (queued jobs stay in the queue database)."""
         self._queue.close()
+        self.callbacks.close()
+        self._queue.store.close()
 
     # --- models -----------------------------------------------------------------------------
 
@@ -553,10 +627,11 @@ class WebUIService:
             self.models.get(name, download=False)
 
     def unload_model(self, name: str | None = None) -> None:
-        """Free ``name`` (None: every model); waits for the running job first."""
-        with self._device_lock:
-            self.models.unload(name)
-            self._previews.clear()
+        """Free ``name`` (None: every model) on every device; waits for each device's running job first."""
+        for device in self._devices:
+            with device.lock:
+                device.manager.unload(name)
+                self._previews.clear()
 
     def default_request(self, model_name: str | None = None) -> GenerationRequest:
         """A1111's defaults with the model entry's own (``sampler``, ``steps``, ``cfg_scale``, size...).
@@ -596,7 +671,9 @@ class WebUIService:
         key = id(model)
         cached = self._previews.get(key)
         if cached is None or cached[0]() is not model:
-            self._previews.clear()  # one resident model: forget the previous one's map
+            # Forget the maps of models that are gone (one per device stays while several devices work).
+            for gone in [k for k, (ref, _) in self._previews.items() if ref() is None or k == key]:
+                del self._previews[gone]
             try:
                 fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
             except Exception:  # noqa: BLE001 - previews are a nicety; generation goes on without them
@@ -607,22 +684,49 @@ class WebUIService:
         return cached[1]
 
     def _run_job(self, job: Job) -> GenerationResult:
-        if job.request.script is not None:  # X/Y/Z plot or prompt list: its cells in turn (webui/scripts/runner.py)
+        """Run ``job`` on the first device (what a single-device service does for every job)."""
+        return self._generate_on(job, self._devices[0])
+
+    def _save_images(self, job: Job, result: GenerationResult) -> list[Path]:
+        """Write a job's images (for workers in other processes, whose results come back here)."""
+        if not job.save or self.outputs_dir is None:
+            return []
+        return save_job_images(self.outputs_dir, job, result)
+
+    def _holds(self, device: _Device, model_name: str | None) -> bool:
+        name = model_name or self.models.current_name
+        if name is None:
+            default = self.registry.default
+            name = default.name if default is not None else None
+        return name is not None and name in device.manager.loaded()
+
+    def _generate_on(self, job: Job, device: _Device) -> GenerationResult:
+        """Run ``job`` on ``device``: its request, or a script's cells in turn (webui/scripts/runner.py)."""
+        if job.request.script is not None:  # X/Y/Z plot or prompt list: the cells save their images as they go
             from webui.scripts.runner import run_script
 
             outputs = self.outputs_dir if job.save else None
-            cell = functools.partial(self._generate, job)
+            cell = functools.partial(self._generate, job, device, outputs_dir=outputs)
             return run_script(job.request, job.control, cell, outputs)
-        return self._generate(job, job.request, job.model_name)
+        with device.lock:
+            result = self._generate(job, device, job.request, job.model_name)
+            if job.save and self.outputs_dir is not None:  # under the lock, as before: the job ends with its files
+                # Under the job's own names: a re-run after a crash never duplicates a file.
+                result.paths = save_job_images(self.outputs_dir, job, result)
+        return result
 
     def _generate(
         self,
         job: Job,
+        device: _Device,
         request: ResolvedRequest,
         model_name: str | None,
         adjust: Callable[[Progress], Progress] | None = None,
+        *,
+        outputs_dir: Path | None = None,
     ) -> GenerationResult:
-        """Generate ``request`` with ``model_name`` for ``job`` (a script's cell: ``adjust`` maps its progress)."""
+        """Generate ``request`` with ``model_name`` on ``device`` for ``job`` (a script's cell: ``adjust`` maps its
+        progress); images are saved in ``outputs_dir`` when given."""
         first: list[Progress] = []
 
         def on_progress(progress: Progress) -> None:
@@ -631,13 +735,14 @@ class WebUIService:
             job.progress = adjust(progress) if adjust is not None else progress
             self._record_step_time(first[0], progress, request.width, request.height, request.batch_size)
 
-        with self._device_lock:
-            model = self.models.get(model_name, download=False)  # selecting a model downloads, Generate never
+        with device.lock:
+            # Selecting a model downloads, Generate never. Every device uses the model the first one calls current.
+            model = device.manager.get(model_name or self.models.current_name, download=False)
             self._use_vae(model, request.sd_vae)
             return generate(
                 model,
                 request,
-                outputs_dir=self.outputs_dir if job.save else None,
+                outputs_dir=outputs_dir,
                 progress=on_progress,
                 control=job.control,
                 previewer=self.previewer(model),
@@ -717,3 +822,36 @@ class WebUIService:
 def latent_pixels(width: int, height: int) -> int:
     """Pixels of the latent of an SD 1.x image (1/8 of each side)."""
     return max(1, width // 8) * max(1, height // 8)
+
+
+@dataclass
+class _Device:
+    """One worker's device: its own model cache (a ``ModelManager``) and the lock its jobs and loads take."""
+
+    name: str
+    manager: ModelManager
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _unique_name(name: str, index: int, devices: Sequence[_Device]) -> str:
+    """``cpu``, ``cpu#2``...: worker names stay distinct when a device is listed twice (tests, benches)."""
+    same = [d for d in devices[:index] if d.name == name]
+    return f"{name}#{len(same) + 1}" if same else name
+
+
+class DeviceWorker:
+    """A queue worker that generates on one device of this process (see :class:`webui.queue.workers.Worker`)."""
+
+    def __init__(self, service: WebUIService, device: _Device):
+        self._service = service
+        self.device = device
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    def run(self, job: Job) -> GenerationResult:
+        return self._service._generate_on(job, self.device)
+
+    def holds(self, model_name: str | None) -> bool:
+        return self._service._holds(self.device, model_name)

@@ -213,6 +213,10 @@ class FakeService:
     def get_job(self, job_id: str) -> Job:
         return self._queue.get(job_id)
 
+    @property
+    def queue(self) -> JobQueue:
+        return self._queue
+
     def estimate_seconds(self, width: int, height: int, steps: int, images: int = 1) -> float | None:
         """The fake's steps take ``step_seconds`` at 64x64 and grow with the pixels; unknown before a job ran."""
         if not any(job.done for job in self._queue.jobs):
@@ -220,8 +224,9 @@ class FakeService:
         return self.step_seconds * width * height / 64**2 * steps * images
 
     def progress(self, job_id: str | None = None) -> ProgressSnapshot:
-        job = self.get_job(job_id) if job_id is not None else self._queue.running
-        waiting = len(self._queue.waiting)
+        snapshot = self._queue.snapshot()  # running and waiting read together, as the real service does
+        job = self.get_job(job_id) if job_id is not None else snapshot.current
+        waiting = len(snapshot.waiting)
         if job is None:
             return ProgressSnapshot(None, IDLE, None, waiting, 0.0, None)
         return ProgressSnapshot.of(job, waiting)

@@ -20,6 +20,7 @@ from webui.ui.img2img import INPAINT_TAB, MODES, PLAIN_TAB, Img2ImgInputs, build
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
 from webui.ui.pnginfo import PngInfoTab, build_pnginfo_tab
+from webui.ui.queue_tab import build_queue_tab, wire_queue_tab
 from webui.ui.txt2img import build_txt2img_tab
 
 TITLE = "Stable Diffusion web UI"
@@ -153,7 +154,10 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("Models", id="models") as models_tab:
                 models = build_models_tab(service, model, banner)
+            with gr.Tab("Queue", id="queue") as queue_tab_:  # pending/running/history (#20)
+                queue_view = build_queue_tab(service)
         timer = gr.Timer(STATUS_REFRESH_SECONDS)
+        wire_queue_tab(service, queue_view, queue_tab_, timer)
 
         _wire_model_dropdown(service, model, model_status, cancel_download, [txt2img, img2img])
         _wire_send_to(service, tabs, txt2img, img2img, img2img_inputs, pnginfo)

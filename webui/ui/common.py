@@ -145,7 +145,7 @@ class GenerationTab:
         return [self.gallery, self.info, self.progress, self.preview, self.results, self.selected]
 
 
-def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button, gr.HTML]:
+def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Button, gr.Button, gr.HTML, gr.Button]:
     """Prompt and negative prompt on the left; Generate, Interrupt / Skip and the token counter on the right."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=6):
@@ -168,8 +168,10 @@ def build_prompts(tab: str) -> tuple[gr.Textbox, gr.Textbox, gr.Button, gr.Butto
             with gr.Row():
                 interrupt = gr.Button("Interrupt", variant="stop", size="sm", elem_id=f"{tab}_interrupt")
                 skip = gr.Button("Skip", size="sm", elem_id=f"{tab}_skip")
+            # Queue the job and keep working: it runs when its turn comes, see the Queue tab (#20).
+            enqueue = gr.Button("Enqueue", size="sm", elem_id=f"{tab}_enqueue")
             tokens = gr.HTML("", elem_id=f"{tab}_token_counter")
-    return prompt, negative, generate, interrupt, skip, tokens
+    return prompt, negative, generate, interrupt, skip, tokens, enqueue
 
 
 # Sides above this many times the model's native side get a warning with the estimated time.

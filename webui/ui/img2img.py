@@ -17,7 +17,7 @@ from PIL import Image, ImageChops
 
 from webui.pipeline.requests import INPAINTING_FILLS, MASK_MODES, RESIZE_MODES, Img2ImgRequest
 from webui.service import Service
-from webui.ui import backend
+from webui.ui import backend, queue_tab
 from webui.ui.common import (
     GenerationTab,
     build_outputs,
@@ -221,7 +221,7 @@ def img2img_request(
 def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown) -> tuple[GenerationTab, Img2ImgInputs]:
     """Lay out the tab (inside the caller's ``gr.Tab``); returns it and its image inputs (Send-to targets)."""
     name = "img2img"
-    prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
+    prompt, negative, generate, interrupt, skip, tokens, enqueue = build_prompts(name)
     build_lora_panel(service, prompt, name)  # LoRA (issue 15)
     build_textual_inversion_panel(name, service)  # issue 15
     styles, _ = build_styles(name, service, prompt, negative)  # styles, variation seeds, scripts: ui/explore.py
@@ -380,6 +380,49 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     wire_common(tab, tracker)
     wire_token_counter(tab, service, model)
     wire_mask_editor(inpaint_image)
+
+    # Enqueue (#20): the same checks and request as Generate, queued without waiting for it.
+    def img2img_enqueue(
+        model_name: str,
+        mode: str,
+        init_image: Image.Image | None,
+        inpaint_image: dict | None,
+        inpaint_mask: Image.Image | None,
+        prompt: str,
+        negative_prompt: str,
+        sampler_name: str,
+        scheduler: str,
+        steps: float,
+        cfg_scale: float,
+        width: float,
+        height: float,
+        seed: float,
+        n_iter: float,
+        batch_size: float,
+        denoising_strength: float,
+        resize_mode: int,
+        mask_blur: float,
+        mask_mode: int,
+        inpainting_fill: int,
+        explore_values: list[Any] | None,
+        request: gr.Request,
+    ) -> str:
+        try:
+            gen_request = img2img_request(
+                mode, init_image, inpaint_image, inpaint_mask, prompt, negative_prompt, sampler_name, scheduler,
+                steps, cfg_scale, width, height, seed, n_iter, batch_size, denoising_strength, resize_mode,
+                mask_blur, mask_mode, inpainting_fill,
+            )  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"Invalid settings: {exc}") from exc
+        if not gen_request.init_images:
+            raise gr.Error("Upload an image first (img2img needs a starting image).", title="No image")
+        if mode == "inpaint" and gen_request.mask is None:
+            raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
+        gen_request = amend_request(service, gen_request, model_name, explore_values)
+        return queue_tab.enqueue(service, gen_request, model_name, request.username if request else None)
+
+    enqueue.click(img2img_enqueue, inputs, [tab.progress], queue=False)
     return tab, Img2ImgInputs(init_image, inpaint_image, inpaint_mask, mode, mode_tabs)
 
 

@@ -9,7 +9,7 @@ import gradio as gr
 
 from webui.pipeline.requests import GenerationRequest
 from webui.service import Service
-from webui.ui import backend
+from webui.ui import backend, queue_tab
 from webui.ui.common import (
     GenerationTab,
     build_outputs,
@@ -50,7 +50,7 @@ def txt2img_request(
 def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown) -> GenerationTab:
     """Lay out the tab (inside the caller's ``gr.Tab``) and wire Generate to the service."""
     name = "txt2img"
-    prompt, negative, generate, interrupt, skip, tokens = build_prompts(name)
+    prompt, negative, generate, interrupt, skip, tokens, enqueue = build_prompts(name)
     build_lora_panel(service, prompt, name)  # LoRA (issue 15)
     build_textual_inversion_panel(name, service)  # issue 15
     styles, _ = build_styles(name, service, prompt, negative)  # styles, variation seeds, scripts: ui/explore.py
@@ -135,4 +135,33 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     )
     wire_common(tab, tracker)
     wire_token_counter(tab, service, model)
+
+    # Enqueue (#20): the same request as Generate, queued without waiting for it.
+    def txt2img_enqueue(
+        model_name: str,
+        prompt: str,
+        negative_prompt: str,
+        sampler_name: str,
+        scheduler: str,
+        steps: float,
+        cfg_scale: float,
+        width: float,
+        height: float,
+        seed: float,
+        n_iter: float,
+        batch_size: float,
+        explore_values: list[Any] | None,
+        request: gr.Request,
+    ) -> str:
+        try:
+            gen_request = txt2img_request(
+                prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter,
+                batch_size,
+            )  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"Invalid settings: {exc}") from exc
+        gen_request = amend_request(service, gen_request, model_name, explore_values)
+        return queue_tab.enqueue(service, gen_request, model_name, request.username if request else None)
+
+    enqueue.click(txt2img_enqueue, inputs, [tab.progress], queue=False)
     return tab

@@ -1,0 +1,275 @@
+"""Queue workers on a Ray cluster (``--cluster auto`` or ``ray://host:10001``): one actor per GPU (``num_gpus=1``),
+or per ``cpus_per_worker`` CPU cores when the cluster has no GPU. The web front end, the UI, the API and the queue
+database stay in the one process users connect to; only generation runs in the actors, which run the same
+:func:`webui.pipeline.generate` as the single-process app (nothing about Ray reaches below the worker).
+
+Each actor loads models from the same ``models.yaml`` paths as the front end, so every node needs the same
+files at the same paths (a shared filesystem, or a copy). A job travels as the queue's versioned JSON
+(:mod:`webui.queue.codec`); the front end polls the actor for progress (with the preview) every
+``POLL_SECONDS``, forwards Interrupt and Skip to the actor that runs the job, and writes the returned images
+itself. An actor that dies (node lost, ``ray.kill``) makes :meth:`RayWorker.run` raise
+:class:`~webui.queue.workers.WorkerLost`: the queue puts the job back in line for the other actors.
+
+Ray is optional: ``pip install -e '.[cluster]'``. Without it, :func:`connect_cluster` says how to install it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from webui.queue.codec import encode_request
+from webui.queue.workers import WorkerLost
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from webui.jobs import Job
+    from webui.pipeline import GenerationResult
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+INSTALL_HINT = "--cluster needs Ray: pip install -e '.[cluster]' (or pip install 'ray>=2.40')"
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be used (Ray missing, unreachable, no room for a worker); the message says why."""
+
+
+@dataclass
+class _Run:
+    """A job running inside an actor."""
+
+    control: Any
+    thread: threading.Thread
+    progress: Any = None
+    outcome: dict[str, Any] | None = None
+
+
+class GenerationActor:
+    """The Ray actor: one model cache on its device, one job at a time (created with ``max_concurrency`` > 1
+    so that :meth:`poll`, :meth:`interrupt` and :meth:`skip` are answered while a job runs)."""
+
+    def __init__(self, registry_path: str, device: str, dtype: str, samplers_dir: str | None, version: str | None):
+        import torch
+
+        from webui.models.manager import ModelManager
+        from webui.models.registry import load_registry
+        from webui.sampling import create_sampler_registry
+
+        self.device = torch.device(device)
+        self.manager = ModelManager(load_registry(Path(registry_path)), self.device, getattr(torch, dtype))
+        self.samplers = create_sampler_registry(Path(samplers_dir) if samplers_dir else None)
+        self.version = version
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._previews: dict[str, Any] = {}  # model name -> its fitted preview map
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def loaded(self) -> list[str]:
+        return list(self.manager.loaded())
+
+    def start(self, job_id: str, request_json: str, model_name: str | None) -> None:
+        from webui.pipeline import GenerationControl
+
+        control = GenerationControl()
+        thread = threading.Thread(target=self._generate, args=(job_id, request_json, model_name), daemon=True)
+        with self._lock:
+            self._runs[job_id] = _Run(control, thread)
+        thread.start()
+
+    def _generate(self, job_id: str, request_json: str, model_name: str | None) -> None:
+        from webui.pipeline import generate
+        from webui.pipeline.preview import fit_latent_preview
+        from webui.queue.codec import decode_request
+
+        run = self._runs[job_id]
+        try:
+            request = decode_request(request_json, self.samplers)
+            model = self.manager.get(model_name, download=False)
+
+            def on_progress(progress: Any) -> None:
+                run.progress = progress
+
+            result = generate(
+                model,
+                request,
+                outputs_dir=None,
+                progress=on_progress,
+                control=run.control,
+                previewer=self._previewer(model, fit_latent_preview),
+                version=self.version,
+                model_name=model.name,
+            )
+            run.outcome = {
+                "images": result.images,
+                "seeds": result.seeds,
+                "infotexts": result.infotexts,
+                "interrupted": result.interrupted,
+                "model_name": result.model_name,
+                "model_hash": result.model_hash,
+            }
+        except BaseException as err:  # noqa: BLE001 - sent back to the front end, which stores it on the job
+            run.outcome = {"error": err if _picklable(err) else RuntimeError(f"{type(err).__name__}: {err}")}
+
+    def _previewer(self, model: Any, fit: Callable[..., Any]) -> Any:
+        if model.name not in self._previews:
+            self._previews = {model.name: fit(model.vae, float(model.vae.config.scale_factor))}
+        return self._previews[model.name]
+
+    def poll(self, job_id: str) -> tuple[Any, dict[str, Any] | None]:
+        """``(latest progress, outcome or None while running)``; the outcome is handed out once."""
+        with self._lock:
+            run = self._runs[job_id]
+            outcome = run.outcome
+            if outcome is not None:
+                del self._runs[job_id]
+        return run.progress, outcome
+
+    def interrupt(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.control.interrupt()
+
+    def skip(self, job_id: str) -> None:
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.control.skip()
+
+
+def _picklable(err: BaseException) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # noqa: BLE001 - any failure: send a plain RuntimeError instead
+        return False
+    return True
+
+
+class RayWorker:
+    """The front end's side of one actor (a :class:`~webui.queue.workers.Worker` for the queue).
+
+    Args:
+        actor: the actor handle.
+        name: for logs and the queue display.
+        save: ``save(job, result) -> paths`` writes the images in the front end (None: nothing saved).
+    """
+
+    def __init__(self, actor: Any, name: str, save: Callable[[Job, GenerationResult], list[Path]] | None = None):
+        self.actor = actor
+        self._name = name
+        self._save = save
+        self._loaded: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def holds(self, model_name: str | None) -> bool:
+        return model_name in self._loaded if model_name is not None else bool(self._loaded)
+
+    def close(self) -> None:
+        """End the actor (its model cache with it)."""
+        import ray
+
+        ray.kill(self.actor)
+
+    def run(self, job: Job) -> GenerationResult:
+        import ray
+        from ray.exceptions import RayActorError
+
+        from webui.pipeline import GenerationResult
+
+        try:
+            ray.get(self.actor.start.remote(job.id, encode_request(job.request), job.model_name))
+            interrupted = skipped = False
+            while True:
+                if job.control.interrupted and not interrupted:
+                    interrupted = True
+                    self.actor.interrupt.remote(job.id)
+                if job.control.skipped and not skipped:
+                    skipped = True
+                    self.actor.skip.remote(job.id)
+                progress, outcome = ray.get(self.actor.poll.remote(job.id))
+                if progress is not None:
+                    job.progress = progress
+                if outcome is not None:
+                    break
+                time.sleep(POLL_SECONDS)
+            self._loaded = set(ray.get(self.actor.loaded.remote()))
+        except RayActorError as err:
+            raise WorkerLost(f"Ray actor {self._name} died: {type(err).__name__}") from err
+        if "error" in outcome:
+            raise outcome["error"]
+        result = GenerationResult(
+            images=outcome["images"],
+            seeds=outcome["seeds"],
+            infotexts=outcome["infotexts"],
+            interrupted=outcome["interrupted"],
+            request=job.request,
+            model_name=outcome["model_name"],
+            model_hash=outcome["model_hash"],
+        )
+        if self._save is not None:
+            result.paths = self._save(job, result)
+        return result
+
+
+def connect_cluster(address: str) -> None:
+    """Join the Ray cluster at ``address`` (``auto``: the one ``ray start`` runs on this machine, or a
+    ``ray://`` URL); nothing if this process already joined one."""
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(INSTALL_HINT) from None
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ClusterError(f"cannot join the Ray cluster at {address!r}: {err}") from None
+
+
+def start_workers(
+    registry_path: Path,
+    *,
+    dtype: str = "float32",
+    samplers_dir: Path | None = None,
+    version: str | None = None,
+    workers: int | None = None,
+    cpus_per_worker: int = 1,
+    save: Callable[[Job, GenerationResult], list[Path]] | None = None,
+) -> list[RayWorker]:
+    """Start the generation actors on the joined cluster: one per GPU, else one per ``cpus_per_worker`` cores
+    (``workers`` caps the count). Raises :class:`ClusterError` when there is no room for one."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        count, options, device = gpus, {"num_gpus": 1}, "cuda"
+    else:
+        count = int(resources.get("CPU", 0)) // max(1, cpus_per_worker)
+        options, device = {"num_cpus": cpus_per_worker}, "cpu"
+    if workers is not None:
+        count = min(count, workers)
+    if count < 1:
+        raise ClusterError(f"the Ray cluster has no room for a worker (resources: {resources})")
+    as_actor: Any = ray.remote  # its overloads do not list the actor options
+    remote = as_actor(max_concurrency=4, **options)(GenerationActor)
+    actors = [
+        remote.remote(str(registry_path), device, dtype, str(samplers_dir) if samplers_dir else None, version)
+        for _ in range(count)
+    ]
+    pids = ray.get([actor.pid.remote() for actor in actors])  # waits until every actor is up
+    logger.info("cluster: %d generation worker(s) on Ray (%s), pids %s", count, device, pids)
+    return [RayWorker(actor, f"ray:{i + 1}", save) for i, actor in enumerate(actors)]
