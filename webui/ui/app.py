@@ -14,6 +14,7 @@ from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
 from webui.service import Service
 from webui.ui import backend, model_info
 from webui.ui.common import QUIET, GenerationTab, ShownResult, request_widget_values
+from webui.ui.extras import build_extras_tab
 from webui.ui.img2img import INPAINT_TAB, MODES, PLAIN_TAB, Img2ImgInputs, build_img2img_tab, editor_update
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
@@ -145,6 +146,8 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                 txt2img = build_txt2img_tab(service, tracker, model)
             with gr.Tab("img2img", id="img2img"):
                 img2img, img2img_inputs = build_img2img_tab(service, tracker, model)
+            with gr.Tab("Extras", id="extras"):
+                build_extras_tab(service)
             with gr.Tab("PNG Info", id="pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("Models", id="models") as models_tab:

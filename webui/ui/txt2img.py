@@ -19,6 +19,7 @@ from webui.ui.common import (
     wire_common,
     wire_token_counter,
 )
+from webui.ui.hires import build_hires_accordion, hires_from_widgets
 from webui.ui.jobs import JobTracker
 
 
@@ -50,6 +51,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             settings = build_settings(name, service, backend.find_model(service, model.value))
+            hires = build_hires_accordion(service, settings["width"], settings["height"])
         with gr.Column(scale=1):
             outputs = build_outputs(name)
     tab = GenerationTab(
@@ -77,6 +79,13 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         seed: float,
         n_iter: float,
         batch_size: float,
+        enable_hr: bool,  # the Hires. fix accordion (webui/ui/hires.py)
+        hr_upscaler: str,
+        hr_steps: float,
+        hr_denoising: float,
+        hr_scale: float,
+        hr_resize_x: float,
+        hr_resize_y: float,
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate images from a prompt; yields live progress, finally the gallery and parameters."""
@@ -93,6 +102,9 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
                 seed,
                 n_iter,
                 batch_size,
+            )
+            gen_request.hires = hires_from_widgets(
+                enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x, hr_resize_y
             )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
@@ -112,6 +124,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         tab.seed,
         tab.batch_count,
         tab.batch_size,
+        *hires.inputs(),
     ]
     generate.click(
         txt2img,
