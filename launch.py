@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Folder of extra sampler plugins (*.py) loaded next to the built-in and installed ones "
         "(default: plugins/ next to launch.py, if it exists).",
     )
+    run.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        default=HERE / "models" / "ESRGAN",
+        metavar="DIR",
+        help="Folder of model upscalers (ESRGAN, SwinIR, DAT, ...: .pth/.safetensors, sub-folders too) for hires "
+        "fix and Extras; they need the optional extra: pip install -e '.[upscalers]' (default: models/ESRGAN).",
+    )
     return parser
 
 
@@ -156,6 +164,7 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         samplers_dir=args.samplers_dir,
         inbrowser=args.inbrowser,
         insecure_no_auth=args.insecure_no_auth,
+        upscaler_dir=args.upscaler_dir,
     )
 
 

@@ -97,6 +97,7 @@ class ServerOptions:
     samplers_dir: Path | None = None
     inbrowser: bool = False
     insecure_no_auth: bool = False
+    upscaler_dir: Path | None = None  # model upscalers for hires fix and Extras (None: built-ins only)
 
     @property
     def server_name(self) -> str:
@@ -212,6 +213,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         dtype=dtype,
         outputs_dir=options.outputs,
         samplers_dir=options.samplers_dir,
+        upscaler_dir=options.upscaler_dir,
     )
 
 
