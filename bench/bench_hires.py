@@ -83,6 +83,7 @@ def main() -> None:
             str(path), config=str(config), local_files_only=True, safety_checker=None, torch_dtype=torch.float32
         )
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.tokenizer.model_max_length = 77  # a vocab.json/merges.txt folder says 1e30 (FACTS.md, transformers 5)
         img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
 
         request = GenerationRequest(
