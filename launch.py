@@ -217,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         "ray://host:10001): one worker per GPU, or per CPU core. Every node needs the models.yaml files at the "
         "same paths. Needs: pip install -e '.[cluster]'.",
     )
+    run.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        default=HERE / "models" / "ESRGAN",
+        metavar="DIR",
+        help="Folder of model upscalers (ESRGAN, SwinIR, DAT, ...: .pth/.safetensors, sub-folders too) for hires "
+        "fix and Extras; they need the optional extra: pip install -e '.[upscalers]' (default: models/ESRGAN).",
+    )
     return parser
 
 
@@ -253,6 +261,7 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         queue_history=args.queue_history,
         allow_local_callbacks=args.allow_local_callbacks,
         cluster=args.cluster,
+        upscaler_dir=args.upscaler_dir,
     )
 
 

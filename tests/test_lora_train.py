@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from webui.extra_networks.lora_file import read_lora
@@ -51,3 +54,18 @@ def test_a_short_run_trains_only_the_lora_and_writes_a_kohya_file_that_fits_the_
     assert network.metadata["ss_output_name"] == "diamond_test" and network.metadata["ss_network_dim"] == "4"
     deltas = lora_deltas(network, model_key_map(model), 1.0, 1.0)  # every key matches a layer
     assert len(deltas) == len(lora.pairs)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "Lora" / "diamond_demo.safetensors"
+
+
+@pytest.mark.slow
+def test_the_shipped_lora_teaches_the_demo_model_the_word_diamond():
+    """The measured effect in the model card, on fewer prompts: more diamonds with the LoRA than without."""
+    from webui.models.loading import load_model
+    from webui.train.lora import measure_diamonds
+
+    model = load_model(ROOT / "models" / "demo" / "demo.safetensors", native_size=(64, 64), compute_hash=False)
+    measured = measure_diamonds(model, SHIPPED.parent, SHIPPED.stem, count=12)
+    assert measured.with_lora >= measured.without_lora + 4, measured.text

@@ -1,4 +1,4 @@
-"""The "Lora" panel: rows with search and metadata, refresh, and a click that inserts ``<lora:name:1>`` at the cursor."""
+"""The "Lora" panel: rows with search and metadata, refresh, and a click that inserts ``<lora:name:1>``."""
 
 from __future__ import annotations
 

@@ -111,6 +111,7 @@ class ServerOptions:
     queue_history: int = 1000
     allow_local_callbacks: bool = False
     cluster: str | None = None
+    upscaler_dir: Path | None = None  # model upscalers for hires fix and Extras (None: built-ins only)
 
     @property
     def server_name(self) -> str:
@@ -259,6 +260,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         allow_local_callbacks=options.allow_local_callbacks,
         devices=devices,
         cluster=options.cluster,
+        upscaler_dir=options.upscaler_dir,
     )
 
 

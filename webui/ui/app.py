@@ -16,6 +16,7 @@ from webui.ui import backend, model_info
 from webui.ui.common import QUIET, GenerationTab, ShownResult, request_widget_values
 from webui.ui.embeddings_vae import CSS as EMBEDDINGS_VAE_CSS
 from webui.ui.embeddings_vae import build_vae_dropdown, wire_vae_paste
+from webui.ui.extras import build_extras_tab
 from webui.ui.img2img import INPAINT_TAB, MODES, PLAIN_TAB, Img2ImgInputs, build_img2img_tab, editor_update
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
@@ -150,6 +151,8 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                 txt2img = build_txt2img_tab(service, tracker, model)
             with gr.Tab("img2img", id="img2img"):
                 img2img, img2img_inputs = build_img2img_tab(service, tracker, model)
+            with gr.Tab("Extras", id="extras"):
+                build_extras_tab(service)
             with gr.Tab("PNG Info", id="pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("Models", id="models") as models_tab:

@@ -22,6 +22,7 @@ from webui.ui.common import (
 )
 from webui.ui.embeddings_vae import build_textual_inversion_panel
 from webui.ui.explore import ExploreWidgets, amend_request, build_script, build_styles, build_variation
+from webui.ui.hires import build_hires_accordion, hires_from_widgets
 from webui.ui.jobs import JobTracker
 from webui.ui.lora_panel import build_lora_panel
 
@@ -57,7 +58,9 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             settings = build_settings(name, service, backend.find_model(service, model.value))
-            explore = ExploreWidgets(*build_variation(name), styles, *build_script(name))
+            variation = build_variation(name)
+            hires = build_hires_accordion(service, settings["width"], settings["height"])
+            explore = ExploreWidgets(*variation, styles, *build_script(name))  # A1111: the Script dropdown last
         with gr.Column(scale=1):
             outputs = build_outputs(name)
     tab = GenerationTab(
@@ -86,6 +89,13 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         n_iter: float,
         batch_size: float,
         explore_values: list[Any] | None,
+        enable_hr: bool,  # the Hires. fix accordion (webui/ui/hires.py)
+        hr_upscaler: str,
+        hr_steps: float,
+        hr_denoising: float,
+        hr_scale: float,
+        hr_resize_x: float,
+        hr_resize_y: float,
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate images from a prompt; yields live progress, finally the gallery and parameters."""
@@ -102,6 +112,9 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
                 seed,
                 n_iter,
                 batch_size,
+            )
+            gen_request.hires = hires_from_widgets(
+                enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x, hr_resize_y
             )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
@@ -123,6 +136,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         tab.batch_count,
         tab.batch_size,
         explore.collect(),
+        *hires.inputs(),
     ]
     generate.click(
         txt2img,
@@ -151,6 +165,13 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         n_iter: float,
         batch_size: float,
         explore_values: list[Any] | None,
+        enable_hr: bool,
+        hr_upscaler: str,
+        hr_steps: float,
+        hr_denoising: float,
+        hr_scale: float,
+        hr_resize_x: float,
+        hr_resize_y: float,
         request: gr.Request,
     ) -> str:
         try:
@@ -158,6 +179,9 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
                 prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter,
                 batch_size,
             )  # fmt: skip
+            gen_request.hires = hires_from_widgets(
+                enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x, hr_resize_y
+            )
         except (TypeError, ValueError) as exc:
             raise gr.Error(f"Invalid settings: {exc}") from exc
         gen_request = amend_request(service, gen_request, model_name, explore_values)

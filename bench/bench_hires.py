@@ -1,0 +1,132 @@
+"""Hires fix 512 -> 1024 px on an SD 1.5-size random-weight model: ours against diffusers' two-pipeline chain.
+
+Ours: one ``generate`` with ``HiresRequest(hr_scale=2, hr_upscaler="Latent")``. diffusers: ``StableDiffusionPipeline``
+at 512 px with ``output_type="latent"``, ``F.interpolate`` (bilinear) to 128x128 latents, then
+``StableDiffusionImg2ImgPipeline`` (sharing the same modules) with ``strength=d`` and ``int(N / d)`` steps. Both
+from the same single file (about 9 GB of RAM while both are loaded). Prints wall time and the peak resident
+memory during each run (polled every 50 ms), side by side, and the largest pixel difference of the two results.
+
+Usage (heavy: run alone): ``OMP_NUM_THREADS=2 python -m bench.bench_hires [--steps 1] [--hr-steps 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PROMPT, SEED = "a photo of a cat", 1
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``(result, seconds, peak RSS in GiB during the call)``."""
+    peak, done = [rss_bytes()], threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_bytes())
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        thread.join()
+    return result, time.perf_counter() - start, max(peak[0], rss_bytes()) / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1, help="first-pass steps")
+    parser.add_argument("--hr-steps", type=int, default=1, help="second-pass steps N")
+    parser.add_argument("--strength", type=float, default=0.5, help="denoising strength d")
+    args = parser.parse_args()
+
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tests.test_checkpoint_full_sd15 import write_clip_sized_tokenizer, write_sd15_config_folder
+    from webui.models.checkpoint import save_single_file
+    from webui.models.loading import load_model
+    from webui.models.unet import UNetConfig, UNetModel
+    from webui.models.vae import AutoencoderKL, VAEConfig
+    from webui.pipeline import GenerationRequest, generate, resolve_request
+    from webui.pipeline.hires import HiresRequest
+    from webui.sampling import create_sampler_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = write_sd15_config_folder(root / "config")
+        torch.manual_seed(0)
+        unet, vae = UNetModel(UNetConfig()), AutoencoderKL(VAEConfig())
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
+        path = save_single_file(root / "model" / "sd15-random.safetensors", unet, vae, text)
+        del unet, vae, text
+        write_clip_sized_tokenizer(path.parent / "tokenizer")
+        ours_model = load_model(path, compute_hash=False)
+        pipe = diffusers.StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config), local_files_only=True, safety_checker=None, torch_dtype=torch.float32
+        )
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.tokenizer.model_max_length = 77  # a vocab.json/merges.txt folder says 1e30 (FACTS.md, transformers 5)
+        img2img = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+
+        request = GenerationRequest(
+            prompt=PROMPT,
+            sampler_name="Euler",
+            steps=args.steps,
+            seed=SEED,
+            width=512,
+            height=512,
+            hires=HiresRequest(hr_scale=2, hr_second_pass_steps=args.hr_steps, denoising_strength=args.strength),
+        )
+        resolved = resolve_request(request, create_sampler_registry(), (512, 512))
+
+        def ours() -> Any:
+            return generate(ours_model, resolved).images[0]
+
+        def reference() -> Any:
+            with torch.no_grad():
+                latents = pipe(
+                    PROMPT,
+                    num_inference_steps=args.steps,
+                    height=512,
+                    width=512,
+                    output_type="latent",
+                    generator=torch.Generator("cpu").manual_seed(SEED),
+                ).images
+                return img2img(
+                    PROMPT,
+                    image=F.interpolate(latents, size=(128, 128), mode="bilinear"),
+                    strength=args.strength,
+                    num_inference_steps=int(args.hr_steps / args.strength),
+                    generator=torch.Generator("cpu").manual_seed(SEED),
+                ).images[0]
+
+        theirs_image, theirs_s, theirs_gib = measured(reference)
+        ours_image, ours_s, ours_gib = measured(ours)
+        diff = np.abs(np.asarray(ours_image, dtype=np.int16) - np.asarray(theirs_image, dtype=np.int16)).max()
+        print(f"hires fix 512 -> 1024, {args.steps} + {args.hr_steps} steps (d={args.strength}), fp32, CPU")
+        print(f"{'':10} {'seconds':>9} {'peak RSS GiB':>13}")
+        print(f"{'ours':10} {ours_s:9.1f} {ours_gib:13.2f}")
+        print(f"{'diffusers':10} {theirs_s:9.1f} {theirs_gib:13.2f}")
+        print(f"size {ours_image.size} vs {theirs_image.size}; max pixel difference {diff}")
+
+
+if __name__ == "__main__":
+    main()
