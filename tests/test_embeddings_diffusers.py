@@ -114,3 +114,48 @@ def test_txt2img_with_embeddings_equals_diffusers_within_one_level(
     goodstyle, badthing = vocabulary.embeddings["goodstyle"], vocabulary.embeddings["badthing"]
     assert f'TI hashes: "goodstyle: {goodstyle.shorthash}, badthing: {badthing.shorthash}"' in ours.infotexts[0]
     assert len(goodstyle.shorthash or "") == 12
+
+
+@pytest.mark.slow
+def test_embeddings_on_a_diffusers_folder_model_equal_diffusers(tmp_path, tiny_components, embeddings_dir, samplers):
+    """The same two A1111 embeddings on a model loaded from a diffusers folder (its own text-encoder path)."""
+    from transformers import CLIPTokenizer
+
+    from tests.test_checkpoint_diffusers import TINY_UNET, TINY_VAE, perturbed, write_diffusers_folder
+    from webui.models.loading import load_model
+    from webui.pipeline import generate, native_size, resolve_request
+
+    unet = perturbed(diffusers.UNet2DConditionModel(**TINY_UNET), 1)
+    vae = perturbed(diffusers.AutoencoderKL(**TINY_VAE), 2)
+    folder = write_diffusers_folder(
+        tmp_path / "tiny-diffusers", unet, vae, tiny_components.text_model, tiny_components.tokenizer_dir
+    )
+    model = load_model(folder, native_size=(64, 64))
+    found = scan_embeddings(embeddings_dir, model.text_encoder.hidden_size)
+    vocabulary = EmbeddingVocabulary(found.loaded.values(), model.text_encoder.tokenize)
+    parts = {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": copy.deepcopy(tiny_components.text_model),
+        "tokenizer": CLIPTokenizer.from_pretrained(str(tiny_components.tokenizer_dir), model_max_length=77),
+    }
+    pipe = pipeline(diffusers.StableDiffusionPipeline, parts, "Euler")
+    pipe.load_textual_inversion(str(embeddings_dir / "goodstyle.pt"), token="goodstyle")
+    pipe.load_textual_inversion(str(embeddings_dir / "negative" / "badthing.pt"), token="badthing")
+    with torch.no_grad():
+        expected = pipe(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            num_inference_steps=STEPS,
+            guidance_scale=7.0,
+            height=64,
+            width=64,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+        ).images[0]
+    request = GenerationRequest(
+        prompt=PROMPT, negative_prompt=NEGATIVE, sampler_name="Euler", steps=STEPS, cfg_scale=7.0, seed=SEED
+    )
+    ours = generate(model, resolve_request(request, samplers, native_size(model)), embeddings=vocabulary)
+    assert max_pixel_difference(ours.images[0], expected) <= 1
+    without = generate(model, resolve_request(request, samplers, native_size(model)))
+    assert max_pixel_difference(without.images[0], expected) > 5
