@@ -242,3 +242,34 @@ def test_progress_reads_running_and_waiting_in_one_snapshot():
         seen.append(len(snap.running) + len(snap.waiting) + done_after)
     assert seen and min(seen) >= len(jobs)
     queue.close()
+
+
+def test_codec_stores_plugin_schedules_and_hires_upscalers_by_name(tmp_path: Path):
+    """Objects that a registry holds (a plugin schedule, a hires fix's upscaler) go in by name and come back from the
+    registries: every new schedule (SGM Uniform, Align Your Steps...) and every upscaler keep the job durable."""
+    from dataclasses import replace
+
+    from webui.pipeline.hires import HiresRequest
+    from webui.upscalers import UpscalerRegistry
+
+    (tmp_path / "4x-test.pth").write_bytes(b"not read: a model upscaler loads on first use")
+    upscalers = UpscalerRegistry(tmp_path)
+    lanczos = resolve_request(
+        GenerationRequest(prompt="a", seed=5, hires=HiresRequest(hr_upscaler="Lanczos", hr_scheduler="Beta")),
+        SAMPLERS,
+        (64, 64),
+    )
+    assert lanczos.hires is not None
+    # (a model upscaler needs spandrel to be chosen; here it is put in place directly, as resolving would)
+    model_upscaler = replace(lanczos, hires=replace(lanczos.hires, upscaler=upscalers.get("4x-test")))
+    for original in (
+        resolve_request(GenerationRequest(prompt="a", seed=5, scheduler="SGM Uniform"), SAMPLERS, (64, 64)),
+        resolve_request(GenerationRequest(prompt="a", seed=5, scheduler="align_your_steps"), SAMPLERS, (64, 64)),
+        lanczos,
+        model_upscaler,
+    ):
+        back = decode_request(encode_request(original), SAMPLERS, upscalers)
+        assert back == original
+    assert decode_request(encode_request(lanczos), SAMPLERS).hires.upscaler.name == "Lanczos"
+    with pytest.raises(UnreadableRequest, match="upscaler '4x-test' is gone"):
+        decode_request(encode_request(model_upscaler), SAMPLERS, UpscalerRegistry(tmp_path / "empty"))

@@ -406,7 +406,7 @@ class WebUIService:
             workers=workers,
             store=store,
             history=queue_history,
-            decode=lambda text: decode_request(text, self.samplers),
+            decode=lambda text: decode_request(text, self.samplers, self.upscalers),
             listeners=[self.callbacks.job_finished],
         )
 

@@ -3,9 +3,10 @@
 The encoding is generic: every dataclass is written field by field (``dataclasses.fields``) with its class
 name, so fields added to :class:`~webui.pipeline.ResolvedRequest` (or new nested dataclasses of a feature)
 are stored without a change here. Values that JSON cannot hold are tagged: images as PNG (lossless), tuples,
-read-only mappings, paths, enums, non-finite floats, and the :class:`~webui.sampling.Sampler` by its name
-(looked up again in the sampler registry when the job is read back). A value of another type raises
-:class:`UnstorableValue`, naming the field.
+read-only mappings, paths, enums, non-finite floats, and by their names the objects that a registry holds: the
+:class:`~webui.sampling.Sampler`, a plugin's :class:`~webui.sampling.ScheduleType` and a hires fix's upscaler
+(looked up again in the sampler and upscaler registries when the job is read back). A value of another type
+raises :class:`UnstorableValue`, naming the field.
 
 Only classes from this application's packages are rebuilt on decoding, so a database cannot make the app
 import or call anything else.
@@ -28,7 +29,10 @@ from typing import Any
 from PIL import Image
 
 from webui.pipeline.requests import ResolvedRequest
-from webui.sampling import Sampler, SamplerRegistry
+from webui.sampling import Sampler, SamplerRegistry, ScheduleType
+from webui.upscalers import UpscalerRegistry
+from webui.upscalers.base import Resampler
+from webui.upscalers.models import ModelUpscaler
 
 FORMAT_VERSION = 1
 TRUSTED_MODULES = ("webui.", "samplers.")
@@ -47,8 +51,9 @@ def encode_request(request: ResolvedRequest) -> str:
     return json.dumps({"version": FORMAT_VERSION, "request": _encode(request, "request")}, allow_nan=False)
 
 
-def decode_request(text: str, samplers: SamplerRegistry) -> ResolvedRequest:
-    """The request :func:`encode_request` wrote; samplers are looked up by name in ``samplers``."""
+def decode_request(text: str, samplers: SamplerRegistry, upscalers: UpscalerRegistry | None = None) -> ResolvedRequest:
+    """The request :func:`encode_request` wrote; samplers and schedules are looked up by name in ``samplers``,
+    a hires fix's upscaler in ``upscalers`` (None: the built-in ones)."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
@@ -56,7 +61,7 @@ def decode_request(text: str, samplers: SamplerRegistry) -> ResolvedRequest:
     version = document.get("version") if isinstance(document, dict) else None
     if version != FORMAT_VERSION:
         raise UnreadableRequest(f"stored in format version {version!r}; this version reads {FORMAT_VERSION}")
-    request = _decode(document.get("request"), samplers)
+    request = _decode(document.get("request"), _Registries(samplers, upscalers or UpscalerRegistry()))
     if not isinstance(request, ResolvedRequest):
         raise UnreadableRequest(f"holds a {type(request).__name__}, not a ResolvedRequest")
     return request
@@ -75,6 +80,10 @@ def _encode(value: Any, where: str) -> Any:
         return {"__enum__": _class_name(type(value)), "value": _encode(value.value, where)}
     if isinstance(value, Sampler):
         return {"__sampler__": value.name}
+    if isinstance(value, ScheduleType):
+        return {"__schedule__": value.name}
+    if isinstance(value, (Resampler, ModelUpscaler)):
+        return {"__upscaler__": value.name}
     if isinstance(value, Image.Image):
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
@@ -100,18 +109,36 @@ def _encode(value: Any, where: str) -> Any:
     raise UnstorableValue(f"{where}: a {type(value).__name__} cannot be stored in the queue database")
 
 
-def _decode(value: Any, samplers: SamplerRegistry) -> Any:
+@dataclasses.dataclass(frozen=True)
+class _Registries:
+    """Where the objects stored by name are looked up again."""
+
+    samplers: SamplerRegistry
+    upscalers: UpscalerRegistry
+
+
+def _decode(value: Any, registries: _Registries) -> Any:
     if isinstance(value, list):
-        return [_decode(v, samplers) for v in value]
+        return [_decode(v, registries) for v in value]
     if not isinstance(value, dict):
         return value
     if "__float__" in value:
         return float(value["__float__"])
     if "__sampler__" in value:
         try:
-            return samplers.get(value["__sampler__"])
+            return registries.samplers.get(value["__sampler__"])
         except (KeyError, ValueError) as err:
             raise UnreadableRequest(f"sampler {value['__sampler__']!r} is not installed: {err}") from None
+    if "__schedule__" in value:
+        try:
+            return registries.samplers.schedule(value["__schedule__"])
+        except ValueError as err:
+            raise UnreadableRequest(f"schedule {value['__schedule__']!r} is not installed: {err}") from None
+    if "__upscaler__" in value:
+        try:
+            return registries.upscalers.get(value["__upscaler__"])
+        except KeyError as err:
+            raise UnreadableRequest(f"upscaler {value['__upscaler__']!r} is gone: {err}") from None
     if "__image__" in value:
         with Image.open(io.BytesIO(base64.b64decode(value["__image__"]))) as image:
             image.load()
@@ -119,19 +146,19 @@ def _decode(value: Any, samplers: SamplerRegistry) -> Any:
     if "__path__" in value:
         return PurePath(value["__path__"])
     if "__tuple__" in value:
-        return tuple(_decode(v, samplers) for v in value["__tuple__"])
+        return tuple(_decode(v, registries) for v in value["__tuple__"])
     if "__dict__" in value or "__proxy__" in value:
         pairs = value["__dict__"] if "__dict__" in value else value["__proxy__"]
-        items = {_decode(k, samplers): _decode(v, samplers) for k, v in pairs}
+        items = {_decode(k, registries): _decode(v, registries) for k, v in pairs}
         return MappingProxyType(items) if "__proxy__" in value else items
     if "__enum__" in value:
-        return _trusted_class(value["__enum__"])(_decode(value["value"], samplers))
+        return _trusted_class(value["__enum__"])(_decode(value["value"], registries))
     if "__dataclass__" in value:
         cls = _trusted_class(value["__dataclass__"])
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise UnreadableRequest(f"{value['__dataclass__']} is not a dataclass")
         known = {f.name for f in dataclasses.fields(cls) if f.init}
-        given = {name: _decode(v, samplers) for name, v in value["fields"].items() if name in known}
+        given = {name: _decode(v, registries) for name, v in value["fields"].items() if name in known}
         try:
             return cls(**given)
         except TypeError as err:  # a field this version requires that the stored job lacks
@@ -170,8 +197,9 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value if not (isinstance(v, dict) and "__image__" in v)]
     if not isinstance(value, dict):
         return value
-    if "__sampler__" in value:
-        return value["__sampler__"]
+    for by_name in ("__sampler__", "__schedule__", "__upscaler__"):
+        if by_name in value:
+            return value[by_name]
     if "__image__" in value:
         return None
     if "__float__" in value:
