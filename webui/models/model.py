@@ -74,7 +74,7 @@ class StableDiffusionModel:
             images = self._run_vae(tiled_decode, z)
         else:
             try:
-                images = self._run_vae(AutoencoderKL.decode, z)
+                images = self._run_vae(lambda vae, z: vae.decode(z), z)  # the instance's decode, as patched
             except Exception as err:  # out of memory in one piece: free what it took, then tile by tile
                 if not is_out_of_memory(err) or self.vae_tiling == "off":
                     raise
