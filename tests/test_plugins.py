@@ -102,7 +102,10 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
 
 
 def test_unknown_sampler_error_lists_available_names():
-    with pytest.raises(UnknownSamplerError, match=r"'Nope'.*DDIM, DDPM, DPM\+\+ 2M, Euler, Euler a, Heun, LMS"):
+    with pytest.raises(
+        UnknownSamplerError,
+        match=r"'Nope'; available: DDIM, DDPM, DEIS, DPM2, DPM2 a, DPM\+\+ 2M, .*, LMS, PLMS, Restart, UniPC$",
+    ):
         create_sampler_registry().get("Nope")
     assert issubclass(UnknownSamplerError, ValueError)
 
@@ -167,11 +170,23 @@ def test_options_are_the_keyword_only_parameters_of_the_function_with_their_defa
     assert {s.name: dict(s.options) for s in registry} == {
         "DDIM": {"eta": 0.0},
         "DDPM": {},
+        "DEIS": {"order": 2},
+        "DPM2": {},
+        "DPM2 a": {"eta": 1.0, "s_noise": 1.0},
         "DPM++ 2M": {},
+        "DPM++ 2S a": {"eta": 1.0, "s_noise": 1.0},
+        "DPM++ SDE": {"eta": 1.0, "s_noise": 1.0, "r": 0.5},
+        "DPM++ 2M SDE": {"eta": 1.0, "s_noise": 1.0, "noise": "brownian"},
+        "DPM++ 2M SDE Heun": {"eta": 1.0, "s_noise": 1.0, "noise": "brownian"},
+        "DPM++ 3M SDE": {"eta": 1.0, "s_noise": 1.0, "noise": "brownian"},
         "Euler": {"s_churn": 0.0, "s_noise": 1.0},
         "Euler a": {"eta": 1.0, "s_noise": 1.0},
         "Heun": {"s_churn": 0.0, "s_noise": 1.0},
+        "LCM": {},
         "LMS": {"order": 4},
+        "PLMS": {},
+        "Restart": {"s_noise": 1.0},
+        "UniPC": {"order": 2, "variant": "bh2"},
     }
     with pytest.raises(TypeError, match="options"):
         Sampler(name="Twice", function=sample_mine, options={"eta": 0.5})  # no second place to write them
