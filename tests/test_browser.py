@@ -821,12 +821,15 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 30_000) -> str
 
     The element is looked up again on every check, so a re-rendered one is followed (a handle would go stale).
     """
-    page.wait_for_function(
-        "([s, p]) => { const el = document.querySelector(s); return !!el && new RegExp(p).test(el.innerText.trim()); }",
+    # The text that matched is returned from the same check: read again later, it may already carry a transient
+    # Gradio overlay (a "0.1s" timer) or the next update.
+    matched = page.wait_for_function(
+        "([s, p]) => { const el = document.querySelector(s); const t = el ? el.innerText.trim() : '';"
+        " return !!el && new RegExp(p).test(t) ? t : false; }",
         arg=[selector, pattern],
         timeout=timeout,
     )
-    return page.locator(selector).first.inner_text().strip()
+    return str(matched.json_value())
 
 
 def count_toasts(page, text: str) -> int:
