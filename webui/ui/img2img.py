@@ -284,6 +284,18 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         **outputs,
     )
 
+    def checked_request(model_name: str, explore_values: list[Any] | None, mode: str, *widgets: Any) -> Img2ImgRequest:
+        """The request Generate and Enqueue both send: the widgets checked, then styles, variation and script."""
+        try:
+            gen_request = img2img_request(mode, *widgets)
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"Invalid settings: {exc}") from exc
+        if not gen_request.init_images:
+            raise gr.Error("Upload an image first (img2img needs a starting image).", title="No image")
+        if mode == "inpaint" and gen_request.mask is None:
+            raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
+        return amend_request(service, gen_request, model_name, explore_values)
+
     def img2img(
         model_name: str,
         mode: str,
@@ -311,36 +323,11 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
     ) -> Iterator[tuple]:
         """Generate from an image (mode "img2img") or repaint its masked part (mode "inpaint": pass the image
         as init_image and a white-on-black inpaint_mask)."""
-        try:
-            gen_request = img2img_request(
-                mode,
-                init_image,
-                inpaint_image,
-                inpaint_mask,
-                prompt,
-                negative_prompt,
-                sampler_name,
-                scheduler,
-                steps,
-                cfg_scale,
-                width,
-                height,
-                seed,
-                n_iter,
-                batch_size,
-                denoising_strength,
-                resize_mode,
-                mask_blur,
-                mask_mode,
-                inpainting_fill,
-            )
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"Invalid settings: {exc}") from exc
-        if not gen_request.init_images:
-            raise gr.Error("Upload an image first (img2img needs a starting image).", title="No image")
-        if mode == "inpaint" and gen_request.mask is None:
-            raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
-        gen_request = amend_request(service, gen_request, model_name, explore_values)
+        gen_request = checked_request(
+            model_name, explore_values, mode, init_image, inpaint_image, inpaint_mask, prompt, negative_prompt,
+            sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter, batch_size, denoising_strength,
+            resize_mode, mask_blur, mask_mode, inpainting_fill,
+        )  # fmt: skip
         session, owner = (request.session_hash, request.username) if request else (None, None)
         yield from run_generation(tracker, gen_request, model_name, session, owner)
 
@@ -407,19 +394,11 @@ def build_img2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         explore_values: list[Any] | None,
         request: gr.Request,
     ) -> str:
-        try:
-            gen_request = img2img_request(
-                mode, init_image, inpaint_image, inpaint_mask, prompt, negative_prompt, sampler_name, scheduler,
-                steps, cfg_scale, width, height, seed, n_iter, batch_size, denoising_strength, resize_mode,
-                mask_blur, mask_mode, inpainting_fill,
-            )  # fmt: skip
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"Invalid settings: {exc}") from exc
-        if not gen_request.init_images:
-            raise gr.Error("Upload an image first (img2img needs a starting image).", title="No image")
-        if mode == "inpaint" and gen_request.mask is None:
-            raise gr.Error("Paint the area to repaint on the image, or upload a mask.", title="No mask")
-        gen_request = amend_request(service, gen_request, model_name, explore_values)
+        gen_request = checked_request(
+            model_name, explore_values, mode, init_image, inpaint_image, inpaint_mask, prompt, negative_prompt,
+            sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter, batch_size, denoising_strength,
+            resize_mode, mask_blur, mask_mode, inpainting_fill,
+        )  # fmt: skip
         return queue_tab.enqueue(service, gen_request, model_name, request.username if request else None)
 
     enqueue.click(img2img_enqueue, inputs, [tab.progress], queue=False)
