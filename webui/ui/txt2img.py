@@ -75,6 +75,18 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         **outputs,
     )
 
+    def checked_request(
+        model_name: str, explore_values: list[Any] | None, hires_widgets: tuple[Any, ...], *widgets: Any
+    ) -> GenerationRequest:
+        """The request Generate and Enqueue both send: the widgets and the Hires. fix accordion checked, then
+        styles, variation and script."""
+        try:
+            gen_request = txt2img_request(*widgets)
+            gen_request.hires = hires_from_widgets(*hires_widgets)
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"Invalid settings: {exc}") from exc
+        return amend_request(service, gen_request, model_name, explore_values)
+
     def txt2img(
         model_name: str,
         prompt: str,
@@ -99,26 +111,11 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         request: gr.Request,
     ) -> Iterator[tuple]:
         """Generate images from a prompt; yields live progress, finally the gallery and parameters."""
-        try:
-            gen_request = txt2img_request(
-                prompt,
-                negative_prompt,
-                sampler_name,
-                scheduler,
-                steps,
-                cfg_scale,
-                width,
-                height,
-                seed,
-                n_iter,
-                batch_size,
-            )
-            gen_request.hires = hires_from_widgets(
-                enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x, hr_resize_y
-            )
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"Invalid settings: {exc}") from exc
-        gen_request = amend_request(service, gen_request, model_name, explore_values)
+        gen_request = checked_request(
+            model_name, explore_values, (enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x,
+            hr_resize_y), prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
+            n_iter, batch_size,
+        )  # fmt: skip
         session, owner = (request.session_hash, request.username) if request else (None, None)
         yield from run_generation(tracker, gen_request, model_name, session, owner)
 
@@ -174,17 +171,11 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         hr_resize_y: float,
         request: gr.Request,
     ) -> str:
-        try:
-            gen_request = txt2img_request(
-                prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed, n_iter,
-                batch_size,
-            )  # fmt: skip
-            gen_request.hires = hires_from_widgets(
-                enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x, hr_resize_y
-            )
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"Invalid settings: {exc}") from exc
-        gen_request = amend_request(service, gen_request, model_name, explore_values)
+        gen_request = checked_request(
+            model_name, explore_values, (enable_hr, hr_upscaler, hr_steps, hr_denoising, hr_scale, hr_resize_x,
+            hr_resize_y), prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, width, height, seed,
+            n_iter, batch_size,
+        )  # fmt: skip
         return queue_tab.enqueue(service, gen_request, model_name, request.username if request else None)
 
     enqueue.click(txt2img_enqueue, inputs, [tab.progress], queue=False)
