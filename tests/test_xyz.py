@@ -37,9 +37,37 @@ def test_axis_indices_are_a1111_1_10s() -> None:
         "Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
         "Prompt order", "Sampler", "Hires sampler", "Checkpoint name",
     )  # fmt: skip
-    assert TXT2IMG_AXES.index("Schedule type") == 17 and TXT2IMG_AXES.index("Clip skip") == 25
-    assert IMG2IMG_AXES[5:7] == ("CFG Scale", "Image CFG Scale") and IMG2IMG_AXES.index("Denoising") == 25
+    assert TXT2IMG_AXES.index("Schedule type") == 17 and TXT2IMG_AXES.index("Clip skip") == 24
+    assert IMG2IMG_AXES[5:7] == ("CFG Scale", "Image CFG Scale") and IMG2IMG_AXES.index("Denoising") == 24
     assert TXT2IMG_AXES[-1] == IMG2IMG_AXES[-1] == "Size"
+
+
+# Indices read from AUTOMATIC1111 v1.10.1's scripts/xyz_grid.py (commit 82a973c0): its axis_options list, less
+# the img2img-only entries for txt2img and the txt2img-only ones for img2img (its ``is_img2img`` filter).
+A1111_1_10_1_INDICES = {
+    "Seed": (1, 1),
+    "Steps": (4, 4),
+    "CFG Scale": (6, 5),
+    "Prompt S/R": (7, 7),
+    "Sampler": (9, 9),
+    "Checkpoint name": (11, 10),
+    "Schedule type": (17, 16),
+    "Eta": (23, 22),
+    "Clip skip": (24, 23),
+    "Denoising": (25, 24),
+    "VAE": (29, 28),
+    "Size": (41, 40),
+}
+
+
+@pytest.mark.parametrize("label", A1111_1_10_1_INDICES)
+def test_axis_index_equals_a1111_1_10_1s(label: str) -> None:
+    assert (TXT2IMG_AXES.index(label), IMG2IMG_AXES.index(label)) == A1111_1_10_1_INDICES[label]
+
+
+def test_axis_lists_have_a1111_1_10_1s_length_and_no_later_entries() -> None:
+    assert (len(TXT2IMG_AXES), len(IMG2IMG_AXES)) == (42, 41)
+    assert "Skip Early CFG" not in TXT2IMG_AXES + IMG2IMG_AXES  # A1111 dev after 1.10.1: it shifts every index
 
 
 def names(name: str) -> str:

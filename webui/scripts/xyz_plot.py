@@ -31,7 +31,8 @@ from webui.pipeline.seeds import resolve_seed
 
 ARGS = "script_args"
 
-# (label, value type, modes); A1111 1.10's axis_options in order. ``modes`` says in which tab's list it is.
+# (label, value type, modes); A1111 1.10's axis_options in order, checked against v1.10.1 (commit 82a973c0): it
+# has no "Skip Early CFG", which came to A1111's dev branch later. ``modes`` says in which tab's list it is.
 BOTH, TXT2IMG, IMG2IMG = ("txt2img", "img2img"), ("txt2img",), ("img2img",)
 _A1111_AXES: tuple[tuple[str, type, tuple[str, ...]], ...] = (
     ("Nothing", str, BOTH),
@@ -56,7 +57,6 @@ _A1111_AXES: tuple[tuple[str, type, tuple[str, ...]], ...] = (
     ("Schedule min sigma", float, BOTH),
     ("Schedule max sigma", float, BOTH),
     ("Schedule rho", float, BOTH),
-    ("Skip Early CFG", float, BOTH),
     ("Beta schedule alpha", float, BOTH),
     ("Beta schedule beta", float, BOTH),
     ("Eta", float, BOTH),
