@@ -82,6 +82,11 @@ class ShownResult:
     images: list[Image.Image] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)  # per image when variation seeds were used, else empty
+
+    def subseed(self, index: int) -> int | None:
+        """The variation seed image ``index`` was made with (None: made without variation seeds)."""
+        return self.subseeds[index] if 0 <= index < len(self.subseeds) else None
 
     def infotext(self, index: int) -> str:
         return self.infotexts[index] if 0 <= index < len(self.infotexts) else ""
@@ -125,6 +130,7 @@ class GenerationTab:
     tokens: gr.HTML | None = None
     denoising_strength: gr.Slider | None = None
     size_hint: gr.Markdown | None = None
+    explore: Any = None  # webui.ui.explore.ExploreWidgets: variation seeds, styles, script (issue 17)
 
     def parameter_components(self) -> list[gr.components.Component]:
         """The widgets an infotext fills in (PNG Info / Send to), in `request_widget_values` order."""
@@ -356,6 +362,8 @@ def run_generation(
                 continue
             result = update.result
             shown = ShownResult(list(result.images), list(result.seeds), list(result.infotexts))
+            if len(result.subseeds) == len(result.images):  # variation seeds (issue 17): one per image
+                shown.subseeds = list(result.subseeds)
             yield (
                 gallery_items(result),
                 shown.infotext(0),

@@ -16,12 +16,15 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.infotext import parse_infotext, request_from_infotext
 from webui.pipeline.requests import GenerationRequest
 from webui.pipeline.script_plan import PROMPTS_FROM_FILE, XYZ_PLOT
 from webui.pipeline.styles import PromptStyle, apply_styles, load_styles, save_style
 from webui.scripts import plan_script
 from webui.scripts.xyz_plot import IMG2IMG_AXES, SUPPORTED, TXT2IMG_AXES
 from webui.service import Service
+from webui.ui.common import QUIET, GenerationTab, ShownResult
+from webui.ui.pnginfo import PngInfoTab
 
 NO_SCRIPT = "None"
 SCRIPT_LABELS = {"X/Y/Z plot": XYZ_PLOT, "Prompts from file or textbox": PROMPTS_FROM_FILE}
@@ -50,6 +53,10 @@ class ExploreWidgets:
         for widget in widgets:
             widget.change(lambda *values: list(values), widgets, state, queue=False, show_progress="hidden")
         return state
+
+    def variation(self) -> list[Any]:
+        """The "Extra" checkbox and the variation-seed fields, in :func:`variation_widget_values` order."""
+        return [self.extra, self.subseed, self.subseed_strength, self.resize_w, self.resize_h]
 
     def inputs(self) -> list[Any]:
         return [
@@ -214,3 +221,50 @@ def amend_request(
     except InvalidRequest as exc:
         raise gr.Error(f"{script}: {exc.message}", title="Invalid script settings") from exc
     return replace(request, script=plan)
+
+
+# --- Reuse and Send to: the variation seeds follow the seed ----------------------------------------------------
+
+# A1111 ticks "Extra" when a pasted infotext has either key (its seed row's infotext fields).
+VARIATION_KEYS = ("Variation seed", "Seed resize from-1")
+
+
+def variation_widget_values(infotext: str) -> list[Any]:
+    """Values for :meth:`ExploreWidgets.variation` from an infotext, as A1111 pastes them: "Extra" ticked and
+    the fields filled when the image was made with a variation seed or a seed resize; otherwise "Extra"
+    unticked (the image was made without them) and the fields left as they are."""
+    if not infotext:
+        return [gr.skip()] * 5
+    params = parse_infotext(infotext)
+    if not any(key in params for key in VARIATION_KEYS):
+        return [False, *[gr.skip()] * 4]
+    request = request_from_infotext(params)
+    resize_w, resize_h = max(request.seed_resize_from_w, 0), max(request.seed_resize_from_h, 0)
+    return [True, request.subseed, request.subseed_strength, resize_w, resize_h]
+
+
+def reused_variation_seed(shown: ShownResult, index: int) -> list[Any]:
+    """What the seed row's Reuse button puts in "Extra" and Variation seed, beside the seed it reuses: the
+    selected image's variation seed (A1111's ``all_subseeds[index]``), or nothing when it had none."""
+    subseed = shown.subseed(index)
+    return [gr.skip(), gr.skip()] if subseed is None else [True, subseed]
+
+
+def wire_variation_reuse_and_paste(txt2img: GenerationTab, img2img: GenerationTab, pnginfo: PngInfoTab) -> None:
+    """Reuse fills the variation seed too; Send to (PNG Info, a gallery) fills the variation fields of the tab
+    it sends to. Extra handlers on the same buttons, so that the handlers that fill the other widgets stay as
+    they are."""
+    for tab in (txt2img, img2img):
+        tab.reuse_seed.click(
+            reused_variation_seed, [tab.results, tab.selected], [tab.explore.extra, tab.explore.subseed], **QUIET
+        )
+
+    def from_gallery(shown: ShownResult, index: int) -> list[Any]:
+        return variation_widget_values(shown.infotext(index)) if shown.image(index) is not None else [gr.skip()] * 5
+
+    for source in (txt2img, img2img):
+        for button in (source.send_to_img2img, source.send_to_inpaint):
+            button.click(from_gallery, [source.results, source.selected], img2img.explore.variation(), **QUIET)
+    pnginfo.send_to_txt2img.click(variation_widget_values, pnginfo.parameters, txt2img.explore.variation(), **QUIET)
+    for button in (pnginfo.send_to_img2img, pnginfo.send_to_inpaint):
+        button.click(variation_widget_values, pnginfo.parameters, img2img.explore.variation(), **QUIET)

@@ -145,6 +145,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         concurrency_limit=8,
     )
     wire_common(tab, tracker)
+    tab.explore = explore  # issue 17: Reuse and Send to fill its variation seeds (explore.wire_variation_...)
     wire_token_counter(tab, service, model)
 
     # Enqueue (#20): the same request as Generate, queued without waiting for it.
