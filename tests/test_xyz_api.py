@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -184,7 +185,25 @@ def test_progress_counts_cells_and_interrupt_keeps_done_cells(url: str, service:
     assert len(kept) == 8
     black = [not pixels(im).any() for im in kept]
     assert not black[0] and not black[1] and black[-1]  # cells done kept, the rest left black in the grid
-    assert any("image 2/8" in s["textinfo"] or s["state"]["job_no"] == 1 for s in seen)
+    # A1111's state: job_count = the cells, job_no = the cells done; textinfo and the UI say "cell k/n"
+    second = [s for s in seen if s["state"]["job_no"] == 1]
+    assert second and all(s["state"]["job_count"] == 8 for s in second)
+    assert all(s["textinfo"].startswith("Step ") and s["textinfo"].endswith(", cell 2/8") for s in second)
+    assert not [s["textinfo"] for s in seen if "image" in s["textinfo"] and not s["state"]["interrupted"]]
+
+
+def test_ui_status_line_counts_cells_during_a_grid(service: WebUIService) -> None:
+    from webui.pipeline.requests import GenerationRequest
+    from webui.scripts import plan_script
+    from webui.ui.jobs import JobTracker
+
+    base = GenerationRequest(prompt="a red cat", steps=6, seed=1, width=SIZE, height=SIZE)
+    plan = plan_script("x/y/z plot", xyz_args(SEED_AXIS, "1-4"), base, "tiny", lambda name: name)
+    tracker = JobTracker(service, poll_interval=0.005)
+    lines = [u.html for u in tracker.follow(replace(base, script=plan), "tiny", None) if u.result is None]
+    shown = {k for k in range(1, 5) if any(f"cell {k}/4" in line for line in lines)}
+    assert len(shown) >= 2 and not any("image" in line for line in lines), lines
+    assert any("Step " in line and "cell " in line for line in lines)
 
 
 def test_prompts_from_textbox_give_each_line_its_settings(url: str) -> None:

@@ -72,6 +72,7 @@ class ProgressSnapshot:
     error: str | None = None
     interrupting: bool = False  # Interrupt was asked for; the job has not stopped yet
     decoding: bool = False  # sampling is over and the images (the kept one after an Interrupt) are being decoded
+    unit: str = "image"  # what image_index / images_total count: "cell" in an X/Y/Z plot (issue 17)
 
     @property
     def textinfo(self) -> str:
@@ -80,7 +81,7 @@ class ProgressSnapshot:
         if self.interrupting:
             return interrupting_text(self.decoding)
         if self.state == JobState.RUNNING:
-            return f"Step {self.step}/{self.total_steps}, image {self.image_index + 1}/{self.images_total}"
+            return f"Step {self.step}/{self.total_steps}, {self.unit} {self.image_index + 1}/{self.images_total}"
         if self.state == JobState.ERROR:
             return f"Error: {self.error}"
         return self.state.capitalize()
@@ -100,12 +101,21 @@ class ProgressSnapshot:
             step=p.step if p else 0,
             total_steps=p.total_steps if p else 0,
             image_index=p.image_index if p else 0,
-            images_total=p.images_total if p else job.request.total_images,
+            images_total=p.images_total if p else _planned(job)[0],
             preview=p.preview if p else None,
             error=job.error_message,
             interrupting=job.interrupting,
             decoding=bool(p is not None and p.decoding and running),
+            unit=p.unit if p else _planned(job)[1],
         )
+
+
+def _planned(job: Job) -> tuple[int, str]:
+    """How many images (or X/Y/Z cells) ``job`` will make, before its first progress (while a model loads)."""
+    plan = job.request.script
+    if plan is not None and plan.grid is not None:
+        return len(plan.cells), "cell"
+    return (len(plan.cells) if plan is not None else job.request.total_images), "image"
 
 
 @dataclass(frozen=True)

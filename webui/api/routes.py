@@ -363,7 +363,9 @@ def progress_body(snapshot: ProgressSnapshot, task_id: str | None, skip_current_
             "interrupted": state == JobState.INTERRUPTED or snapshot.interrupting,
             "stopping_generation": snapshot.interrupting,
             "job": snapshot.job_id or "",
-            "job_count": snapshot.queue_size + int(running),
+            # An X/Y/Z plot counts its cells as A1111 does (job_count = cells, job_no = cells done; issue 17).
+            "job_count": snapshot.queue_size
+            + (snapshot.images_total if running and snapshot.unit == "cell" else int(running)),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
             "job_no": snapshot.image_index,
             "sampling_step": snapshot.step,

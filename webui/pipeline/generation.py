@@ -68,6 +68,9 @@ class Progress:
     # Sampling of this batch is over (finished or interrupted) and its images are being decoded: at 1024 px
     # the VAE's decode takes longer than a sampling step on a CPU.
     decoding: bool = False
+    # What ``image_index`` / ``images_total`` count, as progress shows it ("image 2/4"): a script's runner
+    # counts its generations, "cell 2/6" for an X/Y/Z plot (issue 17).
+    unit: str = "image"
 
     @property
     def fraction(self) -> float:

@@ -47,6 +47,7 @@ def run_script(
                 total_steps=total_steps,
                 image_index=k,
                 images_total=len(plan.cells),
+                unit="cell" if plan.grid is not None else progress.unit,
             )
 
         results[index] = generate_cell(cell.request, cell.model_name, adjust)

@@ -65,7 +65,8 @@ def _describe(job: Job, queue: str) -> JobUpdate:
     if state == JobState.RUNNING and progress is not None:
         parts = [f"Step {progress.step}/{progress.total_steps}"]
         if progress.images_total > 1:
-            parts.append(f"image {min(progress.image_index + 1, progress.images_total)}/{progress.images_total}")
+            index = min(progress.image_index + 1, progress.images_total)
+            parts.append(f"{progress.unit} {index}/{progress.images_total}")  # "cell k/n" in an X/Y/Z plot
         parts.append("decoding" if progress.decoding else f"ETA {format_seconds(progress.eta_seconds)}")
         return JobUpdate(
             state,
