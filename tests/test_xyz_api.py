@@ -214,13 +214,18 @@ def test_prompts_from_textbox_give_each_line_its_settings(url: str) -> None:
             "",
             '--prompt "x" --negative_prompt "y z" --sampler_name "DDIM" --seed 12',
             "--prompt 'w' --width 96 --height 80 --seed 13",
-            '--prompt "v" --sampler_name "Euler a" --scheduler karras --seed 14',
+            '--prompt "v" --sampler_name "Euler a" --scheduler karras --seed 14 --subseed 3 --subseed_strength 0.2',
         ]
     )
     data = post(url, prompt="", negative_prompt="", script_name="prompts from file or textbox",
                 script_args=[False, False, "start", text]).json()  # fmt: skip
     assert "info" in data, data
-    params = [parse_infotext(t) for t in __import__("json").loads(data["info"])["infotexts"]]
+    info = __import__("json").loads(data["info"])
+    params = [parse_infotext(t) for t in info["infotexts"]]
+    # A1111's info lists each line's own prompt, negative prompt, seed and variation seed
+    assert info["all_prompts"] == ["a green cat", "a blue dog", "x", "w", "v"]
+    assert info["all_negative_prompts"] == ["", "", "y z", "", ""]
+    assert info["all_seeds"] == [42, 11, 12, 13, 14] and info["all_subseeds"] == [-1, -1, -1, -1, 3]
     assert len(data["images"]) == len(params) == 5
     assert [p["Prompt"] for p in params] == ["a green cat", "a blue dog", "x", "w", "v"]
     assert params[0]["Seed"] == "42" and params[1]["Steps"] == "3" and params[1]["CFG scale"] == "5"

@@ -423,6 +423,9 @@ class GenerationResult:
     interrupted: bool = False
     request: ResolvedRequest | None = None
     subseeds: list[int] = field(default_factory=list)  # per image, only with variation seeds
+    # Per image when the images have different prompts (a prompt list, issue 17); empty: the request's.
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
 
     model_name: str | None = None
     model_hash: str | None = None
@@ -437,8 +440,10 @@ class GenerationResult:
         return {
             "prompt": req.prompt,
             "negative_prompt": req.negative_prompt,
-            "all_prompts": [req.prompt] * count,
-            "all_negative_prompts": [req.negative_prompt] * count,
+            "all_prompts": list(self.prompts) if self.prompts else [req.prompt] * count,
+            "all_negative_prompts": list(self.negative_prompts)
+            if self.negative_prompts
+            else [req.negative_prompt] * count,
             "seed": self.seeds[0] if self.seeds else req.seed,
             "all_seeds": list(self.seeds),
             "subseed": self.subseeds[0] if self.subseeds else req.subseed,

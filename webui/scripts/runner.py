@@ -64,7 +64,13 @@ def run_script(
             out.seeds += r.seeds
             out.infotexts += r.infotexts
             out.paths += r.paths
-            out.subseeds += r.subseeds
+            # A1111's all_prompts / all_negative_prompts / all_subseeds: each line's own, image by image
+            count = len(r.images)
+            out.prompts += [r.request.prompt if r.request is not None else ""] * count
+            out.negative_prompts += [r.request.negative_prompt if r.request is not None else ""] * count
+            out.subseeds += r.subseeds if len(r.subseeds) == count else [-1] * count
+        if all(s == -1 for s in out.subseeds):
+            out.subseeds = []  # no line used variation seeds
         return out
     return _xyz_result(plan, plan.grid, results, out, outputs_dir)
 

@@ -86,7 +86,7 @@ class ShownResult:
 
     def subseed(self, index: int) -> int | None:
         """The variation seed image ``index`` was made with (None: made without variation seeds)."""
-        return self.subseeds[index] if 0 <= index < len(self.subseeds) else None
+        return self.subseeds[index] if 0 <= index < len(self.subseeds) and self.subseeds[index] >= 0 else None
 
     def infotext(self, index: int) -> str:
         return self.infotexts[index] if 0 <= index < len(self.infotexts) else ""
