@@ -36,7 +36,7 @@ TOOLTIPS = {
     for tab in ("txt2img", "img2img")
     for button, text in (
         ("random_seed", "Use a random seed for the next run (sets Seed to -1)"),
-        ("reuse_seed", "Reuse the seed of the image selected in the gallery"),
+        ("reuse_seed", "Reuse the seed (and variation seed) of the image selected in the gallery"),
     )
 }
 # Images that are shown larger than their own pixels are drawn with nearest-neighbour scaling (JS marks them).
