@@ -187,7 +187,7 @@ def test_progress_counts_cells_and_interrupt_keeps_done_cells(url: str, service:
     assert not black[0] and not black[1] and black[-1]  # cells done kept, the rest left black in the grid
     # A1111's state: job_count = the cells, job_no = the cells done; textinfo and the UI say "cell k/n"
     second = [s for s in seen if s["state"]["job_no"] == 1]
-    assert second and all(s["state"]["job_count"] == 8 for s in second)
+    assert second and all(s["state"]["job_count"] == 8 and s["state"]["job"] == "2 out of 8" for s in second)
     assert all(s["textinfo"].startswith("Step ") and s["textinfo"].endswith(", cell 2/8") for s in second)
     assert not [s["textinfo"] for s in seen if "image" in s["textinfo"] and not s["state"]["interrupted"]]
 

@@ -362,8 +362,11 @@ def progress_body(snapshot: ProgressSnapshot, task_id: str | None, skip_current_
             # A1111 sets both the moment Interrupt is clicked, before the job has stopped.
             "interrupted": state == JobState.INTERRUPTED or snapshot.interrupting,
             "stopping_generation": snapshot.interrupting,
-            "job": snapshot.job_id or "",
-            # An X/Y/Z plot counts its cells as A1111 does (job_count = cells, job_no = cells done; issue 17).
+            # The job's id; in an X/Y/Z plot A1111's "k out of n" (the cell), and job_count = cells, job_no = cells
+            # done, as A1111 fills them (issue 17).
+            "job": f"{snapshot.image_index + 1} out of {snapshot.images_total}"
+            if running and snapshot.unit == "cell"
+            else snapshot.job_id or "",
             "job_count": snapshot.queue_size
             + (snapshot.images_total if running and snapshot.unit == "cell" else int(running)),
             "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
