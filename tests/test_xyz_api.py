@@ -105,6 +105,8 @@ def test_prompt_search_and_replace(url: str) -> None:
     data = post(url, script_name="x/y/z plot", script_args=xyz_args(PROMPT_SR, "red, blue, 'green'")).json()
     prompts = [parse_infotext(from_b64(i).info["parameters"])["Prompt"] for i in data["images"][1:]]
     assert prompts == ["a red cat", "a blue cat", "a 'green' cat"]
+    info = __import__("json").loads(data["info"])
+    assert info["all_prompts"] == ["a red cat", *prompts]  # the grid (its first cell's), then each cell's
     quoted = post(url, script_name="x/y/z plot", script_args=xyz_args(PROMPT_SR, 'red, "big, blue"')).json()
     assert parse_infotext(from_b64(quoted["images"][2]).info["parameters"])["Prompt"] == "a big, blue cat"
     missing = post(url, script_name="x/y/z plot", script_args=xyz_args(PROMPT_SR, "purple, red"))

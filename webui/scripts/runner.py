@@ -93,6 +93,8 @@ def _xyz_result(
     ]
     infotexts = [results[i].infotexts[0] if i in results and results[i].images else "" for i in range(len(plan.cells))]
     seeds = [results[i].seeds[0] if i in results and results[i].images else 0 for i in range(len(plan.cells))]
+    # info.all_prompts / all_negative_prompts: each image's own (a Prompt S/R cell's, a grid's first cell's)
+    prompts = [(c.request.prompt, c.request.negative_prompt) for c in plan.cells]
     nx, ny, nz = len(layout.x_labels), len(layout.y_labels), len(layout.z_labels)
     sub_grids = []
     for iz in range(nz):
@@ -110,6 +112,7 @@ def _xyz_result(
     out.images = [z_grid]
     out.infotexts = [grid_infotext]
     out.seeds = [first.seeds[0]]
+    shown = [prompts[0]]
     if outputs_dir is not None:
         mode = first.request.mode if first.request is not None else "txt2img"
         out.paths.append(save_image(z_grid, outputs_dir, f"{mode}-grids", first.seeds[0], grid_infotext))
@@ -117,8 +120,11 @@ def _xyz_result(
         out.images += sub_grids
         out.infotexts += [infotexts[iz * nx * ny] for iz in range(nz)]
         out.seeds += [seeds[iz * nx * ny] for iz in range(nz)]
+        shown += [prompts[iz * nx * ny] for iz in range(nz)]
     if layout.include_lone_images:
         out.images += cells
         out.infotexts += infotexts
         out.seeds += seeds
+        shown += prompts
+    out.prompts, out.negative_prompts = [p for p, _ in shown], [n for _, n in shown]
     return out
