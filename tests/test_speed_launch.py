@@ -76,3 +76,12 @@ def test_compile_flag_reaches_the_model_manager(launch, tmp_path):
         assert service.models.speed is not None and service.models.speed.compile is True
     finally:
         service.close()
+
+
+def test_medvram_and_lowvram_flags(launch, tmp_path):
+    parse = launch.build_parser().parse_args
+    assert launch.options_from_args(parse([])).vram == "normal"
+    assert launch.options_from_args(parse(["--medvram"])).vram == "medvram"
+    assert launch.options_from_args(parse(["--lowvram"])).vram == "lowvram"
+    with pytest.raises(SystemExit):
+        parse(["--medvram", "--lowvram"])

@@ -107,6 +107,7 @@ class ServerOptions:
     threads: int | None = None  # None: the physical cores
     vae_tiling: str = "auto"
     compile: bool = False  # --compile (issue 19, webui/models/speed_options.py)
+    vram: str = "normal"  # --medvram / --lowvram
     # The durable queue and its API (issue #20).
     queue_db: Path | None = None
     queue_history: int = 1000
@@ -245,7 +246,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         hash_cache=HashCache(options.outputs / "cache.json"),
         precision=precision,
         vae_tiling=options.vae_tiling,
-        speed=SpeedOptions(compile=options.compile),
+        speed=SpeedOptions(compile=options.compile, vram=options.vram),
     )
     return WebUIService(
         registry_path=options.models,

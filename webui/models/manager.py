@@ -459,7 +459,7 @@ class ModelManager:
         model = self._loader(
             path,
             tokenizer=tokenizer,
-            device=self.device,
+            device=self.device if self.speed is None else self.speed.load_device(self.device),
             dtype=dtype,
             name=entry.name,
             native_size=entry.native_size,
@@ -469,7 +469,7 @@ class ModelManager:
             self._hash_later(model, path)
         model.vae_tiling = self.vae_tiling
         if self.speed is not None:
-            self.speed.apply(model)
+            self.speed.apply(model, self.device)
         return model
 
     def _hash_later(self, model: StableDiffusionModel, path: Path) -> None:
