@@ -45,6 +45,9 @@ def test_tensors_read_one_at_a_time_equal_safetensors_own(tmp_path):
         got = source.get(key)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert torch.equal(got, expected), key
+        converted = source.get_as(key, torch.float32, torch.device("cpu"))  # through the reused scratch buffer
+        want = expected.float() if expected.is_floating_point() else expected
+        assert converted.dtype == want.dtype and torch.equal(converted, want), key
     source.close()
     with pytest.raises(CorruptCheckpointError, match="closed"):
         source.get("f16")

@@ -79,6 +79,7 @@ class SafetensorsSource:
                 f"{path.name} is not a valid .safetensors file (truncated or damaged download?): {exc}"
             ) from exc
         self._file = path.open("rb")
+        self._scratch: torch.Tensor | None = None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)
@@ -101,10 +102,34 @@ class SafetensorsSource:
             raise CorruptCheckpointError(f"{self.path.name}: tensor {key!r} is cut short (truncated file?)")
         return data.view(dtype).reshape(shape)
 
+    def get_as(self, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``get(key)`` converted to ``dtype`` (floating-point tensors only) on ``device``.
+
+        A conversion reads the file's bytes into one scratch buffer the size of the largest tensor, reused
+        for every tensor, and writes the result straight into its final tensor: the only memory beyond the
+        loaded weights is that buffer. (Reading each tensor into a fresh buffer and freeing it after the
+        conversion leaves glibc's heap holding the freed buffers: 0.11 GiB on an SD 1.5 file.)
+        """
+        kind, shape, (begin, end) = self._entries.get(key, ("?", (), (0, 0)))
+        source_dtype = SAFETENSORS_DTYPES.get(kind)
+        target = dtype if source_dtype is not None and source_dtype.is_floating_point else source_dtype
+        if source_dtype is None or target == source_dtype or end == begin or self._file is None:
+            return self.get(key).to(device)
+        if self._scratch is None:
+            self._scratch = torch.empty(max(e - b for _, _, (b, e) in self._entries.values()), dtype=torch.uint8)
+        data = self._scratch[: end - begin]
+        self._file.seek(self._data_start + begin)
+        if self._file.readinto(data.numpy().data) != end - begin:
+            raise CorruptCheckpointError(f"{self.path.name}: tensor {key!r} is cut short (truncated file?)")
+        out = torch.empty(shape, dtype=target, device=device)
+        out.copy_(data.view(source_dtype).reshape(shape))
+        return out
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         self._file = None
+        self._scratch = None
 
 
 def _safetensors_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], tuple[int, int]]], int]:
