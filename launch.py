@@ -189,6 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="Decode and encode images tile by tile (bounded memory at large sizes; seams are cross-faded). "
         "auto: above 1024x1024 pixels or when the untiled activations would not fit in free memory.",
     )
+    # --compile, --medvram, --lowvram (issue 19; webui/models/speed_options.py)
+    perf.add_argument(
+        "--compile",
+        action="store_true",
+        help="Run the UNet through torch.compile (inductor): the first image at each new size waits for the "
+        "compile (minutes on a CPU), later steps at that size are faster. Interrupt acts between steps.",
+    )
+    vram = perf.add_mutually_exclusive_group()
+    vram.add_argument(
+        "--medvram",
+        action="store_true",
+        help="GPU: keep text encoder, UNet and VAE in CPU memory and move each to the GPU only while it runs "
+        "(as AUTOMATIC1111's flag): less VRAM, a little slower.",
+    )
+    vram.add_argument(
+        "--lowvram",
+        action="store_true",
+        help="GPU: like --medvram, and the UNet's blocks move to the GPU one at a time: least VRAM, much slower.",
+    )
     # --- durable queue, queue API callbacks, workers (issue #20) ---
     queue = parser.add_argument_group("queue")
     queue.add_argument(
@@ -257,6 +276,8 @@ def options_from_args(args: argparse.Namespace):  # -> webui.server.ServerOption
         models_in_memory=args.models_in_memory,
         threads=args.threads,
         vae_tiling=args.vae_tiling,
+        compile=args.compile,  # issue 19: --compile, --medvram, --lowvram
+        vram="lowvram" if args.lowvram else "medvram" if args.medvram else "normal",
         queue_db=args.queue_db if args.queue_db is not None else args.outputs / "queue.sqlite3",
         queue_history=args.queue_history,
         allow_local_callbacks=args.allow_local_callbacks,

@@ -15,14 +15,19 @@ Each row gives seconds end to end (prompt encoding, sampling, VAE decode; no PNG
 fp32, and the PSNR of its image against diffusers fp32's. On the CPU each row is one call (``--warmup``
 adds an untimed one before it; first-call costs are small next to these seconds).
 
-CUDA mode (``--device cuda``): 512x512, batch 1, fp16, Euler 20 steps: it/s of ours and of diffusers
-(PyTorch SDPA attention), and the peak VRAM of each (``--compile``, ``--medvram``, ``--lowvram`` are not
-implemented yet). Written to run unchanged on a CUDA machine; not run yet (no GPU here).
+CUDA mode (``--device cuda``): 512x512, batch 1, fp16, Euler 20 steps: it/s and peak VRAM of ours, ours
+with ``--compile``, ``--medvram`` and ``--lowvram``, and of diffusers (PyTorch SDPA attention). It runs
+only where CUDA exists (it says so and stops elsewhere); written to run unchanged on a CUDA machine, not
+run yet (no GPU here).
+
+``--compile-cpu tiny|sd15``: ``--compile`` against eager on the CPU, same model, same run: seconds per
+step of each, the speed-up, the compile time (the first image's extra seconds) and the PSNR between them.
 
 Usage::
 
     flock /tmp/heavy.lock python -m bench.bench_speed --sizes 256 [--keep /tmp/sd15.safetensors]
     python -m bench.bench_speed --device cuda
+    python -m bench.bench_speed --compile-cpu tiny --sizes 64 256 --steps 4
 
 The SD 1.5-size checkpoint (4.3 GB fp32) is written to a temporary folder unless ``--keep`` names one
 (written there the first time, reused after).
@@ -200,12 +205,15 @@ def cpu_bench(path: Path, sizes: list[int], steps: int, with_bf16: bool, warmup:
 
 def cuda_bench(path: Path, steps: int) -> None:
     from webui.models.loading import load_model
+    from webui.models.speed_options import SpeedOptions
 
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here (the CPU table is the default mode)")
     device = torch.device("cuda")
     size = 512
 
     def its(call: Callable[[], object]) -> tuple[float, float]:
-        call()
+        call()  # warm-up (and, with --compile, the compile): not measured
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -213,11 +221,27 @@ def cuda_bench(path: Path, steps: int) -> None:
         torch.cuda.synchronize()
         return steps / (time.perf_counter() - start), torch.cuda.max_memory_allocated() / 2**30
 
+    def ours(label: str, options: SpeedOptions) -> None:
+        gc.collect()
+        torch.cuda.empty_cache()
+        model = load_model(path, device=options.load_device(device), dtype=torch.float16, compute_hash=False)
+        options.apply(model, device)
+        start = time.perf_counter()
+        run_ours(model, size, 1, "Euler")  # first call: compile time with --compile
+        first = time.perf_counter() - start
+        rate, peak = its(partial(run_ours, model, size, steps, "Euler"))
+        print(f"{label:22s} {rate:8.2f}             {peak:6.2f}      (first 1-step image {first:.1f} s)", flush=True)
+        del model
+
     print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; 512x512, batch 1, fp16, Euler {steps}")
     print("                       it/s (whole image)   peak VRAM GiB")
+    ours("ours", SpeedOptions())
+    ours("ours --compile", SpeedOptions(compile=True))
+    ours("ours --medvram", SpeedOptions(vram="medvram"))
+    ours("ours --lowvram", SpeedOptions(vram="lowvram"))
+    gc.collect()
+    torch.cuda.empty_cache()
     model = load_model(path, device=device, dtype=torch.float16, compute_hash=False)
-    rate, peak = its(partial(run_ours, model, size, steps, "Euler"))
-    print(f"ours                   {rate:8.2f}             {peak:6.2f}", flush=True)
     pipe = diffusers_pipeline(model, scheduler="Euler")
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -225,7 +249,47 @@ def cuda_bench(path: Path, steps: int) -> None:
     rate, peak = its(partial(run_diffusers, pipe, size, steps))
     print(f"diffusers (SDPA)       {rate:8.2f}             {peak:6.2f}", flush=True)
     del pipe
-    print("ours --compile, --medvram, --lowvram: not implemented yet (issue 19 leaves them open)")
+
+
+def compile_bench(path: Path | None, sizes: list[int], steps: int) -> None:
+    """--compile on the CPU: compile time and per-step time against eager, same model, same run.
+
+    Eager first, then the same model compiled in place; each timed on a whole image (Euler, ``steps`` steps,
+    CFG 7, batch 1) after a 1-step warm-up image (the compiled one's warm-up is the compile).
+    """
+    from webui.models.compile import compile_unet, uncompile
+    from webui.models.loading import load_model
+
+    if path is None:
+        from tests.support.tiny_model import write_tiny_model
+
+        folder = Path(tempfile.mkdtemp())
+        path = write_tiny_model(folder).path
+    model = load_model(path, compute_hash=False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {path.name}; Euler {steps} steps, CFG 7")
+    print("size    eager s/step   compiled s/step   speed-up   compile s   PSNR compiled vs eager")
+    for size in sizes:
+        uncompile(model.unet)
+        start = time.perf_counter()
+        run_ours(model, size, 1, "Euler")
+        eager_first = time.perf_counter() - start
+        start = time.perf_counter()
+        eager_image = run_ours(model, size, steps, "Euler")
+        eager = (time.perf_counter() - start) / steps
+        compile_unet(model.unet)
+        start = time.perf_counter()
+        run_ours(model, size, 1, "Euler")
+        compile_seconds = time.perf_counter() - start - eager_first  # the 1-step image's extra time
+        start = time.perf_counter()
+        image = run_ours(model, size, steps, "Euler")
+        compiled = (time.perf_counter() - start) / steps
+        quality = psnr(image, eager_image)
+        shown = "identical" if math.isinf(quality) else f"{quality:.1f} dB"
+        ratio = eager / compiled
+        print(
+            f"{size:4d}    {eager:12.3f}   {compiled:15.3f}   {ratio:8.2f}   {compile_seconds:9.1f}   {shown}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -240,10 +304,22 @@ def main() -> None:
     )
     parser.add_argument("--warmup", action="store_true", help="one untimed call before each timed one (CPU)")
     parser.add_argument("--keep", type=Path, help="the SD 1.5-size checkpoint to use (written if missing)")
+    parser.add_argument(
+        "--compile-cpu",
+        choices=["tiny", "sd15"],
+        help="instead: --compile against eager on the CPU (compile time, s/step), on the tiny test model or SD 1.5",
+    )
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():  # before writing a 4 GB checkpoint
+        raise SystemExit("--device cuda: no CUDA device is available here (the CPU table is the default mode)")
+    if args.compile_cpu == "tiny":
+        compile_bench(None, args.sizes, args.steps or 4)
+        return
     with tempfile.TemporaryDirectory() as folder:
         path = ensure_checkpoint(args.keep, Path(folder))
-        if args.device == "cuda":
+        if args.compile_cpu == "sd15":
+            compile_bench(path, args.sizes, args.steps or 4)
+        elif args.device == "cuda":
             cuda_bench(path, args.steps or 20)
         else:
             cpu_bench(path, args.sizes, args.steps or 4, not args.no_bf16, args.warmup)

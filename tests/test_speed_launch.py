@@ -62,3 +62,26 @@ def test_threads_and_vae_tiling_flags(launch, tmp_path):
     finally:
         service.close()
         torch.set_num_threads(before)
+
+
+def test_compile_flag_reaches_the_model_manager(launch, tmp_path):
+    from webui.server import create_service
+
+    models = tmp_path / "models.yaml"
+    models.write_text("models:\n  - {name: m, path: m.safetensors}\n")
+    base = ["--models", str(models), "--outputs", str(tmp_path), "--device", "cpu"]
+    assert launch.options_from_args(launch.build_parser().parse_args(base)).compile is False
+    service = create_service(launch.options_from_args(launch.build_parser().parse_args([*base, "--compile"])))
+    try:
+        assert service.models.speed is not None and service.models.speed.compile is True
+    finally:
+        service.close()
+
+
+def test_medvram_and_lowvram_flags(launch, tmp_path):
+    parse = launch.build_parser().parse_args
+    assert launch.options_from_args(parse([])).vram == "normal"
+    assert launch.options_from_args(parse(["--medvram"])).vram == "medvram"
+    assert launch.options_from_args(parse(["--lowvram"])).vram == "lowvram"
+    with pytest.raises(SystemExit):
+        parse(["--medvram", "--lowvram"])

@@ -106,6 +106,8 @@ class ServerOptions:
     models_in_memory: int = 1
     threads: int | None = None  # None: the physical cores
     vae_tiling: str = "auto"
+    compile: bool = False  # --compile (issue 19, webui/models/speed_options.py)
+    vram: str = "normal"  # --medvram / --lowvram
     # The durable queue and its API (issue #20).
     queue_db: Path | None = None
     queue_history: int = 1000
@@ -229,6 +231,7 @@ def create_service(options: ServerOptions) -> WebUIService:
     from webui.models.manager import ModelManager
     from webui.models.precision import plan_precision
     from webui.models.registry import load_registry
+    from webui.models.speed_options import SpeedOptions
     from webui.threads import set_threads
 
     set_threads(options.threads)
@@ -243,6 +246,7 @@ def create_service(options: ServerOptions) -> WebUIService:
         hash_cache=HashCache(options.outputs / "cache.json"),
         precision=precision,
         vae_tiling=options.vae_tiling,
+        speed=SpeedOptions(compile=options.compile, vram=options.vram),
     )
     return WebUIService(
         registry_path=options.models,

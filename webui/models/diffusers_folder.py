@@ -254,6 +254,15 @@ class DiffusersFolderSource:
         tensor = source.get(theirs)
         return transform(tensor) if transform is not None else tensor
 
+    def get_as(self, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``get(key)`` converted while reading where the part's file can (see ``SafetensorsSource.get_as``)."""
+        if key == "alphas_cumprod" and self._alphas is not None:
+            return self._alphas
+        source, theirs, transform = self._map[key]
+        get_as = getattr(source, "get_as", None)
+        tensor = get_as(theirs, dtype, device) if get_as is not None else source.get(theirs)
+        return transform(tensor) if transform is not None else tensor
+
     def close(self) -> None:
         for source in self._sources:
             source.close()

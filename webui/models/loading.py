@@ -169,8 +169,10 @@ def _materialize(
             f"the {what} has {len(unexpected)} tensors that an SD 1.x {what} does not have, e.g. {unexpected[:3]}"
         )
     state = {}
+    # A source that converts while reading (safetensors files: one reused scratch buffer, issue 19) does it.
+    get_as = getattr(source, "get_as", None)
     for key, reference in expected.items():
-        tensor = source.get(key_map[key])
+        tensor = get_as(key_map[key], dtype, device) if get_as is not None else source.get(key_map[key])
         if tensor.shape != reference.shape:
             if tensor.numel() == reference.numel() and what == "VAE":  # linear vs 1x1-conv attention projections
                 tensor = tensor.reshape(reference.shape)

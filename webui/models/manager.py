@@ -51,6 +51,7 @@ from webui.models.registry import (
     UnknownModelError,
     check_recommendations,
 )
+from webui.models.speed_options import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class ModelManager:
         precision: each network's dtype (``--precision``, :mod:`webui.models.precision`) for entries
             whose ``dtype`` is ``auto``; None puts all three in ``dtype``.
         vae_tiling: ``--vae-tiling`` (auto, on, off) for the models it loads (:mod:`webui.models.vae_tiling`).
+        speed: ``--compile`` and the like, applied to each model it loads (:mod:`webui.models.speed_options`).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ModelManager:
         hash_cache: HashCache | None = None,
         precision: PrecisionPlan | None = None,
         vae_tiling: str = "auto",
+        speed: SpeedOptions | None = None,
     ):
         self.registry = registry
         self.device = torch.device(device)
@@ -136,6 +139,7 @@ class ModelManager:
         self.hasher = BackgroundHasher(hash_cache) if hash_cache is not None else None
         self.precision = precision
         self.vae_tiling = vae_tiling
+        self.speed = speed
 
     @property
     def current_name(self) -> str | None:
@@ -455,7 +459,7 @@ class ModelManager:
         model = self._loader(
             path,
             tokenizer=tokenizer,
-            device=self.device,
+            device=self.device if self.speed is None else self.speed.load_device(self.device),
             dtype=dtype,
             name=entry.name,
             native_size=entry.native_size,
@@ -464,6 +468,8 @@ class ModelManager:
         if self.hasher is not None and path.is_file():
             self._hash_later(model, path)
         model.vae_tiling = self.vae_tiling
+        if self.speed is not None:
+            self.speed.apply(model, self.device)
         return model
 
     def _hash_later(self, model: StableDiffusionModel, path: Path) -> None:

@@ -197,7 +197,14 @@ def unet_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
 
 def stop_points(unet: torch.nn.Module) -> list[torch.nn.Module]:
     """Every module inside the UNet's blocks: at 1024 px one attention block alone takes seconds on a CPU,
-    so checking only between blocks is not enough (a hook costs microseconds, a module call far more)."""
+    so checking only between blocks is not enough (a hook costs microseconds, a module call far more).
+
+    None for a UNet compiled by ``--compile``: hooks added per job inside a compiled graph would recompile
+    it every job (issue 19); interrupt and skip then act between steps."""
+    from webui.models.compile import is_compiled
+
+    if is_compiled(unet):
+        return []
     return [module for block in unet_blocks(unet) for module in block.modules()]
 
 
