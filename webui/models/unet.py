@@ -10,11 +10,14 @@ positioned as in CompVis' ``ldm/modules/diffusionmodules/openaimodel.py`` (Romba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from webui.models.token_merging import NO_MERGE, BlockMerges
 
 GROUP_NORM_GROUPS = 32
 # Attention scores (batch x heads x queries x keys) computed in one go; above this the queries are split.
@@ -131,11 +134,15 @@ class BasicTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
+        # Token merging (issue 19, webui/models/token_merging.py) sets this for one job only: tokens ->
+        # the (merge, unmerge) pairs of the self-attention, the cross-attention and the feed-forward.
+        self.token_merge: Callable[[torch.Tensor], BlockMerges] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        (m_a, u_a), (m_c, u_c), (m_m, u_m) = NO_MERGE if self.token_merge is None else self.token_merge(x)
+        x = x + u_a(self.attn1(m_a(self.norm1(x))))
+        x = x + u_c(self.attn2(m_c(self.norm2(x)), context))
+        return x + u_m(self.ff(m_m(self.norm3(x))))
 
 
 class SpatialTransformer(nn.Module):
