@@ -113,20 +113,20 @@ def test_a_branch_deeper_than_the_model_is_refused_when_it_runs(tiny_model, samp
 def test_settings_fill_what_a_request_leaves_out():
     settings = SpeedupSettings().updated({"token_merging_ratio": 0.4, "deepcache_interval": 3, "sd_vae": "x"})
     assert settings.options()["token_merging_ratio"] == 0.4
-    assert settings.fill(GenerationRequest(), img2img=False) == {
+    assert settings.fill(GenerationRequest()) == {
         "token_merging_ratio": 0.4,
         "token_merging_ratio_hr": 0.0,
         "deepcache_interval": 3,
         "deepcache_branch": 0,
     }
-    assert settings.fill(GenerationRequest(token_merging_ratio=0.0, deepcache_interval=1), img2img=False) == {
+    assert settings.fill(GenerationRequest(token_merging_ratio=0.0, deepcache_interval=1)) == {
         "token_merging_ratio_hr": 0.0,
         "deepcache_branch": 0,
     }
     # img2img: token_merging_ratio_img2img when set, else token_merging_ratio (A1111's get_token_merging_ratio)
     img2img = settings.updated({"token_merging_ratio_img2img": 0.2})
-    assert img2img.fill(Img2ImgRequest(), img2img=True)["token_merging_ratio"] == 0.2
-    assert settings.fill(Img2ImgRequest(), img2img=True)["token_merging_ratio"] == 0.4
+    assert img2img.fill(Img2ImgRequest())["token_merging_ratio"] == 0.2
+    assert settings.fill(Img2ImgRequest())["token_merging_ratio"] == 0.4
     with pytest.raises(InvalidRequest) as err:
         settings.updated({"deepcache_interval": "3"})
     assert err.value.field == "deepcache_interval"

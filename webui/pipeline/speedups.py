@@ -74,11 +74,13 @@ class SpeedupSettings:
         raises :class:`InvalidRequest` naming a bad value."""
         return replace(self, **{name: check(name, options[name]) for name, check in _CHECKS.items() if name in options})
 
-    def fill(self, request: Any, img2img: bool) -> dict[str, Any]:
+    def fill(self, request: Any) -> dict[str, Any]:
         """The values of ``request``'s speed-up fields left as None (the changes to make to it)."""
-        first_pass = self.token_merging_ratio_img2img or self.token_merging_ratio if img2img else None
+        img2img = request.mode == "img2img"
         defaults = {
-            "token_merging_ratio": self.token_merging_ratio if first_pass is None else first_pass,
+            "token_merging_ratio": self.token_merging_ratio_img2img or self.token_merging_ratio
+            if img2img
+            else self.token_merging_ratio,
             "token_merging_ratio_hr": self.token_merging_ratio_hr,
             "deepcache_interval": self.deepcache_interval,
             "deepcache_branch": self.deepcache_branch,
