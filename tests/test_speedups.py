@@ -135,3 +135,15 @@ def test_settings_fill_what_a_request_leaves_out():
 def test_speedups_default_is_off():
     assert Speedups.checked({}) == Speedups()
     assert all(v is None for v in Speedups().infotext(hires=True).values())
+
+
+def test_settings_reach_the_cells_of_a_script(samplers):
+    from webui.pipeline.script_plan import ScriptCell, ScriptPlan
+
+    cells = (ScriptCell(GenerationRequest(prompt="a")), ScriptCell(GenerationRequest(prompt="b", deepcache_interval=1)))
+    request = GenerationRequest(script=ScriptPlan("prompts from file", cells, (0, 1)))
+    filled = SpeedupSettings(token_merging_ratio=0.5, deepcache_interval=2).filled(request)
+    resolved = resolve_request(filled, samplers, (64, 64))
+    first, second = (cell.request.speedups for cell in resolved.script.cells)
+    assert (first.token_merging_ratio, first.deepcache_interval) == (0.5, 2)
+    assert (second.token_merging_ratio, second.deepcache_interval) == (0.5, 1)  # the cell's own value wins

@@ -444,7 +444,7 @@ class WebUIService:
         """
         if request.sd_vae is None:  # the "SD VAE" setting as it is now, not when the job runs
             request = replace(request, sd_vae=self.sd_vae)
-        request = replace(request, **self._speedups.fill(request))  # issue 19: the settings now, as sd_vae
+        request = self._speedups.filled(request)  # issue 19: the speed-up settings now, as sd_vae
         resolved = resolve_request(
             request, self.samplers, self._default_size(model_name), self.upscalers, loras=self.lora_library
         )

@@ -200,7 +200,7 @@ class FakeService:
         fixed_seed = replace(request, seed=1000) if request.seed == -1 else request
         if fixed_seed.sd_vae is None:
             fixed_seed = replace(fixed_seed, sd_vae=self.sd_vae)
-        fixed_seed = replace(fixed_seed, **self.speedup_settings.fill(fixed_seed))  # issue 19
+        fixed_seed = self.speedup_settings.filled(fixed_seed)  # issue 19
         resolved = resolve_request(fixed_seed, self._samplers, native, loras=self.lora_library)
         self._check_vae_choice(resolved.sd_vae)
         job = self._queue.submit(Job(resolved, model_name, save=save, owner=owner))

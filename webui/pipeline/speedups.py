@@ -87,6 +87,14 @@ class SpeedupSettings:
         }
         return {name: value for name, value in defaults.items() if getattr(request, name, 0) is None}
 
+    def filled(self, request: Any) -> Any:
+        """``request`` with its None speed-up fields set from these settings, a script's cells' included."""
+        plan = getattr(request, "script", None)
+        if plan is not None:
+            cells = tuple(replace(cell, request=self.filled(cell.request)) for cell in plan.cells)
+            request = replace(request, script=replace(plan, cells=cells))
+        return replace(request, **self.fill(request))
+
 
 def overrides(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The request fields that an API request's ``override_settings`` sets (checked when it is resolved)."""
