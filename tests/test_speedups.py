@@ -147,3 +147,10 @@ def test_settings_reach_the_cells_of_a_script(samplers):
     first, second = (cell.request.speedups for cell in resolved.script.cells)
     assert (first.token_merging_ratio, first.deepcache_interval) == (0.5, 2)
     assert (second.token_merging_ratio, second.deepcache_interval) == (0.5, 1)  # the cell's own value wins
+
+
+def test_a_queued_job_keeps_its_speedups_through_the_queue_database(samplers):
+    from webui.queue.codec import decode_request, encode_request
+
+    resolved = resolve_request(GenerationRequest(token_merging_ratio=0.4, deepcache_interval=3), samplers, (64, 64))
+    assert decode_request(encode_request(resolved), samplers).speedups == Speedups(0.4, 0.4, 3, 0)
