@@ -66,27 +66,20 @@ def run(model: Any, size: int, steps: int, speedups: dict[str, Any]) -> tuple[fl
     return wall, cpu, np.asarray(result.images[0]), result.infotexts[0]
 
 
-def report(size: int, results: dict[str, tuple[float, float, np.ndarray, str]], images: Path | None) -> None:
-    if images is not None:
-        images.mkdir(parents=True, exist_ok=True)
-        for name, (_, _, image, _) in results.items():
-            Image.fromarray(image).save(images / f"{size}-{name}.png")
-    base = results.get("exact")
-    if base is not None:
-        reference = base[2]
+def report_row(
+    size: int, name: str, row: tuple[float, float, np.ndarray, str], base: tuple[float, float, np.ndarray] | None
+) -> None:
+    """One line of the table, printed as soon as the row is done (a run cut by the lock's time limit keeps its
+    finished rows); ``base`` is exact's (wall, CPU, image), its seconds None when read from a file."""
+    wall, cpu, image, info = row
+    quality = psnr(image, base[2]) if base is not None else math.nan
+    shown = "identical" if math.isinf(quality) else f"{quality:.1f} dB"
+    keys = ", ".join(p for p in info.splitlines()[-1].split(", ") if "merging" in p or "DeepCache" in p)
+    if base is not None and base[0] > 0:
+        ratios = f"{wall / base[0]:8.2f} {cpu:8.1f} {cpu / base[1]:8.2f}"
     else:
-        assert images is not None, "without the exact row, --images must hold its image"
-        reference = np.asarray(Image.open(images / f"{size}-exact.png"))
-    print(f"\n{size}x{size}       wall s  x exact    CPU s  x exact   PSNR vs exact   infotext")
-    for name, (wall, cpu, image, info) in results.items():
-        quality = psnr(image, reference)
-        shown = "identical" if math.isinf(quality) else f"{quality:.1f} dB"
-        keys = ", ".join(p for p in info.splitlines()[-1].split(", ") if "merging" in p or "DeepCache" in p)
-        if base is not None:
-            ratios = f"{wall / base[0]:8.2f} {cpu:8.1f} {cpu / base[1]:8.2f}"
-        else:
-            ratios = f"{'-':>8s} {cpu:8.1f} {'-':>8s}"
-        print(f"{name:14s} {wall:8.1f} {ratios}   {shown:>13s}   {keys}", flush=True)
+        ratios = f"{'-':>8s} {cpu:8.1f} {'-':>8s}"
+    print(f"{name:14s} {wall:8.1f} {ratios}   {shown:>13s}   {keys}", flush=True)
 
 
 def main() -> None:
@@ -114,8 +107,18 @@ def main() -> None:
         for size in args.sizes:
             if args.warmup:
                 run(model, size, args.steps, {})
-            results = {name: run(model, size, args.steps, ROWS[name]) for name in dict.fromkeys(args.rows)}
-            report(size, results, args.images)
+            print(f"\n{size}x{size}       wall s  x exact    CPU s  x exact   PSNR vs exact   infotext", flush=True)
+            base: tuple[float, float, np.ndarray] | None = None
+            if "exact" not in args.rows and args.images is not None:
+                base = (0.0, 0.0, np.asarray(Image.open(args.images / f"{size}-exact.png")))
+            for name in sorted(dict.fromkeys(args.rows), key=lambda n: n != "exact"):
+                row = run(model, size, args.steps, ROWS[name])
+                if args.images is not None:
+                    args.images.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(row[2]).save(args.images / f"{size}-{name}.png")
+                if name == "exact":
+                    base = row[:3]
+                report_row(size, name, row, base)
 
 
 if __name__ == "__main__":
