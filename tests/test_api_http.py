@@ -31,6 +31,7 @@ from webui.models.manager import ModelStatus
 from webui.models.registry import ModelEntry, Registry
 from webui.pipeline.errors import OutOfMemory
 from webui.pipeline.requests import GenerationResult, resolve_request
+from webui.pipeline.speedups import SpeedupSettings
 from webui.sampling.registry import create_sampler_registry
 from webui.service import IDLE, ProgressSnapshot
 from webui.upscalers import UpscalerRegistry
@@ -184,6 +185,11 @@ class StubService:
 
     def set_sd_vae(self, choice: str) -> None:
         self.sd_vae = choice
+
+    speedup_settings = SpeedupSettings()  # issue 19
+
+    def set_speedup_options(self, options: Any) -> None:
+        self.speedup_settings = self.speedup_settings.updated(options)
 
     # Upscalers (hires fix, Extras): the built-in ones, run for real (they need no model)
     upscalers = UpscalerRegistry()

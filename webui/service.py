@@ -29,6 +29,7 @@ from webui.models.registry import SD1_NATIVE_SIZE
 from webui.pipeline.generation import Progress, generate, native_size
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
+from webui.pipeline.speedups import SpeedupSettings
 from webui.pipeline.styles import default_styles_path
 from webui.queue.callbacks import CallbackSender
 from webui.queue.codec import decode_request
@@ -270,6 +271,15 @@ class Service(Protocol):
     def set_sd_vae(self, choice: str) -> None:
         """Change the "SD VAE" setting; raises ``InvalidRequest`` (field ``sd_vae``) for an unknown name."""
 
+    # Speed-ups that trade a little quality (issue 19): token merging and DeepCache, off by default
+    @property
+    def speedup_settings(self) -> SpeedupSettings:
+        """The app's ``token_merging_ratio*`` and ``deepcache_*`` settings; a request's None fields take them."""
+        ...
+
+    def set_speedup_options(self, options: Mapping[str, Any]) -> None:
+        """Change those of ``options`` that are speed-up settings; raises ``InvalidRequest`` naming a bad one."""
+
     # Upscalers (hires fix and the Extras tab, webui/upscalers)
     @property
     def upscalers(self) -> UpscalerRegistry:
@@ -368,6 +378,7 @@ class WebUIService:
         from webui.upscalers import UpscalerRegistry
 
         self.upscalers = UpscalerRegistry(upscaler_dir, device=self.device, dtype=self.dtype)
+        self._speedups = SpeedupSettings()  # issue 19: token merging and DeepCache, off until set
         # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
         # unloaded or evicted for another one; the model's fitted preview map).
         self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
@@ -443,6 +454,7 @@ class WebUIService:
         """
         if request.sd_vae is None:  # the "SD VAE" setting as it is now, not when the job runs
             request = replace(request, sd_vae=self.sd_vae)
+        request = self._speedups.filled(request)  # issue 19: the speed-up settings now, as sd_vae
         resolved = resolve_request(
             request, self.samplers, self._default_size(model_name), self.upscalers, loras=self.lora_library
         )
@@ -784,6 +796,13 @@ class WebUIService:
     def set_sd_vae(self, choice: str) -> None:
         self._check_vae_choice(choice)
         self.extra_networks.set_sd_vae(choice)
+
+    @property
+    def speedup_settings(self) -> SpeedupSettings:  # issue 19
+        return self._speedups
+
+    def set_speedup_options(self, options: Mapping[str, Any]) -> None:
+        self._speedups = self._speedups.updated(options)
 
     def _check_vae_choice(self, choice: str) -> None:
         from webui.extra_networks.vae_files import VaeError

@@ -15,8 +15,10 @@ from __future__ import annotations
 import inspect
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from webui.models.manager import ModelStatus
 from webui.models.registry import SD1_NATIVE_SIZE, ModelEntry, Registry
 from webui.pipeline import GenerationRequest, GenerationResult, Progress, resolve_request
 from webui.pipeline.errors import InvalidRequest
+from webui.pipeline.speedups import SpeedupSettings
 from webui.sampling import create_sampler_registry
 from webui.sampling.registry import SamplerRegistry
 from webui.service import IDLE, LoadedModelInfo, ProgressSnapshot, Service
@@ -88,6 +91,7 @@ class FakeService:
 
         self.extra_networks = EmbeddingsAndVae(embeddings_dir, vae_dir, Path.cwd())
         self.styles_file = Path("styles.csv")  # tests point it at a file of their own
+        self.speedup_settings = SpeedupSettings()  # issue 19: token merging and DeepCache
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -196,6 +200,7 @@ class FakeService:
         fixed_seed = replace(request, seed=1000) if request.seed == -1 else request
         if fixed_seed.sd_vae is None:
             fixed_seed = replace(fixed_seed, sd_vae=self.sd_vae)
+        fixed_seed = self.speedup_settings.filled(fixed_seed)  # issue 19
         resolved = resolve_request(fixed_seed, self._samplers, native, loras=self.lora_library)
         self._check_vae_choice(resolved.sd_vae)
         job = self._queue.submit(Job(resolved, model_name, save=save, owner=owner))
@@ -270,6 +275,9 @@ class FakeService:
     def set_sd_vae(self, choice: str) -> None:
         self._check_vae_choice(choice)
         self.extra_networks.set_sd_vae(choice)
+
+    def set_speedup_options(self, options: Mapping[str, Any]) -> None:  # issue 19
+        self.speedup_settings = self.speedup_settings.updated(options)
 
     def _check_vae_choice(self, choice: str) -> None:
         try:

@@ -56,6 +56,7 @@ from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.infotext import parse_infotext
 from webui.pipeline.outputs import INFOTEXT_KEY, read_text_chunks
 from webui.pipeline.requests import GenerationRequest, Img2ImgRequest
+from webui.pipeline.speedups import overrides as speedup_overrides
 from webui.sampling.schedules import KARRAS_RHO, SCHEDULES
 from webui.sampling.types import Sampler
 from webui.service import ProgressSnapshot, Service
@@ -144,6 +145,7 @@ class SdApi:
             **extra,
             # issue 15: A1111's sd_vae override setting; None leaves the app's "SD VAE" setting in force
             sd_vae=vae_option(settings["sd_vae"], "override_settings.sd_vae") if "sd_vae" in settings else None,
+            **speedup_overrides(settings),  # issue 19: token_merging_ratio(_hr), deepcache_interval/branch
         )
 
     def _check_limits(self, req: GenerationFields) -> None:
@@ -314,6 +316,7 @@ class SdApi:
             "sd_checkpoint_hash": sha256,
             "samples_format": "png",
             "sd_vae": self.service.sd_vae,  # issue 15
+            **self.service.speedup_settings.options(),  # issue 19: token merging and DeepCache
         }
 
     async def set_options(self, options: dict[str, Any]) -> None:
@@ -327,6 +330,10 @@ class SdApi:
                 raise field_error("sd_model_checkpoint", f"cannot load {name!r}: {exc}") from exc
         if "sd_vae" in options:  # issue 15
             set_vae_option(self.service, options["sd_vae"])
+        try:  # issue 19: token merging and DeepCache settings
+            self.service.set_speedup_options(options)
+        except InvalidRequest as exc:
+            raise field_error(exc.field, exc.message) from exc
         return None
 
     async def refresh_checkpoints(self) -> None:

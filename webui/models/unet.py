@@ -10,11 +10,18 @@ positioned as in CompVis' ``ldm/modules/diffusionmodules/openaimodel.py`` (Romba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from webui.models.token_merging import NO_MERGE, BlockMerges
+
+if TYPE_CHECKING:
+    from webui.models.deep_cache import FeatureCache
 
 GROUP_NORM_GROUPS = 32
 # Attention scores (batch x heads x queries x keys) computed in one go; above this the queries are split.
@@ -131,11 +138,15 @@ class BasicTransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
+        # Token merging (issue 19, webui/models/token_merging.py) sets this for one job only: tokens ->
+        # the (merge, unmerge) pairs of the self-attention, the cross-attention and the feed-forward.
+        self.token_merge: Callable[[torch.Tensor], BlockMerges] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        (m_a, u_a), (m_c, u_c), (m_m, u_m) = NO_MERGE if self.token_merge is None else self.token_merge(x)
+        x = x + u_a(self.attn1(m_a(self.norm1(x))))
+        x = x + u_c(self.attn2(m_c(self.norm2(x)), context))
+        return x + u_m(self.ff(m_m(self.norm3(x))))
 
 
 class SpatialTransformer(nn.Module):
@@ -244,12 +255,17 @@ class UNetModel(nn.Module):
 
         # CompVis writes model_channels here, which equals ch whenever channel_mult[0] == 1 (all SD configs).
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        # DeepCache (issue 19, webui/models/deep_cache.py) sets this for one sampling pass only: it runs the
+        # blocks instead of forward's loop, reusing the deep features between full steps.
+        self.feature_cache: FeatureCache | None = None
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, H, W) latent, ``timesteps`` (B,) or scalar, ``context`` (B, T, context_dim)."""
         timesteps = timesteps.reshape(-1).expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
         context = context.to(x.dtype)
+        if self.feature_cache is not None:
+            return self.feature_cache.run(self, x, timesteps, emb, context)
         skips = []
         h = x
         for block in self.input_blocks:
@@ -257,8 +273,14 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)
-            # Latent sides that are not multiples of 2^levels (e.g. 72 px images): upsample to the next skip's size.
-            size = tuple(skips[-1].shape[-2:]) if skips else None
-            h = block(h, emb, context, None if size == (2 * h.shape[-2], 2 * h.shape[-1]) else size)
+            h = self.output_block(block, h, skips, emb, context)
         return self.out(h)
+
+    def output_block(
+        self, block: nn.Module, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """One output block on ``h`` and the last of ``skips`` (popped)."""
+        h = torch.cat([h, skips.pop()], dim=1)
+        # Latent sides that are not multiples of 2^levels (e.g. 72 px images): upsample to the next skip's size.
+        size = tuple(skips[-1].shape[-2:]) if skips else None
+        return block(h, emb, context, None if size == (2 * h.shape[-2], 2 * h.shape[-1]) else size)

@@ -503,7 +503,8 @@ class _Run:
         from webui.sampling import sample
 
         request = self.request
-        with torch.no_grad():  # with no step left (a tiny strength), sample() returns init_latent as encoded
+        # with no step left (a tiny strength), sample() returns init_latent as encoded; speed-ups: issue 19
+        with torch.no_grad(), request.speedups.applied(self.model.unet):
             return sample(
                 request.sampler,
                 denoiser,
@@ -538,7 +539,8 @@ class _Run:
         assert self.hires is not None and self.request.hires is not None
         keep = self.request.hires.given.save_first_pass and outputs_dir is not None
         callback = self._step_callback(first, offset=self.request.steps)
-        out = self.hires.run(latents, seeds, control.should_stop, callback, keep_first_images=keep)
+        with self.request.speedups.applied(self.model.unet, hires=True):  # issue 19
+            out = self.hires.run(latents, seeds, control.should_stop, callback, keep_first_images=keep)
         return out.latents, out.first_images if keep else None
 
     def _step_callback(self, first: int, offset: int = 0) -> Callable[[dict[str, Any]], None]:

@@ -86,6 +86,7 @@ def infotext_parameters(
         "Seed resize from": "{}x{}".format(*request.seed_resize_from) if request.seed_resize_from else None,
         "Denoising strength": _number(img2img.denoising_strength) if img2img is not None else None,
         "Clip skip": request.clip_skip if request.clip_skip > 1 else None,
+        **request.speedups.infotext(hires=request.hires is not None),  # issue 19: token merging, DeepCache
         "RNG": RNG_SOURCE,
         "Eta": _number(eta) if eta is not None else None,
     }
@@ -177,6 +178,11 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "Variation seed strength": ("subseed_strength", float),
     "Seed resize from-1": ("seed_resize_from_w", int),
     "Seed resize from-2": ("seed_resize_from_h", int),
+    # issue 19: the speed-ups that trade quality, as A1111 restores its token merging ratios
+    "Token merging ratio": ("token_merging_ratio", float),
+    "Token merging ratio hr": ("token_merging_ratio_hr", float),
+    "DeepCache interval": ("deepcache_interval", int),
+    "DeepCache branch": ("deepcache_branch", int),
 }
 
 

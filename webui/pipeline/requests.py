@@ -28,6 +28,8 @@ from webui.pipeline.errors import InvalidRequest
 from webui.pipeline.hires import HiresRequest, ResolvedHires, resolve_hires
 from webui.pipeline.script_plan import ScriptPlan
 from webui.pipeline.seeds import resolve_seed
+from webui.pipeline.speedups import REQUEST_FIELDS as SPEEDUP_FIELDS
+from webui.pipeline.speedups import Speedups
 from webui.sampling import Sampler, SamplerRegistry, ScheduleType
 from webui.sampling.driver import img2img_start, sampler_options
 from webui.upscalers import UpscalerRegistry
@@ -92,6 +94,12 @@ class GenerationRequest:
     script: ScriptPlan | None = None
     # Hires fix (webui/pipeline/hires.py): None is off, A1111's ``enable_hr`` false. txt2img only.
     hires: HiresRequest | None = None
+    # Speed-ups that trade a little quality (issue 19, webui/pipeline/speedups.py), A1111's option names; None
+    # takes the app's setting when submitted. Token merging ratio 0-0.75 (0: off); DeepCache interval 1 is off.
+    token_merging_ratio: float | None = None
+    token_merging_ratio_hr: float | None = None
+    deepcache_interval: int | None = None
+    deepcache_branch: int | None = None
 
     @property
     def mode(self) -> str:
@@ -127,6 +135,7 @@ class GenerationRequest:
         values["sd_vae"] = None if self.sd_vae is None else _text("sd_vae", self.sd_vae)
         values.update(_checked_variation(self, values["batch_size"] * values["n_iter"]))
         values["hires"] = self.hires
+        values["speedups"] = Speedups.checked({name: getattr(self, name) for name in SPEEDUP_FIELDS})  # issue 19
         return values
 
 
@@ -229,6 +238,7 @@ class ResolvedRequest:
     # A script's plan with every cell resolved (this request is its first cell's, for the queue's display).
     script: ScriptPlan | None = None
     hires: ResolvedHires | None = None  # hires fix's second pass (webui/pipeline/hires.py)
+    speedups: Speedups = Speedups()  # token merging and DeepCache (issue 19), off by default
 
     @property
     def sampler_name(self) -> str:
@@ -337,6 +347,7 @@ def resolve_request(
         subseed=resolve_seed(values["subseed"]) if values["subseed_strength"] != 0 else -1,
         subseed_strength=values["subseed_strength"],
         seed_resize_from=values["seed_resize_from"],
+        speedups=values["speedups"],
     )
     if values["hires"] is not None:
         return replace(resolved, hires=resolve_hires(values["hires"], resolved, samplers, upscalers))

@@ -23,6 +23,7 @@ from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
 from webui.ui.pnginfo import PngInfoTab, build_pnginfo_tab
 from webui.ui.queue_tab import build_queue_tab, wire_queue_tab
+from webui.ui.speedups_panel import build_speedups_panel
 from webui.ui.txt2img import build_txt2img_tab
 
 TITLE = "Stable Diffusion web UI"
@@ -158,6 +159,7 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
                 pnginfo = build_pnginfo_tab()
             with gr.Tab("Models", id="models") as models_tab:
                 models = build_models_tab(service, model, banner)
+                build_speedups_panel(service)  # issue 19: token merging and DeepCache settings
             with gr.Tab("Queue", id="queue") as queue_tab_:  # pending/running/history (#20)
                 queue_view = build_queue_tab(service)
         timer = gr.Timer(STATUS_REFRESH_SECONDS)
