@@ -173,6 +173,7 @@ def test_extras_tab_upscales_an_upload_with_lanczos_and_saves_it(server, page, t
     assert np.array_equal(np.asarray(shown), expected)
     saved = list((Path(service.outputs_dir or "") / "extras").glob("*/*.png"))
     assert len(saved) == 1 and saved[0].parent.name.count("-") == 2  # outputs/extras/<YYYY-MM-DD>/
+    assert saved[0].name == "00000.png"  # A1111 names Extras results by the counter alone
     with Image.open(saved[0]) as on_disk:
         assert np.array_equal(np.asarray(on_disk.convert("RGB")), expected)
         assert "Postprocess upscaler: Lanczos" in on_disk.info["parameters"]
