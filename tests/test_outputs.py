@@ -85,3 +85,14 @@ def test_text_chunks_after_the_pixel_data_are_read_and_binary_entries_left_out(t
     with Image.open(path) as image:
         assert "icc_profile" in image.info  # there is a binary entry to leave out
         assert read_infotext(image) == "a cat\nSteps: 3, Sampler: Euler, Seed: 1"
+
+
+def test_without_a_seed_the_name_is_the_counter_alone_as_a1111s_extras(tmp_path):
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    first = save_image(Image.new("RGB", (8, 8)), tmp_path, "extras", None, "Postprocess upscaler: Lanczos", now=now)
+    second = save_image(Image.new("RGB", (8, 8)), tmp_path, "extras", None, None, now=now)
+    seeded = save_image(Image.new("RGB", (8, 8)), tmp_path, "extras", 7, None, now=now)
+    assert [p.name for p in (first, second, seeded)] == ["00000.png", "00001.png", "00002-7.png"]
+    assert first.parent == tmp_path / "extras" / "2026-01-02"
+    assert next_counter(first.parent) == 3
+    assert read_infotext(first) == "Postprocess upscaler: Lanczos"

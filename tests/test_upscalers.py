@@ -130,3 +130,30 @@ def test_hires_with_a_model_upscaler_without_spandrel_is_refused_with_the_instal
     with pytest.raises(InvalidRequest) as err:
         resolve_request(request, create_sampler_registry(), (64, 64), UpscalerRegistry(tmp_path))
     assert err.value.field == "hr_upscaler" and "pip install" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("size", "fields", "upscaled", "crop"),
+    [
+        ((48, 40), {"upscaling_resize": 2}, (96, 80), None),
+        ((20, 20), {"upscaling_resize": 3}, (56, 56), None),  # 60 -> 56: A1111 floors each side to a multiple of 8
+        ((100, 75), {"upscaling_resize": 2}, (200, 144), None),  # 150 -> 144, the aspect ratio is not kept
+        ((100, 75), {"upscaling_resize": 2.5}, (248, 184), None),  # int(250 // 8 * 8), int(187.5 // 8 * 8)
+        # Scale to: the scale that covers the target (max of the two ratios), then the same floor; crop if asked
+        ((40, 20), {"resize_mode": 1, "upscaling_resize_w": 64, "upscaling_resize_h": 48}, (96, 48), (64, 48)),
+        (
+            (100, 75),
+            {"resize_mode": 1, "upscaling_resize_w": 300, "upscaling_resize_h": 300, "upscaling_crop": False},
+            (400, 296),  # x4: 400 x 300 -> 400 x 296
+            None,
+        ),
+    ],
+)
+def test_extras_target_size_is_a1111s(size, fields, upscaled, crop):
+    from webui.upscalers.postprocess import ExtrasRequest, postprocess, target_size
+
+    request = ExtrasRequest(upscaler_1="Lanczos", **fields)
+    assert target_size(size, request) == (upscaled, crop)
+    result, params = postprocess(noise_image(*size), request, UpscalerRegistry(None))
+    assert result.size == (crop or upscaled)
+    assert params["Postprocess upscaler"] == "Lanczos"

@@ -837,7 +837,7 @@ class WebUIService:
             results = run_extras(images, request, self.upscalers)
         if save and self.outputs_dir is not None:
             for image, text in results:
-                save_image(image, self.outputs_dir, "extras", 0, text)
+                save_image(image, self.outputs_dir, "extras", None, text)  # A1111: 00000.png, no seed
         return results
 
     def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:

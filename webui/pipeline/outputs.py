@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 INFOTEXT_KEY = "parameters"
-_COUNTER = re.compile(r"^(\d{5,})-")
+_COUNTER = re.compile(r"^(\d{5,})[-.]")  # 00012-1234.png, and 00012.png (Extras results: no seed)
 MAX_ATTEMPTS = 1000
 
 
@@ -46,12 +46,13 @@ def save_image(
     image: Image.Image,
     outputs_dir: Path,
     mode: str,
-    seed: int,
+    seed: int | None,
     infotext: str | None,
     *,
     now: dt.datetime | None = None,
 ) -> Path:
-    """Write ``image`` as a PNG with a ``parameters`` text chunk; returns the final path."""
+    """Write ``image`` as a PNG with a ``parameters`` text chunk; returns the final path. Without a ``seed``
+    (Extras) the name is the counter alone, ``NNNNN.png``, as A1111 names its Extras results."""
     folder = day_folder(outputs_dir, mode, now)
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
@@ -63,7 +64,7 @@ def save_image(
             os.fsync(f.fileno())
         counter = next_counter(folder)
         for _ in range(MAX_ATTEMPTS):
-            final = folder / f"{counter:05d}-{seed}.png"
+            final = folder / (f"{counter:05d}-{seed}.png" if seed is not None else f"{counter:05d}.png")
             try:
                 _link_no_overwrite(tmp, final)
                 return final

@@ -18,6 +18,7 @@ from webui.ui.embeddings_vae import CSS as EMBEDDINGS_VAE_CSS
 from webui.ui.embeddings_vae import build_vae_dropdown, wire_vae_paste
 from webui.ui.explore import wire_variation_reuse_and_paste
 from webui.ui.extras import build_extras_tab
+from webui.ui.hires import wire_hires_paste
 from webui.ui.img2img import INPAINT_TAB, MODES, PLAIN_TAB, Img2ImgInputs, build_img2img_tab, editor_update
 from webui.ui.jobs import JobTracker
 from webui.ui.models_tab import build_models_tab
@@ -170,6 +171,7 @@ def build_ui(service: Service, *, poll_interval: float = 0.1) -> gr.Blocks:
         send = [pnginfo.send_to_txt2img, pnginfo.send_to_img2img, pnginfo.send_to_inpaint]
         wire_vae_paste(service, sd_vae, send, pnginfo.parameters)  # issue 15: pasting restores the VAE
         wire_variation_reuse_and_paste(txt2img, img2img, pnginfo)  # issue 17: Reuse / Send to: variation seeds
+        wire_hires_paste(service, txt2img.hires, pnginfo.send_to_txt2img, pnginfo.parameters)  # issue 16
         _wire_model_info(service, model, status_line, description, examples, tabs, txt2img, [txt2img, img2img], timer)
         models.wire_live_status(models_tab, timer, [txt2img.gallery, img2img.gallery])
     return demo

@@ -27,6 +27,7 @@ from webui.pipeline.requests import (
 )
 from webui.service import Service
 from webui.ui import backend
+from webui.ui.hires import HiresWidgets
 from webui.ui.jobs import JobTracker, _status_html, format_seconds
 from webui.ui.model_info import token_counter_html
 
@@ -131,6 +132,7 @@ class GenerationTab:
     denoising_strength: gr.Slider | None = None
     size_hint: gr.Markdown | None = None
     explore: Any = None  # webui.ui.explore.ExploreWidgets: variation seeds, styles, script (issue 17)
+    hires: HiresWidgets | None = None  # txt2img's Hires. fix accordion (issue 16), filled by Send to txt2img
 
     def parameter_components(self) -> list[gr.components.Component]:
         """The widgets an infotext fills in (PNG Info / Send to), in `request_widget_values` order."""

@@ -4,16 +4,25 @@ Resize width to / Resize height to, and the final size it gives."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from webui.pipeline.hires import DEFAULT_HR_UPSCALER, LATENT_UPSCALE_MODES, HiresRequest, hires_target
+from webui.pipeline.hires import (
+    DEFAULT_HR_UPSCALER,
+    LATENT_UPSCALE_MODES,
+    HiresRequest,
+    hires_from_infotext,
+    hires_target,
+)
+from webui.pipeline.infotext import parse_infotext
 from webui.pipeline.requests import MAX_SIZE, MAX_STEPS
 from webui.service import Service
 
 
 @dataclass
 class HiresWidgets:
+    accordion: gr.Accordion
     enable: gr.Checkbox
     upscaler: gr.Dropdown
     steps: gr.Slider
@@ -64,7 +73,7 @@ def size_note(scale: float, resize_x: float, resize_y: float, width: float | Non
 def build_hires_accordion(service: Service, width: gr.Slider, height: gr.Slider) -> HiresWidgets:
     """Lay out the accordion (inside the caller's column) and keep its size note up to date."""
     names = [*LATENT_UPSCALE_MODES, *service.upscalers.names]
-    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix") as accordion:
         enable = gr.Checkbox(label="Enable hires. fix", value=False, elem_id="txt2img_enable_hr")
         with gr.Row():
             upscaler = gr.Dropdown(names, value=DEFAULT_HR_UPSCALER, label="Upscaler", elem_id="txt2img_hr_upscaler")
@@ -79,4 +88,39 @@ def build_hires_accordion(service: Service, width: gr.Slider, height: gr.Slider)
         note = gr.Markdown(size_note(2.0, 0, 0, width.value, height.value), elem_id="txt2img_hires_size")
     for widget in (scale, resize_x, resize_y, width, height):
         widget.change(size_note, [scale, resize_x, resize_y, width, height], note, show_progress="hidden")
-    return HiresWidgets(enable, upscaler, steps, denoising, scale, resize_x, resize_y, note)
+    return HiresWidgets(accordion, enable, upscaler, steps, denoising, scale, resize_x, resize_y, note)
+
+
+def pasted_hires_values(text: str, upscalers: list[str]) -> list[Any]:
+    """Updates of ``[accordion, *HiresWidgets.inputs()]`` from an infotext, as A1111's paste: hires fix on and the
+    accordion open when the text has ``Hires upscale`` or ``Hires resize``, else only the checkbox off (the other
+    settings stay). An upscaler this app does not have keeps the current choice."""
+    hires = hires_from_infotext(parse_infotext(text or ""))
+    if hires is None:
+        return [gr.skip(), False, *[gr.skip()] * 6]
+    return [
+        gr.Accordion(open=True),
+        True,
+        hires.hr_upscaler if hires.hr_upscaler in upscalers else gr.skip(),
+        hires.hr_second_pass_steps,
+        hires.denoising_strength,
+        hires.hr_scale,
+        hires.hr_resize_x,
+        hires.hr_resize_y,
+    ]
+
+
+def wire_hires_paste(service: Service, hires: HiresWidgets | None, button: gr.Button, parameters: gr.Textbox) -> None:
+    """PNG Info's Send to txt2img also fills the Hires. fix accordion from the image's infotext (``parameters``)."""
+    if hires is None:
+        return
+    upscalers = [*LATENT_UPSCALE_MODES, *service.upscalers.names]
+    targets = [hires.accordion, *hires.inputs()]
+    button.click(
+        lambda text: pasted_hires_values(text, upscalers),
+        parameters,
+        targets,
+        queue=False,
+        api_visibility="undocumented",
+        show_progress="hidden",
+    )

@@ -73,6 +73,7 @@ def build_txt2img_tab(service: Service, tracker: JobTracker, model: gr.Dropdown)
         tokens=tokens,
         **settings,
         **outputs,
+        hires=hires,
     )
 
     def checked_request(

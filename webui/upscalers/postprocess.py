@@ -35,14 +35,18 @@ class ExtrasRequest:
 
 
 def target_size(image_size: tuple[int, int], request: ExtrasRequest) -> tuple[tuple[int, int], tuple[int, int] | None]:
-    """``(upscaled size, crop size or None)`` of an image of ``image_size``."""
+    """``(upscaled size, crop size or None)`` of an image of ``image_size``.
+
+    As A1111's ``Upscaler.upscale``, each side of the upscaled image is ``side * scale`` rounded down to a multiple
+    of 8 (x3 on a 20 px side gives 56, not 60), in both modes; "Scale to" takes the scale that covers the target.
+    """
     w, h = image_size
     if request.resize_mode == RESIZE_TO:
         scale = max(request.upscaling_resize_w / w, request.upscaling_resize_h / h)
         crop = (request.upscaling_resize_w, request.upscaling_resize_h) if request.upscaling_crop else None
     else:
         scale, crop = request.upscaling_resize, None
-    return (max(1, round(w * scale)), max(1, round(h * scale))), crop
+    return (_multiple_of_8(w * scale), _multiple_of_8(h * scale)), crop
 
 
 def check_extras(request: ExtrasRequest, registry: UpscalerRegistry, sizes: list[tuple[int, int]]) -> None:
@@ -122,6 +126,11 @@ def run_extras(
         result, params = postprocess(image, request, registry, cancel)
         out.append((result, extras_infotext(params, read_infotext(image))))
     return out
+
+
+def _multiple_of_8(side: float) -> int:
+    """A1111's ``int(side // 8 * 8)``; at least 8 (where A1111 would ask PIL for an empty image)."""
+    return max(8, int(side // 8 * 8))
 
 
 def _number(value: float) -> str:
