@@ -375,6 +375,7 @@ class WebUIService:
         self.callbacks = CallbackSender(allow_local=allow_local_callbacks)
         # Last: restoring a queue database starts its pending jobs at once.
         store = QueueStore.open(queue_db) if queue_db is not None else QueueStore.memory()
+        self.callbacks.resume(store)  # callbacks kept in the database; those a crash left unsent go out now
         self._devices = [_Device(str(self.device), manager, self._device_lock)]
         for extra in list(devices)[1:]:
             from webui.models.manager import ModelManager
