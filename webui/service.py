@@ -31,8 +31,8 @@ from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve
 from webui.pipeline.styles import default_styles_path
 from webui.queue.callbacks import CallbackSender
 from webui.queue.codec import decode_request
-from webui.queue.device_runner import DeviceRunner, PreviewMaps, latent_pixels
-from webui.queue.outputs import save_job_images
+from webui.queue.device_runner import DeviceRunner, PreviewMaps, RecordedScriptImages, latent_pixels
+from webui.queue.outputs import ScriptJobImages, save_job_images
 from webui.queue.store import DEFAULT_HISTORY, QueueStore
 from webui.queue.workers import Worker
 
@@ -691,10 +691,15 @@ class WebUIService:
         """Run ``job`` on the first device (what a single-device service does for every job)."""
         return self._generate_on(job, self._devices[0])
 
-    def _save_images(self, job: Job, result: GenerationResult) -> list[Path]:
-        """Write a job's images (for workers in other processes, whose results come back here)."""
+    def _save_images(
+        self, job: Job, result: GenerationResult, script: RecordedScriptImages | None = None
+    ) -> list[Path]:
+        """Write a job's images (for workers in other processes, whose results come back here); a script's are
+        the cells and grid its worker recorded."""
         if not job.save or self.outputs_dir is None:
             return []
+        if script is not None:
+            return script.replay(ScriptJobImages(self.outputs_dir, job))
         return save_job_images(self.outputs_dir, job, result)
 
     def _holds(self, device: _Device, model_name: str | None) -> bool:
@@ -716,8 +721,8 @@ class WebUIService:
             job.model_name,
             job.control,
             on_progress,
-            outputs_dir=outputs,
             save=functools.partial(save_job_images, outputs, job) if outputs is not None else None,
+            script_images=ScriptJobImages(outputs, job) if outputs is not None else None,
             on_step_seconds=self._note_step_seconds,
         )
 

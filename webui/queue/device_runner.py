@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from webui.pipeline.generation import GenerationControl, Progress, generate
 from webui.pipeline.preview import LatentPreview, fit_latent_preview
 from webui.pipeline.requests import GenerationResult, ResolvedRequest
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from webui.extra_networks.user_files import EmbeddingsAndVae
     from webui.models.manager import ModelManager
     from webui.models.model import StableDiffusionModel
+    from webui.scripts.runner import ScriptImages
 
 logger = logging.getLogger(__name__)
 
@@ -97,26 +100,23 @@ class DeviceRunner:
         control: GenerationControl,
         on_progress: Callable[[Progress], None],
         *,
-        outputs_dir: Path | None = None,
         save: Callable[[GenerationResult], list[Path]] | None = None,
+        script_images: ScriptImages | None = None,
         on_step_seconds: Callable[[float], None] | None = None,
     ) -> GenerationResult:
-        """``request``'s result: its images, or a script's (its cells saved in ``outputs_dir`` as they finish).
+        """``request``'s result: its images, or a script's.
 
-        ``save`` writes a plain request's images (under the device's lock, so the job ends with its files);
+        ``save`` writes a plain request's images (under the device's lock, so the job ends with its files),
+        ``script_images`` a script's cells as they finish and its grid (None: nothing is saved);
         ``on_step_seconds`` receives the measured seconds of one sampling step per latent pixel per image.
         """
         if request.script is not None:  # X/Y/Z plot or prompt list: the cells save their images as they go
             from webui.scripts.runner import run_script
 
             cell = functools.partial(
-                self.generate,
-                control=control,
-                on_progress=on_progress,
-                outputs_dir=outputs_dir,
-                on_step_seconds=on_step_seconds,
+                self.generate, control=control, on_progress=on_progress, on_step_seconds=on_step_seconds
             )
-            return run_script(request, control, cell, outputs_dir)
+            return run_script(request, control, cell, script_images)
         assert self.lock is not None
         with self.lock:
             result = self.generate(
@@ -134,11 +134,10 @@ class DeviceRunner:
         *,
         control: GenerationControl,
         on_progress: Callable[[Progress], None],
-        outputs_dir: Path | None = None,
         on_step_seconds: Callable[[float], None] | None = None,
     ) -> GenerationResult:
         """One generation of ``request`` with ``model_name`` (a script's cell: ``adjust`` maps its progress);
-        images are saved in ``outputs_dir`` when given."""
+        nothing is saved here."""
         first: list[Progress] = []
 
         def progress(step: Progress) -> None:
@@ -158,7 +157,6 @@ class DeviceRunner:
             return generate(
                 model,
                 request,
-                outputs_dir=outputs_dir,
                 progress=progress,
                 control=control,
                 previewer=self.previews.get(model),
@@ -185,3 +183,29 @@ class DeviceRunner:
 def latent_pixels(width: int, height: int) -> int:
     """Pixels of the latent of an SD 1.x image (1/8 of each side)."""
     return max(1, width // 8) * max(1, height // 8)
+
+
+class RecordedScriptImages:
+    """A :class:`~webui.scripts.runner.ScriptImages` that only keeps what it was given (a Ray actor's: the front end
+    replays it into the real one with :meth:`replay`, as the images are written where users look for them)."""
+
+    def __init__(self) -> None:
+        self.cells: list[tuple[int, GenerationResult]] = []
+        self.grids: list[tuple[Image.Image, str, int]] = []
+
+    def cell(self, index: int, result: GenerationResult) -> list[Path]:
+        self.cells.append(
+            (index, GenerationResult(images=result.images, seeds=result.seeds, infotexts=result.infotexts))
+        )
+        return []
+
+    def grid(self, image: Image.Image, infotext: str, seed: int) -> Path | None:
+        self.grids.append((image, infotext, seed))
+        return None
+
+    def replay(self, images: ScriptImages) -> list[Path]:
+        """Save the recorded images through ``images``; the paths as :func:`run_script` gives them (the grid's,
+        or for a prompt list every cell's)."""
+        cells = [path for index, result in self.cells for path in images.cell(index, result)]
+        grids = [path for grid in self.grids if (path := images.grid(*grid)) is not None]
+        return grids if self.grids else cells

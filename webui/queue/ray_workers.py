@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from webui.jobs import Job
     from webui.pipeline import GenerationResult
+    from webui.queue.device_runner import RecordedScriptImages
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class GenerationActor:
 
     def _generate(self, job_id: str, request_json: str, model_name: str | None) -> None:
         from webui.queue.codec import decode_request
+        from webui.queue.device_runner import RecordedScriptImages
 
         run = self._runs[job_id]
         try:
@@ -116,9 +118,12 @@ class GenerationActor:
             def on_progress(progress: Any) -> None:
                 run.progress = progress
 
-            # The front end writes the images it gets back; nothing is saved on the actor's node.
-            result = self.runner.run(request, model_name, run.control, on_progress)
+            # The front end writes the images it gets back (a script's cells and grid as recorded here); nothing
+            # is saved on the actor's node.
+            script = RecordedScriptImages() if request.script is not None else None
+            result = self.runner.run(request, model_name, run.control, on_progress, script_images=script)
             run.outcome = {
+                "script": script,
                 "images": result.images,
                 "seeds": result.seeds,
                 "subseeds": result.subseeds,
@@ -166,14 +171,15 @@ class RayWorker:
     Args:
         actor: the actor handle.
         name: for logs and the queue display.
-        save: ``save(job, result) -> paths`` writes the images in the front end (None: nothing saved).
+        save: ``save(job, result, script) -> paths`` writes the images in the front end (``script``: the cells and
+            grid a script job recorded; None: nothing saved).
     """
 
     def __init__(
         self,
         actor: Any,
         name: str,
-        save: Callable[[Job, GenerationResult], list[Path]] | None = None,
+        save: Callable[[Job, GenerationResult, RecordedScriptImages | None], list[Path]] | None = None,
         current_model: Callable[[], str | None] | None = None,
     ):
         self.actor = actor
@@ -235,7 +241,7 @@ class RayWorker:
             model_hash=outcome["model_hash"],
         )
         if self._save is not None:
-            result.paths = self._save(job, result)
+            result.paths = self._save(job, result, outcome["script"])
         return result
 
 
@@ -262,7 +268,7 @@ def start_workers(
     version: str | None = None,
     workers: int | None = None,
     cpus_per_worker: int = 1,
-    save: Callable[[Job, GenerationResult], list[Path]] | None = None,
+    save: Callable[[Job, GenerationResult, RecordedScriptImages | None], list[Path]] | None = None,
     upscaler_dir: Path | None = None,
     embeddings_dir: Path | None = None,
     vae_dir: Path | None = None,
