@@ -29,12 +29,14 @@ TIMEOUT = 120
 
 
 class Receiver:
-    """A local HTTP server recording every multipart POST; the first ``fail_first`` answers are 503."""
+    """A local HTTP server recording every multipart POST; the first ``fail_first`` answers are 503, each given
+    after ``slow`` seconds."""
 
-    def __init__(self, fail_first: int = 0):
+    def __init__(self, fail_first: int = 0, slow: float = 0.0):
         self.posts: list[dict] = []
         self.attempts = 0
         self.fail_first = fail_first
+        self.slow = slow
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +44,7 @@ class Receiver:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.attempts += 1
                 if receiver.attempts <= receiver.fail_first:
+                    time.sleep(receiver.slow)
                     self.send_response(503)
                     self.end_headers()
                     return
@@ -187,7 +190,8 @@ def test_ordinary_callback_urls_pass_and_odd_schemes_do_not():
 def test_a_callback_not_delivered_at_a_kill_9_is_delivered_once_after_the_restart(tiny_checkpoint, tmp_path: Path):
     from tests.test_queue_crash import Q, free_port, start_app, wait_ready
 
-    receiver = Receiver(fail_first=10**9)  # down (503) until the app is killed
+    # Down (503, each after 6 s: the app's 4 tries then take over 30 s) until the app is killed.
+    receiver = Receiver(fail_first=10**9, slow=6.0)
     outputs, db, log = tmp_path / "outputs", tmp_path / "queue.sqlite3", tmp_path / "app.log"
 
     def app_at(port: int) -> tuple[subprocess.Popen, httpx.Client]:
@@ -209,7 +213,7 @@ def test_a_callback_not_delivered_at_a_kill_9_is_delivered_once_after_the_restar
             body = {"steps": 2, "batch_size": 2, "sampler_name": "Euler", "callback_url": receiver.url}
             ids = [client.post(f"{Q}/queue/txt2img", json={**body, "prompt": f"p{i}", "seed": i}).json()["task_id"]
                    for i in range(2)]  # fmt: skip
-            # The first callback fails and waits for its retry (1 s, then 2, 4), the second waits behind it.
+            # The first callback is failing (tries 6 s apart or more), the second waits behind it.
             wait_until(lambda: receiver.attempts >= 1 and client.get(f"{Q}/history").json()["total"] == 2)
         finally:
             stop(app, signal.SIGKILL)
