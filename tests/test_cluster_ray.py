@@ -1,6 +1,7 @@
 """Workers as Ray actors (``--cluster``) on a local Ray cluster that the test starts (2 CPUs, the tiny model):
 12 jobs on 2 actors, both used; an actor killed mid-job (``ray.kill``) still gives 12/12 results, the lost job
-run again elsewhere; Interrupt reaches the actor and stops its job within about a step."""
+run again elsewhere; Interrupt reaches the actor and stops its job within about a step; an actor runs an X/Y/Z
+plot, an embedding, a LoRA and a VAE choice to the same pixels as a local device."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from webui.jobs import JobState
 from webui.pipeline import GenerationRequest
+from webui.scripts.xyz_plot import TXT2IMG_AXES
 from webui.service import WebUIService
 
 ray = pytest.importorskip("ray")
@@ -94,3 +97,68 @@ def test_interrupt_reaches_the_actor_and_stops_within_a_step(cluster_service: We
     stopped = int(match.group(1))
     assert seen <= stopped <= seen + 2, (seen, stopped)  # the step it was on (as last polled), or the next
     assert cluster_service.progress(job.id).state == JobState.INTERRUPTED
+
+
+# --- an actor runs what a local device runs: scripts, embeddings, LoRAs, the VAE choice -------------------------
+
+CFG_AXIS = TXT2IMG_AXES.index("CFG Scale")
+
+
+@pytest.fixture(scope="module")
+def user_folders(tmp_path_factory, tiny_checkpoint, tiny_tokenizer_dir) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.support.lora_files import kohya_specs_from_model, write_kohya_lora
+    from tests.support.tiny_model import build_tiny_components
+    from webui.models.loading import load_model
+
+    root = tmp_path_factory.mktemp("user")
+    (root / "embeddings").mkdir()
+    (root / "VAE").mkdir()
+    torch.save({"string_to_param": {"*": torch.randn(4, 128)}, "step": 30}, root / "embeddings" / "inkstyle.pt")
+    other = build_tiny_components(tiny_tokenizer_dir, seed=9).vae
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(root / "VAE" / "other.safetensors"))
+    write_kohya_lora(root / "Lora" / "shiny.safetensors", kohya_specs_from_model(load_model(tiny_checkpoint.path)))
+    (root / "models.yaml").write_text(
+        f"models:\n  - name: tiny\n    path: {tiny_checkpoint.path}\n    default: true\n    width: 64\n    height: 64\n"
+    )
+    return root
+
+
+def with_folders(root: Path, **kwargs) -> WebUIService:
+    folders = {"embeddings_dir": root / "embeddings", "vae_dir": root / "VAE", "lora_dir": root / "Lora"}
+    return WebUIService(root / "models.yaml", version="test", **folders, **kwargs)
+
+
+@pytest.mark.slow  # starts Ray and an actor process
+def test_an_actor_runs_scripts_embeddings_loras_and_the_vae_choice_as_a_local_device(
+    local_ray, user_folders: Path, tmp_path: Path
+):
+    from webui.pipeline.infotext import parse_infotext
+    from webui.scripts import plan_script
+
+    base = GenerationRequest(prompt="a cat", steps=2, seed=3, sampler_name="Euler", width=64, height=64)
+    xyz_args = [CFG_AXIS, "3, 9", [], 0, "", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    grid = replace(base, script=plan_script("x/y/z plot", xyz_args, base, None, lambda name: name))
+    extras = replace(base, prompt="a cat inkstyle <lora:shiny:0.8>", sd_vae="other")
+    requests = [grid, extras, base]
+    cluster = with_folders(user_folders, outputs_dir=tmp_path / "out", cluster="auto", cluster_workers=1)
+    try:
+        assert [w.name for w in cluster.queue.workers] == ["ray:1"]
+        on_actor = [cluster.submit(r).result(TIMEOUT) for r in requests]
+    finally:
+        cluster.close()
+    local = with_folders(user_folders)
+    try:
+        on_device = [local.submit(r).result(TIMEOUT) for r in requests]
+    finally:
+        local.close()
+    for remote, here in zip(on_actor, on_device, strict=True):
+        assert len(remote.images) == len(here.images) and remote.infotexts == here.infotexts
+        assert [i.tobytes() for i in remote.images] == [i.tobytes() for i in here.images]
+    assert len(on_actor[0].images) == 3  # the grid, then its two cells (as A1111 with "include lone images")
+    assert on_actor[0].images[0].size[0] == 2 * 64  # the grid: its two cells side by side
+    params = parse_infotext(on_actor[1].infotexts[0])
+    assert {"TI hashes", "Lora hashes"} <= set(params) and params["VAE"] == "other.safetensors"
+    assert on_actor[1].images[0].tobytes() != on_actor[2].images[0].tobytes()  # they changed the pixels

@@ -273,3 +273,16 @@ def test_codec_stores_plugin_schedules_and_hires_upscalers_by_name(tmp_path: Pat
     assert decode_request(encode_request(lanczos), SAMPLERS).hires.upscaler.name == "Lanczos"
     with pytest.raises(UnreadableRequest, match="upscaler '4x-test' is gone"):
         decode_request(encode_request(model_upscaler), SAMPLERS, UpscalerRegistry(tmp_path / "empty"))
+
+
+def test_codec_gives_a_lora_its_file_back_as_a_path_it_can_open(tmp_path: Path):
+    from dataclasses import replace
+
+    from webui.extra_networks.lora_merge import LoraUse
+
+    file = tmp_path / "shiny.safetensors"
+    file.write_bytes(b"12345")
+    original = replace(resolved(), loras=(LoraUse("shiny", file, 0.8, 0.8, "abc"),))
+    back = decode(encode_request(original))
+    assert back == original
+    assert back.loras[0].path.stat().st_size == 5  # a restored or remote job opens the file (a PurePath cannot)

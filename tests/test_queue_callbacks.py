@@ -1,6 +1,7 @@
 """callback_url: a local HTTP server receives each finished job's images exactly once (multipart, as
 agent-scheduler sends them), retries with backoff, a dead receiver never holds up the queue, and URLs that
-point at this machine or at link-local/metadata addresses are refused."""
+point at this machine or at link-local/metadata addresses are refused; a callback not delivered when the app is
+killed is delivered once after the restart (kept in the queue database)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import email.parser
 import email.policy
 import io
 import ipaddress
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -25,12 +29,14 @@ TIMEOUT = 120
 
 
 class Receiver:
-    """A local HTTP server recording every multipart POST; the first ``fail_first`` answers are 503."""
+    """A local HTTP server recording every multipart POST; the first ``fail_first`` answers are 503, each given
+    after ``slow`` seconds."""
 
-    def __init__(self, fail_first: int = 0):
+    def __init__(self, fail_first: int = 0, slow: float = 0.0):
         self.posts: list[dict] = []
         self.attempts = 0
         self.fail_first = fail_first
+        self.slow = slow
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +44,7 @@ class Receiver:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.attempts += 1
                 if receiver.attempts <= receiver.fail_first:
+                    time.sleep(receiver.slow)
                     self.send_response(503)
                     self.end_headers()
                     return
@@ -174,3 +181,117 @@ def test_ordinary_callback_urls_pass_and_odd_schemes_do_not():
     for bad in ("file:///etc/passwd", "ftp://x/y", "http:///nohost", "gopher://a"):
         with pytest.raises(CallbackRefused, match="http:// or https://"):
             check_callback_url(bad, allow_local=True)
+
+
+# --- durable callbacks: kept in the queue database until answered ---------------------------------------------
+
+
+@pytest.mark.slow  # three app starts in subprocesses
+def test_a_callback_not_delivered_at_a_kill_9_is_delivered_once_after_the_restart(tiny_checkpoint, tmp_path: Path):
+    from tests.test_queue_crash import Q, free_port, start_app, wait_ready
+
+    # Down (503, each after 6 s: the app's 4 tries then take over 30 s) until the app is killed.
+    receiver = Receiver(fail_first=10**9, slow=6.0)
+    outputs, db, log = tmp_path / "outputs", tmp_path / "queue.sqlite3", tmp_path / "app.log"
+
+    def app_at(port: int) -> tuple[subprocess.Popen, httpx.Client]:
+        app = start_app(tiny_checkpoint.models_yaml, outputs, db, port, log, "--allow-local-callbacks")
+        wait_ready(f"http://127.0.0.1:{port}", app, log)
+        return app, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def stop(app: subprocess.Popen, sig: int) -> None:
+        app.send_signal(sig)
+        try:
+            app.wait(30)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait(30)
+
+    try:
+        app, client = app_at(free_port())
+        try:
+            body = {"steps": 2, "batch_size": 2, "sampler_name": "Euler", "callback_url": receiver.url}
+            ids = [client.post(f"{Q}/queue/txt2img", json={**body, "prompt": f"p{i}", "seed": i}).json()["task_id"]
+                   for i in range(2)]  # fmt: skip
+            # The first callback is failing (tries 6 s apart or more), the second waits behind it.
+            wait_until(lambda: receiver.attempts >= 1 and client.get(f"{Q}/history").json()["total"] == 2)
+        finally:
+            stop(app, signal.SIGKILL)
+        assert receiver.posts == []
+        receiver.fail_first = receiver.attempts  # the receiver is back
+        app, client = app_at(free_port())
+        try:
+            wait_until(lambda: len(receiver.posts) >= 2)
+            time.sleep(1.0)  # nothing more arrives
+        finally:
+            stop(app, signal.SIGINT)
+        assert sorted(p["task_id"] for p in receiver.posts) == sorted(ids)
+        assert all(p["status"] == "done" and len(p["files"]) == 2 for p in receiver.posts)
+        for post in receiver.posts:  # the images the job saved, with their infotexts
+            for name, _, data in post["files"]:
+                assert (
+                    name.split("-")[1] == post["task_id"][:8]
+                    and "Seed:" in Image.open(io.BytesIO(data)).info["parameters"]
+                )
+        app, client = app_at(free_port())  # a third start sends nothing again
+        try:
+            time.sleep(1.5)
+        finally:
+            stop(app, signal.SIGINT)
+        assert len(receiver.posts) == 2
+    finally:
+        receiver.close()
+
+
+def test_the_store_keeps_callbacks_until_answered_and_finds_finished_jobs_without_one(
+    tmp_path: Path, receiver: Receiver
+):
+    from webui.queue.store import QueueStore, StoredCallback, StoredJob
+
+    image = tmp_path / "120000-abcdefgh-0-1.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(image)
+    urls = [f"{receiver.url}&job={i}" for i in range(4)]
+    store = QueueStore.open(tmp_path / "q.sqlite3")
+    for i in range(4):
+        meta = {"callback_url": urls[i]} if i != 2 else {}
+        store.add(StoredJob(f"job{i}", "txt2img", "pending", float(i), "{}", meta=meta, created_at=float(i)))
+        store.finish(f"job{i}", "done", 10.0 + i, None, {"images": [str(image)], "infotexts": [], "seeds": [1]})
+    store.add_callback(StoredCallback("job0", urls[0], "done", (("a.png", b"\x89PNG-a"),)))
+    store.add_callback(StoredCallback("job1", urls[1], "done", (("b.png", b"\x89PNG-b"),)))
+    store.end_callback("job0", delivered=True)
+    store.close()
+    # After a restart: job1's recorded callback is still due, with its files; job3 finished before its callback
+    # was recorded; job0 was answered and job2 has no callback_url.
+    again = QueueStore.open(tmp_path / "q.sqlite3")
+    assert again.pending_callbacks() == [StoredCallback("job1", urls[1], "done", (("b.png", b"\x89PNG-b"),))]
+    assert [row.id for row in again.finished_without_callback()] == ["job3"]
+    sender = CallbackSender(allow_local=True)
+    try:
+        sender.resume(again)
+        wait_until(lambda: len(receiver.posts) >= 2 and again.pending_callbacks() == [], timeout=10)
+        time.sleep(0.3)  # nothing more arrives
+    finally:
+        sender.close()
+    assert [(p["task_id"], p["files"]) for p in receiver.posts] == [
+        ("job1", [("b.png", "image/png", b"\x89PNG-b")]),
+        ("job3", [(image.name, "image/png", image.read_bytes())]),
+    ]
+    assert again.finished_without_callback() == []
+    again.close()
+
+
+def test_a_queue_database_from_before_durable_callbacks_sends_no_old_callback_again(tmp_path: Path):
+    import sqlite3
+
+    from webui.queue.store import QueueStore, StoredJob
+
+    store = QueueStore.open(tmp_path / "q.sqlite3")
+    store.add(StoredJob("old", "txt2img", "pending", 0.0, "{}", meta={"callback_url": "http://a.example/"}))
+    store.finish("old", "done", 1.0, None, {"images": [], "infotexts": [], "seeds": []})
+    store.close()
+    with sqlite3.connect(tmp_path / "q.sqlite3") as db:
+        db.execute("DROP TABLE callbacks")  # as the previous version wrote it
+    again = QueueStore.open(tmp_path / "q.sqlite3")
+    assert again.get("old") is not None  # kept, not moved aside
+    assert again.finished_without_callback() == [] and again.pending_callbacks() == []
+    again.close()

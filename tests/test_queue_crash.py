@@ -28,9 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(models_yaml: Path, outputs: Path, db: Path, port: int, log: Path) -> subprocess.Popen:
+def start_app(models_yaml: Path, outputs: Path, db: Path, port: int, log: Path, *extra: str) -> subprocess.Popen:
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    args = ["--api", "--models", str(models_yaml), "--outputs", str(outputs), "--queue-db", str(db)]
+    args = ["--api", "--models", str(models_yaml), "--outputs", str(outputs), "--queue-db", str(db), *extra]
     return subprocess.Popen(
         [sys.executable, str(ROOT / "launch.py"), *args, "--port", str(port), "--device", "cpu"],
         cwd=ROOT,

@@ -172,6 +172,12 @@ class Job:
         assert self._result is not None
         return self._result
 
+    @property
+    def runs_again(self) -> bool:
+        """Stopped by the queue closing, not by a user: it runs again from the start at the next start, so what
+        it made so far is not saved (image i of a job is written once, by name: the re-run's would be skipped)."""
+        return self.control.interrupted and not self._user_interrupted
+
     def interrupt(self) -> None:
         """Stop now: a queued job is dropped, a running one stops within one UNet block, keeping what it has."""
         self._user_interrupted = True

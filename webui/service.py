@@ -15,8 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -26,14 +25,15 @@ from PIL import Image
 
 from webui.jobs import Job, JobQueue, JobState, interrupting_text
 from webui.models.registry import SD1_NATIVE_SIZE
-from webui.pipeline.generation import Progress, generate, native_size
-from webui.pipeline.preview import LatentPreview, fit_latent_preview
-from webui.pipeline.requests import GenerationRequest, GenerationResult, ResolvedRequest, resolve_request
+from webui.pipeline.generation import Progress, native_size
+from webui.pipeline.preview import LatentPreview
+from webui.pipeline.requests import GenerationRequest, GenerationResult, resolve_request
 from webui.pipeline.speedups import SpeedupSettings
 from webui.pipeline.styles import default_styles_path
 from webui.queue.callbacks import CallbackSender
 from webui.queue.codec import decode_request
-from webui.queue.outputs import save_job_images
+from webui.queue.device_runner import DeviceRunner, PreviewMaps, RecordedScriptImages, latent_pixels
+from webui.queue.outputs import ScriptJobImages, save_job_images
 from webui.queue.store import DEFAULT_HISTORY, QueueStore
 from webui.queue.workers import Worker
 
@@ -379,9 +379,7 @@ class WebUIService:
 
         self.upscalers = UpscalerRegistry(upscaler_dir, device=self.device, dtype=self.dtype)
         self._speedups = SpeedupSettings()  # issue 19: token merging and DeepCache, off until set
-        # id(model) -> (the model, weakly: this cache must never keep a model in memory that the manager
-        # unloaded or evicted for another one; the model's fitted preview map).
-        self._previews: dict[int, tuple[weakref.ReferenceType[StableDiffusionModel], LatentPreview | None]] = {}
+        self._previews = PreviewMaps()  # each loaded model's fitted preview map, for every device
         self._hashes: dict[tuple[str, int, int], str] = {}
         # Held while a job runs and while models load or unload: a model switch waits for the
         # running generation instead of loading a second model next to it.
@@ -398,6 +396,7 @@ class WebUIService:
         self.callbacks = CallbackSender(allow_local=allow_local_callbacks)
         # Last: restoring a queue database starts its pending jobs at once.
         store = QueueStore.open(queue_db) if queue_db is not None else QueueStore.memory()
+        self.callbacks.resume(store)  # callbacks kept in the database; those a crash left unsent go out now
         self._devices = [_Device(str(self.device), manager, self._device_lock)]
         for extra in list(devices)[1:]:
             from webui.models.manager import ModelManager
@@ -406,6 +405,19 @@ class WebUIService:
         self._devices = [
             _Device(_unique_name(d.name, i, self._devices), d.manager, d.lock) for i, d in enumerate(self._devices)
         ]
+        # Every device runs its jobs through a DeviceRunner, as the Ray actors do (webui/queue/device_runner.py).
+        self._runners = {
+            device.name: DeviceRunner(
+                device.manager,
+                self.extra_networks,
+                self._previews,
+                version,
+                device.lock,
+                entries=manager,
+                current_model=lambda: self.models.current_name,  # every device uses the first one's current model
+            )
+            for device in self._devices
+        }
         workers: list[Worker] = [DeviceWorker(self, device) for device in self._devices]
         if cluster is not None:
             from webui.queue import ray_workers
@@ -421,6 +433,11 @@ class WebUIService:
                     version=version,
                     workers=cluster_workers,
                     save=self._save_images,
+                    # The actors run jobs as a local device does (DeviceRunner), with the same folders.
+                    embeddings_dir=Path(embeddings_dir) if embeddings_dir is not None else None,
+                    vae_dir=Path(vae_dir) if vae_dir is not None else None,
+                    upscaler_dir=Path(upscaler_dir) if upscaler_dir is not None else None,
+                    current_model=lambda: self.models.current_name,
                 )
             )
         self._queue = JobQueue(
@@ -690,29 +707,21 @@ class WebUIService:
 
     def previewer(self, model: StableDiffusionModel) -> LatentPreview | None:
         """The model's fitted latent->RGB preview map, fitted once per loaded model (None if that failed)."""
-        key = id(model)
-        cached = self._previews.get(key)
-        if cached is None or cached[0]() is not model:
-            # Forget the maps of models that are gone (one per device stays while several devices work).
-            for gone in [k for k, (ref, _) in self._previews.items() if ref() is None or k == key]:
-                del self._previews[gone]
-            try:
-                fitted = fit_latent_preview(model.vae, float(model.vae.config.scale_factor))
-            except Exception:  # noqa: BLE001 - previews are a nicety; generation goes on without them
-                logger.warning("could not fit the live-preview map for %s", model.name, exc_info=True)
-                fitted = None
-            cached = (weakref.ref(model), fitted)
-            self._previews[key] = cached
-        return cached[1]
+        return self._previews.get(model)
 
     def _run_job(self, job: Job) -> GenerationResult:
         """Run ``job`` on the first device (what a single-device service does for every job)."""
         return self._generate_on(job, self._devices[0])
 
-    def _save_images(self, job: Job, result: GenerationResult) -> list[Path]:
-        """Write a job's images (for workers in other processes, whose results come back here)."""
+    def _save_images(
+        self, job: Job, result: GenerationResult, script: RecordedScriptImages | None = None
+    ) -> list[Path]:
+        """Write a job's images (for workers in other processes, whose results come back here); a script's are
+        the cells and grid its worker recorded."""
         if not job.save or self.outputs_dir is None:
             return []
+        if script is not None:
+            return script.replay(ScriptJobImages(self.outputs_dir, job))
         return save_job_images(self.outputs_dir, job, result)
 
     def _holds(self, device: _Device, model_name: str | None) -> bool:
@@ -724,54 +733,20 @@ class WebUIService:
 
     def _generate_on(self, job: Job, device: _Device) -> GenerationResult:
         """Run ``job`` on ``device``: its request, or a script's cells in turn (webui/scripts/runner.py)."""
-        if job.request.script is not None:  # X/Y/Z plot or prompt list: the cells save their images as they go
-            from webui.scripts.runner import run_script
-
-            outputs = self.outputs_dir if job.save else None
-            cell = functools.partial(self._generate, job, device, outputs_dir=outputs)
-            return run_script(job.request, job.control, cell, outputs)
-        with device.lock:
-            result = self._generate(job, device, job.request, job.model_name)
-            if job.save and self.outputs_dir is not None:  # under the lock, as before: the job ends with its files
-                # Under the job's own names: a re-run after a crash never duplicates a file.
-                result.paths = save_job_images(self.outputs_dir, job, result)
-        return result
-
-    def _generate(
-        self,
-        job: Job,
-        device: _Device,
-        request: ResolvedRequest,
-        model_name: str | None,
-        adjust: Callable[[Progress], Progress] | None = None,
-        *,
-        outputs_dir: Path | None = None,
-    ) -> GenerationResult:
-        """Generate ``request`` with ``model_name`` on ``device`` for ``job`` (a script's cell: ``adjust`` maps its
-        progress); images are saved in ``outputs_dir`` when given."""
-        first: list[Progress] = []
+        outputs = self.outputs_dir if job.save else None
 
         def on_progress(progress: Progress) -> None:
-            if not first:
-                first.append(progress)  # its time includes the prompt encoding: measure from it on
-            job.progress = adjust(progress) if adjust is not None else progress
-            self._record_step_time(first[0], progress, request.width, request.height, request.batch_size)
+            job.progress = progress
 
-        with device.lock:
-            # Selecting a model downloads, Generate never. Every device uses the model the first one calls current.
-            model = device.manager.get(model_name or self.models.current_name, download=False)
-            self._use_vae(model, request.sd_vae)
-            return generate(
-                model,
-                request,
-                outputs_dir=outputs_dir,
-                progress=on_progress,
-                control=job.control,
-                previewer=self.previewer(model),
-                version=self.version,
-                model_name=model.name,
-                embeddings=self.extra_networks.vocabulary(model.text_encoder),
-            )
+        return self._runners[device.name].run(
+            job.request,
+            job.model_name,
+            job.control,
+            on_progress,
+            save=functools.partial(save_job_images, outputs, job) if outputs is not None else None,
+            script_images=ScriptJobImages(outputs, job) if outputs is not None else None,
+            on_step_seconds=self._note_step_seconds,
+        )
 
     # --- textual-inversion embeddings and VAE files (issue 15) ---------------------------------
 
@@ -813,20 +788,6 @@ class WebUIService:
         except VaeError as err:
             raise InvalidRequest("sd_vae", str(err)) from None
 
-    def _use_vae(self, model: StableDiffusionModel, choice: str) -> None:
-        """Give ``model`` the VAE the job asks for; only ``model.vae`` changes."""
-        from webui.extra_networks.vae_files import VaeError, use_vae
-        from webui.pipeline.errors import InvalidRequest
-
-        try:
-            entry_vae = self.models.entry(model.name).vae
-        except LookupError:
-            entry_vae = None
-        try:
-            use_vae(model, self.extra_networks.vae_path_for(model, choice, entry_vae))
-        except VaeError as err:  # the job fails with the file's message; the model keeps its VAE
-            raise InvalidRequest("sd_vae", str(err)) from None
-
     def run_extras(
         self, images: list[Image.Image], request: ExtrasRequest, *, save: bool = True
     ) -> list[tuple[Image.Image, str]]:
@@ -840,17 +801,9 @@ class WebUIService:
                 save_image(image, self.outputs_dir, "extras", None, text)  # A1111: 00000.png, no seed
         return results
 
-    def _record_step_time(self, first: Progress, last: Progress, width: int, height: int, batch_size: int) -> None:
-        steps = last.step - first.step
-        if steps <= 0:
-            return
-        seconds = (last.elapsed_seconds - first.elapsed_seconds) / steps
-        self._step_seconds_per_pixel = seconds / (latent_pixels(width, height) * batch_size)
-
-
-def latent_pixels(width: int, height: int) -> int:
-    """Pixels of the latent of an SD 1.x image (1/8 of each side)."""
-    return max(1, width // 8) * max(1, height // 8)
+    def _note_step_seconds(self, seconds_per_pixel: float) -> None:
+        """The last measured seconds of one sampling step per latent pixel per image (the size warning's estimate)."""
+        self._step_seconds_per_pixel = seconds_per_pixel
 
 
 @dataclass

@@ -10,6 +10,12 @@ elsewhere by then): it must be http(s), and no address of its host may be this m
 machine's own addresses, "unspecified"), link-local (169.254.0.0/16, fe80::/10: cloud metadata services
 live there) or a known metadata address, unless the server was started with ``--allow-local-callbacks``.
 Otherwise anyone who may queue a job could make the server send requests to services only it can reach.
+
+With a queue database (:meth:`CallbackSender.resume`), each callback is written to it before it is first sent and
+marked when it got its answer or was given up, so a callback not yet delivered when the app stops or crashes is
+sent at the next start, as is the callback of a job that finished just before (from the images it saved). A
+receiver gets each finished job's callback once; only a crash between its answer and that mark sends it again
+(``task_id`` tells the two apart).
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ import ipaddress
 import logging
 import queue
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from webui.pipeline.outputs import png_bytes_info
+from webui.queue.store import QueueStore, StoredCallback, StoredJob
 
 if TYPE_CHECKING:
     from webui.jobs import Job
@@ -123,6 +132,13 @@ def job_upload(url: str, job: Job) -> Upload:
     return Upload(url, job.id, job.state.stored, tuple(files))
 
 
+def stored_job_upload(row: StoredJob) -> Upload:
+    """The callback of a job that finished in an earlier run, from the images it saved (those still on disk)."""
+    paths = [Path(p) for p in (row.result or {}).get("images", [])]
+    files = tuple((path.name, path.read_bytes()) for path in paths if path.is_file())
+    return Upload(str(row.meta["callback_url"]), row.id, row.state, files)
+
+
 def multipart_body(fields: dict[str, str], files: Iterable[tuple[str, bytes]]) -> tuple[bytes, str]:
     """``multipart/form-data`` of text ``fields`` and ``files`` parts (all named ``files``, image/png)."""
     boundary = uuid.uuid4().hex
@@ -160,15 +176,31 @@ class CallbackSender:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set by close(): waits between retries end at once
+        self._store: QueueStore | None = None  # where callbacks are kept until answered (see resume)
 
     def check(self, url: str) -> None:
         check_callback_url(url, allow_local=self.allow_local, own=self._own)
+
+    def resume(self, store: QueueStore) -> None:
+        """Keep callbacks in ``store`` from now on, and send those an earlier run left unsent: the recorded ones
+        not yet answered, then those of jobs that finished without one recorded. Call it before the queue runs."""
+        self._store = store
+        for callback in store.pending_callbacks():
+            self.send(Upload(callback.url, callback.job_id, callback.status, callback.files))
+        for row in store.finished_without_callback():
+            logger.warning("callback for job %s was not sent before the app stopped; sending it now", row.id)
+            self._record_and_send(stored_job_upload(row))
 
     def job_finished(self, job: Job) -> None:
         """A queue listener: queue the job's callback if it has a ``callback_url``."""
         url = job.meta.get("callback_url")
         if url:
-            self.send(job_upload(url, job))
+            self._record_and_send(job_upload(url, job))
+
+    def _record_and_send(self, upload: Upload) -> None:
+        if self._store is not None:
+            self._store.add_callback(StoredCallback(upload.task_id, upload.url, upload.status, upload.files))
+        self.send(upload)
 
     def send(self, upload: Upload) -> None:
         with self._lock:
@@ -186,7 +218,13 @@ class CallbackSender:
 
     def _work(self) -> None:
         while (upload := self._pending.get()) is not None:
-            self._deliver(upload)
+            delivered = self._deliver(upload)
+            if self._store is None or (self._stop.is_set() and not delivered):
+                continue  # stopped before an answer: it stays pending, for the next start
+            try:
+                self._store.end_callback(upload.task_id, delivered)
+            except sqlite3.Error as err:  # the store closed under a slow last upload: it is sent again next start
+                logger.warning("callback for job %s: could not mark it sent: %s", upload.task_id, err)
 
     def _deliver(self, upload: Upload) -> bool:
         delay = self.backoff

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Mapping
 from enum import Enum
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any
 
@@ -143,8 +143,8 @@ def _decode(value: Any, registries: _Registries) -> Any:
         with Image.open(io.BytesIO(base64.b64decode(value["__image__"]))) as image:
             image.load()
             return image.copy()
-    if "__path__" in value:
-        return PurePath(value["__path__"])
+    if "__path__" in value:  # a concrete Path: the job opens it (a LoRA's file); building one touches no file
+        return Path(value["__path__"])
     if "__tuple__" in value:
         return tuple(_decode(v, registries) for v in value["__tuple__"])
     if "__dict__" in value or "__proxy__" in value:

@@ -1,10 +1,12 @@
 """Queue workers on a Ray cluster (``--cluster auto`` or ``ray://host:10001``): one actor per GPU (``num_gpus=1``),
 or per ``cpus_per_worker`` CPU cores when the cluster has no GPU. The web front end, the UI, the API and the queue
-database stay in the one process users connect to; only generation runs in the actors, which run the same
-:func:`webui.pipeline.generate` as the single-process app (nothing about Ray reaches below the worker).
+database stay in the one process users connect to; only generation runs in the actors, which run jobs through
+the same :class:`~webui.queue.device_runner.DeviceRunner` as a local device (scripts, embeddings, LoRAs, the VAE
+choice; nothing about Ray reaches below the worker).
 
-Each actor loads models from the same ``models.yaml`` paths as the front end, so every node needs the same
-files at the same paths (a shared filesystem, or a copy). A job travels as the queue's versioned JSON
+Each actor loads models from the same ``models.yaml`` paths as the front end, and its embeddings, VAE files,
+upscaler models and LoRA files from the same folders (:class:`WorkerSetup`), so every node needs the same files
+at the same paths (a shared filesystem, or a copy). A job travels as the queue's versioned JSON
 (:mod:`webui.queue.codec`); the front end polls the actor for progress (with the preview) every
 ``POLL_SECONDS``, forwards Interrupt and Skip to the actor that runs the job, and writes the returned images
 itself. An actor that dies (node lost, ``ray.kill``) makes :meth:`RayWorker.run` raise
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
     from webui.jobs import Job
     from webui.pipeline import GenerationResult
+    from webui.queue.device_runner import RecordedScriptImages
 
 logger = logging.getLogger(__name__)
 
@@ -52,24 +55,42 @@ class _Run:
     outcome: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What an actor needs to run jobs as the front end's own devices would: the same files and settings."""
+
+    registry_path: Path  # models.yaml (its folder is where the entries' relative paths start)
+    dtype: str = "float32"
+    samplers_dir: Path | None = None
+    upscaler_dir: Path | None = None  # a hires fix's model upscaler
+    embeddings_dir: Path | None = None  # the prompt's textual-inversion words
+    vae_dir: Path | None = None  # the VAE files a job may choose
+    version: str | None = None  # the infotexts' Version
+
+
 class GenerationActor:
     """The Ray actor: one model cache on its device, one job at a time (created with ``max_concurrency`` > 1
     so that :meth:`poll`, :meth:`interrupt` and :meth:`skip` are answered while a job runs)."""
 
-    def __init__(self, registry_path: str, device: str, dtype: str, samplers_dir: str | None, version: str | None):
+    def __init__(self, setup: WorkerSetup, device: str):
         import torch
 
+        from webui.extra_networks.user_files import EmbeddingsAndVae
         from webui.models.manager import ModelManager
         from webui.models.registry import load_registry
+        from webui.queue.device_runner import DeviceRunner, PreviewMaps
         from webui.sampling import create_sampler_registry
+        from webui.upscalers import UpscalerRegistry
 
         self.device = torch.device(device)
-        self.manager = ModelManager(load_registry(Path(registry_path)), self.device, getattr(torch, dtype))
-        self.samplers = create_sampler_registry(Path(samplers_dir) if samplers_dir else None)
-        self.version = version
+        dtype = getattr(torch, setup.dtype)
+        self.manager = ModelManager(load_registry(setup.registry_path), self.device, dtype)
+        self.samplers = create_sampler_registry(setup.samplers_dir)
+        self.upscalers = UpscalerRegistry(setup.upscaler_dir, device=self.device, dtype=dtype)
+        extra_networks = EmbeddingsAndVae(setup.embeddings_dir, setup.vae_dir, setup.registry_path.parent)
+        self.runner = DeviceRunner(self.manager, extra_networks, PreviewMaps(), setup.version)
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-        self._previews: dict[str, Any] = {}  # model name -> its fitted preview map
 
     def pid(self) -> int:
         return os.getpid()
@@ -87,31 +108,27 @@ class GenerationActor:
         thread.start()
 
     def _generate(self, job_id: str, request_json: str, model_name: str | None) -> None:
-        from webui.pipeline import generate
-        from webui.pipeline.preview import fit_latent_preview
         from webui.queue.codec import decode_request
+        from webui.queue.device_runner import RecordedScriptImages
 
         run = self._runs[job_id]
         try:
-            request = decode_request(request_json, self.samplers)
-            model = self.manager.get(model_name, download=False)
+            request = decode_request(request_json, self.samplers, self.upscalers)
 
             def on_progress(progress: Any) -> None:
                 run.progress = progress
 
-            result = generate(
-                model,
-                request,
-                outputs_dir=None,
-                progress=on_progress,
-                control=run.control,
-                previewer=self._previewer(model, fit_latent_preview),
-                version=self.version,
-                model_name=model.name,
-            )
+            # The front end writes the images it gets back (a script's cells and grid as recorded here); nothing
+            # is saved on the actor's node.
+            script = RecordedScriptImages() if request.script is not None else None
+            result = self.runner.run(request, model_name, run.control, on_progress, script_images=script)
             run.outcome = {
+                "script": script,
                 "images": result.images,
                 "seeds": result.seeds,
+                "subseeds": result.subseeds,
+                "prompts": result.prompts,
+                "negative_prompts": result.negative_prompts,
                 "infotexts": result.infotexts,
                 "interrupted": result.interrupted,
                 "model_name": result.model_name,
@@ -119,11 +136,6 @@ class GenerationActor:
             }
         except BaseException as err:  # noqa: BLE001 - sent back to the front end, which stores it on the job
             run.outcome = {"error": err if _picklable(err) else RuntimeError(f"{type(err).__name__}: {err}")}
-
-    def _previewer(self, model: Any, fit: Callable[..., Any]) -> Any:
-        if model.name not in self._previews:
-            self._previews = {model.name: fit(model.vae, float(model.vae.config.scale_factor))}
-        return self._previews[model.name]
 
     def poll(self, job_id: str) -> tuple[Any, dict[str, Any] | None]:
         """``(latest progress, outcome or None while running)``; the outcome is handed out once."""
@@ -161,13 +173,21 @@ class RayWorker:
     Args:
         actor: the actor handle.
         name: for logs and the queue display.
-        save: ``save(job, result) -> paths`` writes the images in the front end (None: nothing saved).
+        save: ``save(job, result, script) -> paths`` writes the images in the front end (``script``: the cells and
+            grid a script job recorded; None: nothing saved).
     """
 
-    def __init__(self, actor: Any, name: str, save: Callable[[Job, GenerationResult], list[Path]] | None = None):
+    def __init__(
+        self,
+        actor: Any,
+        name: str,
+        save: Callable[[Job, GenerationResult, RecordedScriptImages | None], list[Path]] | None = None,
+        current_model: Callable[[], str | None] | None = None,
+    ):
         self.actor = actor
         self._name = name
         self._save = save
+        self._current_model = current_model
         self._loaded: set[str] = set()
 
     @property
@@ -189,8 +209,10 @@ class RayWorker:
 
         from webui.pipeline import GenerationResult
 
+        # A job without a model uses the front end's current one, as on a local device.
+        model_name = job.model_name or (self._current_model() if self._current_model is not None else None)
         try:
-            ray.get(self.actor.start.remote(job.id, encode_request(job.request), job.model_name))
+            ray.get(self.actor.start.remote(job.id, encode_request(job.request), model_name))
             interrupted = skipped = False
             while True:
                 if job.control.interrupted and not interrupted:
@@ -213,6 +235,9 @@ class RayWorker:
         result = GenerationResult(
             images=outcome["images"],
             seeds=outcome["seeds"],
+            subseeds=outcome["subseeds"],
+            prompts=outcome["prompts"],
+            negative_prompts=outcome["negative_prompts"],
             infotexts=outcome["infotexts"],
             interrupted=outcome["interrupted"],
             request=job.request,
@@ -220,7 +245,7 @@ class RayWorker:
             model_hash=outcome["model_hash"],
         )
         if self._save is not None:
-            result.paths = self._save(job, result)
+            result.paths = self._save(job, result, outcome["script"])
         return result
 
 
@@ -247,10 +272,17 @@ def start_workers(
     version: str | None = None,
     workers: int | None = None,
     cpus_per_worker: int = 1,
-    save: Callable[[Job, GenerationResult], list[Path]] | None = None,
+    save: Callable[[Job, GenerationResult, RecordedScriptImages | None], list[Path]] | None = None,
+    upscaler_dir: Path | None = None,
+    embeddings_dir: Path | None = None,
+    vae_dir: Path | None = None,
+    current_model: Callable[[], str | None] | None = None,
 ) -> list[RayWorker]:
     """Start the generation actors on the joined cluster: one per GPU, else one per ``cpus_per_worker`` cores
-    (``workers`` caps the count). Raises :class:`ClusterError` when there is no room for one."""
+    (``workers`` caps the count). Raises :class:`ClusterError` when there is no room for one.
+
+    The folders are the front end's (``--upscaler-dir``, ``--embeddings-dir``, ``--vae-dir``); ``save`` writes a
+    finished job's images on the front end; ``current_model`` names the model of a job that names none."""
     import ray
 
     resources = ray.cluster_resources()
@@ -266,10 +298,8 @@ def start_workers(
         raise ClusterError(f"the Ray cluster has no room for a worker (resources: {resources})")
     as_actor: Any = ray.remote  # its overloads do not list the actor options
     remote = as_actor(max_concurrency=4, **options)(GenerationActor)
-    actors = [
-        remote.remote(str(registry_path), device, dtype, str(samplers_dir) if samplers_dir else None, version)
-        for _ in range(count)
-    ]
+    setup = WorkerSetup(Path(registry_path), dtype, samplers_dir, upscaler_dir, embeddings_dir, vae_dir, version)
+    actors = [remote.remote(setup, device) for _ in range(count)]
     pids = ray.get([actor.pid.remote() for actor in actors])  # waits until every actor is up
     logger.info("cluster: %d generation worker(s) on Ray (%s), pids %s", count, device, pids)
-    return [RayWorker(actor, f"ray:{i + 1}", save) for i, actor in enumerate(actors)]
+    return [RayWorker(actor, f"ray:{i + 1}", save, current_model) for i, actor in enumerate(actors)]

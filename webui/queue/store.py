@@ -18,6 +18,7 @@ at a time anyway, and the lock makes each method atomic for the threads of the a
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -75,7 +76,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority, seq);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS callbacks (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dropped')),
+    url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    files TEXT NOT NULL
+);
 """
+# ``callbacks``: the callback of each finished job that has a ``callback_url``, written before it is first sent
+# and marked delivered (or dropped: refused, or failed every retry) after; a ``pending`` one is sent again at the
+# next start. ``files`` is a JSON list of ``[name, base64 PNG]`` (the upload itself: a job may save no file).
+# Added to schema 1 by ``CREATE TABLE IF NOT EXISTS``, so an older queue database simply gains it.
 
 
 class BrokenQueueDatabase(RuntimeError):
@@ -107,6 +119,16 @@ class StoredJob:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class StoredCallback:
+    """A finished job's callback: where, the job's status, and the files (name, PNG bytes)."""
+
+    job_id: str
+    url: str
+    status: str
+    files: tuple[tuple[str, bytes], ...]
 
 
 class QueueStore:
@@ -172,7 +194,14 @@ class QueueStore:
         if self.path != ":memory:" and str(mode).lower() != "wal":
             raise BrokenQueueDatabase(f"cannot use write-ahead logging (journal mode {mode})")
         db.execute("PRAGMA synchronous=NORMAL")
+        older = "jobs" in tables and "callbacks" not in tables  # a database from before durable callbacks
         db.executescript(_SCHEMA)
+        if older:  # its finished jobs' callbacks were sent by the app that ran them: never send them again
+            db.execute(
+                "INSERT INTO callbacks (job_id, state, url, status, files) SELECT id, 'delivered',"
+                " json_extract(meta, '$.callback_url'), state, '[]' FROM jobs"
+                " WHERE state IN ('done', 'failed', 'interrupted') AND json_extract(meta, '$.callback_url') IS NOT NULL"
+            )
         columns = tuple(row[1] for row in db.execute("PRAGMA table_info(jobs)"))
         if columns != _COLUMNS:
             raise BrokenQueueDatabase(f"the jobs table has columns {columns}")
@@ -255,6 +284,7 @@ class QueueStore:
                 " ORDER BY finished_at DESC, seq DESC LIMIT ?)",
                 (max(0, keep),),
             )
+            self._db.execute("DELETE FROM callbacks WHERE state != 'pending' AND job_id NOT IN (SELECT id FROM jobs)")
             return cursor.rowcount
 
     def recover(self) -> list[str]:
@@ -265,6 +295,40 @@ class QueueStore:
         if ids:
             logger.warning("queue: %d job(s) were running when the app stopped; they run again: %s", len(ids), ids)
         return ids
+
+    def add_callback(self, callback: StoredCallback) -> None:
+        """Record a finished job's callback as ``pending`` (before it is first sent)."""
+        files = json.dumps([[name, base64.b64encode(data).decode("ascii")] for name, data in callback.files])
+        self._write(
+            "INSERT OR REPLACE INTO callbacks (job_id, state, url, status, files) VALUES (?, 'pending', ?, ?, ?)",
+            (callback.job_id, callback.url, callback.status, files),
+        )
+
+    def end_callback(self, job_id: str, delivered: bool) -> None:
+        """The callback got its answer (``delivered``) or was given up; its files are not kept."""
+        state = "delivered" if delivered else "dropped"
+        self._write("UPDATE callbacks SET state = ?, files = '[]' WHERE job_id = ?", (state, job_id))
+
+    def pending_callbacks(self) -> list[StoredCallback]:
+        """Callbacks recorded but not yet answered, oldest job first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.job_id, c.url, c.status, c.files FROM callbacks c LEFT JOIN jobs j ON j.id = c.job_id"
+                " WHERE c.state = 'pending' ORDER BY j.seq"
+            ).fetchall()
+        return [
+            StoredCallback(job_id, url, status, tuple((n, base64.b64decode(d)) for n, d in json.loads(files)))
+            for job_id, url, status, files in rows
+        ]
+
+    def finished_without_callback(self) -> list[StoredJob]:
+        """Finished jobs with a ``callback_url`` whose callback was never recorded (the app stopped between the
+        job's end and its callback), oldest first."""
+        return self._select(
+            "WHERE state IN ('done', 'failed', 'interrupted') AND json_extract(meta, '$.callback_url') IS NOT NULL"
+            " AND id NOT IN (SELECT job_id FROM callbacks) ORDER BY seq",
+            (),
+        )
 
     def set_setting(self, key: str, value: Any) -> None:
         self._write("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, json.dumps(value)))

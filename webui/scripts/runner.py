@@ -4,6 +4,7 @@ The service's worker calls :func:`run_script` for a job whose request carries a 
 generates one cell on its model (loading it if needed) exactly as an ordinary job. Progress covers the whole
 script (steps over all cells; ``image_index`` / ``images_total`` say which cell: "cell k/n"). An Interrupt
 stops the script after the cell it hits, keeping the cells done; the grid then shows the missing cells black.
+Images are saved through a :class:`ScriptImages` (the queue's writes each cell and the grid once, by name).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
 from webui.pipeline.generation import GenerationControl, Progress
-from webui.pipeline.outputs import save_image
 from webui.pipeline.requests import GenerationResult, ResolvedRequest
 from webui.pipeline.script_plan import GridLayout, ScriptPlan
 from webui.scripts.grid import annotate, image_grid
@@ -24,11 +25,23 @@ from webui.scripts.grid import annotate, image_grid
 CellRunner = Callable[[ResolvedRequest, "str | None", Callable[[Progress], Progress]], GenerationResult]
 
 
+class ScriptImages(Protocol):
+    """Where a script's images are saved."""
+
+    def cell(self, index: int, result: GenerationResult) -> list[Path]:
+        """Save the images of cell ``index`` (of the plan's cells) as it finishes; returns their paths."""
+        ...
+
+    def grid(self, image: Image.Image, infotext: str, seed: int) -> Path | None:
+        """Save an X/Y/Z plot's grid (A1111: in ``<outputs>/<mode>-grids/<date>/``); None if it was not saved."""
+        ...
+
+
 def run_script(
-    request: ResolvedRequest, control: GenerationControl, generate_cell: CellRunner, outputs_dir: Path | None
+    request: ResolvedRequest, control: GenerationControl, generate_cell: CellRunner, images: ScriptImages | None
 ) -> GenerationResult:
     """The script's result: for an X/Y/Z plot the grid first (then sub-grids and cells when asked, as A1111),
-    for a prompt list every image in order. The grid is saved in ``<outputs>/<mode>-grids/<date>/``."""
+    for a prompt list every image in order. ``images`` saves the cells and the grid (None: nothing saved)."""
     plan = request.script
     if plan is None:
         raise ValueError("the request carries no script")
@@ -51,6 +64,8 @@ def run_script(
             )
 
         results[index] = generate_cell(cell.request, cell.model_name, adjust)
+        if images is not None and results[index].images:
+            results[index].paths = images.cell(index, results[index])
         done += cell.request.sampling_steps * cell.request.n_iter
         if results[index].interrupted:
             break
@@ -72,7 +87,7 @@ def run_script(
         if all(s == -1 for s in out.subseeds):
             out.subseeds = []  # no line used variation seeds
         return out
-    return _xyz_result(plan, plan.grid, results, out, outputs_dir)
+    return _xyz_result(plan, plan.grid, results, out, images)
 
 
 def _xyz_result(
@@ -80,7 +95,7 @@ def _xyz_result(
     layout: GridLayout,
     results: dict[int, GenerationResult],
     out: GenerationResult,
-    outputs_dir: Path | None,
+    images: ScriptImages | None,
 ) -> GenerationResult:
     done = [r for r in results.values() if r.images]
     if not done:
@@ -113,9 +128,9 @@ def _xyz_result(
     out.infotexts = [grid_infotext]
     out.seeds = [first.seeds[0]]
     shown = [prompts[0]]
-    if outputs_dir is not None:
-        mode = first.request.mode if first.request is not None else "txt2img"
-        out.paths.append(save_image(z_grid, outputs_dir, f"{mode}-grids", first.seeds[0], grid_infotext))
+    grid_path = images.grid(z_grid, grid_infotext, first.seeds[0]) if images is not None else None
+    if grid_path is not None:
+        out.paths.append(grid_path)
     if layout.include_sub_grids and nz > 1:
         out.images += sub_grids
         out.infotexts += [infotexts[iz * nx * ny] for iz in range(nz)]
