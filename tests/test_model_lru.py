@@ -60,3 +60,15 @@ def test_one_in_memory_is_the_default_and_unloads_before_loading(loads):
     manager.get("b")
     manager.get("a")
     assert list(manager.loaded()) == ["a"] and calls == ["a", "b", "a"]
+
+
+def test_a_second_device_keeps_the_first_ones_lru_size_and_loads_its_own_models(loads):
+    """--device cpu,cpu with --models-in-memory 2: the second device's manager has the same LRU size (it was 1
+    before, so A/B switching reloaded there) and loads its own copies."""
+    first = manager_with(loads, 2)
+    second = first.for_device("cpu")
+    assert second.max_loaded == 2 and second.hasher is first.hasher and second.speed is first.speed
+    a = first.get("a")
+    a2, _ = second.get("a"), second.get("b")
+    assert a2 is not a and second.get("a") is a2
+    assert loads[1] == ["a", "a", "b"]

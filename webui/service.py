@@ -399,9 +399,7 @@ class WebUIService:
         self.callbacks.resume(store)  # callbacks kept in the database; those a crash left unsent go out now
         self._devices = [_Device(str(self.device), manager, self._device_lock)]
         for extra in list(devices)[1:]:
-            from webui.models.manager import ModelManager
-
-            self._devices.append(_Device(str(torch.device(extra)), ModelManager(manager.registry, extra, self.dtype)))
+            self._devices.append(_Device(str(torch.device(extra)), manager.for_device(extra)))
         self._devices = [
             _Device(_unique_name(d.name, i, self._devices), d.manager, d.lock) for i, d in enumerate(self._devices)
         ]

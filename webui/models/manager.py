@@ -145,6 +145,24 @@ class ModelManager:
     def current_name(self) -> str | None:
         return self._current
 
+    def for_device(self, device: torch.device | str) -> ModelManager:
+        """A manager for another device of ``--device cuda:0,cuda:1``: its own loaded models, with this one's
+        models.yaml, dtype, precision plan, LRU size, hash cache, VAE tiling and speed options (a second
+        device must not silently run without ``--compile`` or ``--medvram`` that the first one has)."""
+        other = ModelManager(
+            self.registry,
+            device,
+            self.dtype,
+            max_loaded=self.max_loaded,
+            cache_dir=self.cache_dir,
+            loader=self._loader,
+            precision=self.precision,
+            vae_tiling=self.vae_tiling,
+            speed=self.speed,
+        )
+        other.hasher = self.hasher  # one background hasher and cache.json for every device
+        return other
+
     # --- registry ---------------------------------------------------------------------------
 
     def entry(self, name: str | None = None) -> ModelEntry:
