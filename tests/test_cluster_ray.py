@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from webui.jobs import JobState
 from webui.pipeline import GenerationRequest
@@ -149,11 +150,16 @@ def test_an_actor_runs_scripts_embeddings_loras_and_the_vae_choice_as_a_local_de
         on_actor = [cluster.submit(r).result(TIMEOUT) for r in requests]
     finally:
         cluster.close()
+    # The actors run with OMP_NUM_THREADS=1 (local_ray); the local run uses one thread too, since another thread
+    # count sums the convolutions in another order and can move a pixel by one level.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     local = with_folders(user_folders)
     try:
         on_device = [local.submit(r).result(TIMEOUT) for r in requests]
     finally:
         local.close()
+        torch.set_num_threads(threads)
     for remote, here in zip(on_actor, on_device, strict=True):
         assert len(remote.images) == len(here.images) and remote.infotexts == here.infotexts
         assert [i.tobytes() for i in remote.images] == [i.tobytes() for i in here.images]
