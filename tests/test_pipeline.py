@@ -256,11 +256,23 @@ def test_interrupt_from_another_thread_acts_within_a_fraction_of_a_slow_step(tin
     blocks = unet_blocks(tiny_model.unet)
     per_block = 0.05  # each step takes len(blocks) * 50 ms
     step_seconds = per_block * len(blocks)
-    handles = [b.register_forward_pre_hook(lambda _m, _a: time.sleep(per_block)) for b in blocks]
+    calls = 0
+    under_way = threading.Event()
+
+    def slow_block(_module, _args):
+        nonlocal calls
+        calls += 1
+        if calls == 2 * len(blocks) + len(blocks) // 2:  # mid-UNet, after at least one whole step
+            under_way.set()
+        time.sleep(per_block)
+
+    handles = [b.register_forward_pre_hook(slow_block) for b in blocks]
     clicked: list[float] = []
 
     def click():
-        time.sleep(step_seconds * 1.5)  # half-way through step 2
+        # Counted in UNet blocks, not seconds from now: on a loaded machine the text encoder alone can take
+        # longer than a step, and a click before the first step ends leaves no image to keep.
+        under_way.wait(timeout=120)
         clicked.append(time.monotonic())
         control.interrupt()
 
