@@ -177,3 +177,21 @@ def test_api_auth_guards_the_queue_and_users_see_only_their_own_jobs(service):
         assert ann.get(f"{Q}/task/{a}").json()["data"]["owner"] == "ann"
         for c in (anon, ann, bob):
             c.close()
+
+
+def test_a_queued_xyz_plot_runs_its_grid_and_the_vae_field_is_checked(client):
+    """The queue API takes /sdapi/v1's script_name/script_args (they were dropped: a plain image came back) and
+    agent-scheduler's ``vae`` field as the request's VAE (it was ignored)."""
+    xyz = [6, "3, 9", [], 0, "", [], 0, "", [], True, True, False, False, False, False, False, 0, False]  # CFG: 3, 9
+    r = client.post(f"{Q}/queue/txt2img", json=body(script_name="x/y/z plot", script_args=xyz))
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    wait_for(client, task_id)
+    result = client.get(f"{Q}/task/{task_id}/results").json()["data"]
+    images = [Image.open(io.BytesIO(base64.b64decode(item["image"]))) for item in result]
+    assert images[0].size[0] >= 2 * 64  # the grid: two 64 px cells side by side (a plain job gives one 64 px image)
+    assert "CFG scale: 3," in result[0]["infotext"]  # the grid carries its first cell's parameters
+    bad_axis = client.post(f"{Q}/queue/txt2img", json=body(script_name="x/y/z plot", script_args=[6, "x", *xyz[2:]]))
+    assert bad_axis.status_code == 422 and "script_args" in bad_axis.text
+    unknown_vae = client.post(f"{Q}/queue/txt2img", json=body(vae="no-such-vae"))
+    assert unknown_vae.status_code == 422 and "no-such-vae" in unknown_vae.text

@@ -20,6 +20,7 @@ import io
 import json
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from webui.api.errors import field_error
+from webui.api.explore import with_script
+from webui.api.extra_networks import vae_option
 from webui.api.images import encode_png
 from webui.api.models import StableDiffusionImg2ImgProcessingAPI, StableDiffusionTxt2ImgProcessingAPI
 from webui.api.routes import SdApi
@@ -49,7 +52,7 @@ class QueueFields(BaseModel):
     """What agent-scheduler adds to the ``/sdapi/v1`` bodies."""
 
     checkpoint: str | None = Field(default=None, description="Model to use (a name from /sdapi/v1/sd-models).")
-    vae: str | None = Field(default=None, description="Accepted for compatibility; ignored.")
+    vae: str | None = Field(default=None, description="VAE to use (a name from /sdapi/v1/sd-vae, Automatic or None).")
     callback_url: str | None = Field(default=None, description="Where the images are POSTed when the task ends.")
     name: str | None = Field(default=None, description="A name for the task, shown in the queue.")
 
@@ -135,6 +138,11 @@ class AgentSchedulerApi:
             model_name: str | None = self.sdapi._model_name(body.checkpoint, "checkpoint")
         else:
             model_name = self.sdapi._request_model(body)
+        # As /sdapi/v1 does: the X/Y/Z or prompt-list script planned now (422 for a bad axis), and
+        # agent-scheduler's own VAE field as the request's sd_vae.
+        generation = with_script(self.sdapi.service, body.script_name, body.script_args, generation, model_name)
+        if body.vae:
+            generation = replace(generation, sd_vae=vae_option(body.vae, "vae"))
         meta: dict[str, Any] = {"source": "queue-api"}
         if body.callback_url:
             try:
