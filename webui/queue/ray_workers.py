@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,18 +122,9 @@ class GenerationActor:
             # is saved on the actor's node.
             script = RecordedScriptImages() if request.script is not None else None
             result = self.runner.run(request, model_name, run.control, on_progress, script_images=script)
-            run.outcome = {
-                "script": script,
-                "images": result.images,
-                "seeds": result.seeds,
-                "subseeds": result.subseeds,
-                "prompts": result.prompts,
-                "negative_prompts": result.negative_prompts,
-                "infotexts": result.infotexts,
-                "interrupted": result.interrupted,
-                "model_name": result.model_name,
-                "model_hash": result.model_hash,
-            }
+            # The whole result (a field added to it can never be dropped on the way back), less its request:
+            # the front end has that already, and the actor's copy holds resolved objects it need not ship.
+            run.outcome = {"script": script, "result": replace(result, request=None, paths=[])}
         except BaseException as err:  # noqa: BLE001 - sent back to the front end, which stores it on the job
             run.outcome = {"error": err if _picklable(err) else RuntimeError(f"{type(err).__name__}: {err}")}
 
@@ -207,8 +198,6 @@ class RayWorker:
         import ray
         from ray.exceptions import RayActorError
 
-        from webui.pipeline import GenerationResult
-
         # A job without a model uses the front end's current one, as on a local device.
         model_name = job.model_name or (self._current_model() if self._current_model is not None else None)
         try:
@@ -232,18 +221,7 @@ class RayWorker:
             raise WorkerLost(f"Ray actor {self._name} died: {type(err).__name__}") from err
         if "error" in outcome:
             raise outcome["error"]
-        result = GenerationResult(
-            images=outcome["images"],
-            seeds=outcome["seeds"],
-            subseeds=outcome["subseeds"],
-            prompts=outcome["prompts"],
-            negative_prompts=outcome["negative_prompts"],
-            infotexts=outcome["infotexts"],
-            interrupted=outcome["interrupted"],
-            request=job.request,
-            model_name=outcome["model_name"],
-            model_hash=outcome["model_hash"],
-        )
+        result = replace(outcome["result"], request=job.request)
         if self._save is not None:
             result.paths = self._save(job, result, outcome["script"])
         return result
