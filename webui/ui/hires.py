@@ -114,10 +114,10 @@ def wire_hires_paste(service: Service, hires: HiresWidgets | None, button: gr.Bu
     """PNG Info's Send to txt2img also fills the Hires. fix accordion from the image's infotext (``parameters``)."""
     if hires is None:
         return
-    upscalers = [*LATENT_UPSCALE_MODES, *service.upscalers.names]
     targets = [hires.accordion, *hires.inputs()]
     button.click(
-        lambda text: pasted_hires_values(text, upscalers),
+        # The upscaler names read at each click: a model file added and refreshed since start counts.
+        lambda text: pasted_hires_values(text, [*LATENT_UPSCALE_MODES, *service.upscalers.names]),
         parameters,
         targets,
         queue=False,
