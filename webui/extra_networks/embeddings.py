@@ -143,7 +143,7 @@ def _read_pickle(path: Path) -> Any:
                 "code); only plain weights are read. Convert it to .safetensors if you trust its source."
             ) from None
         raise EmbeddingError(f"{path.name}: not a readable PyTorch file (truncated or damaged)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, zipfile.BadZipFile) as err:
         raise EmbeddingError(f"{path.name}: not a readable PyTorch file (truncated or damaged: {err})") from None
 
 
