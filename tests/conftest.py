@@ -16,10 +16,13 @@ session-scoped, built once, cheap: a few MB and well under a second to run):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.browser import chromium_page
 from tests.support.tiny_model import (
     TinyCheckpoint,
     TinyComponents,
@@ -68,3 +71,10 @@ def tiny_components(tiny_tokenizer_dir: Path) -> TinyComponents:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_components: TinyComponents) -> TinyCheckpoint:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_model"), tiny_components)
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    """A fresh 1400x1100 page in Debian's Chromium (the test is skipped where there is none)."""
+    with chromium_page() as opened:
+        yield opened

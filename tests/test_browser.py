@@ -32,16 +32,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, pick, set_number
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 START_TIMEOUT = 180.0
 USER, PASSWORD = "alice", "wonderland"
 
@@ -204,18 +197,6 @@ def page(browser):
 
 
 # --- browser helpers ----------------------------------------------------------------------------
-
-
-def set_number(page, elem_id: str, value: float) -> None:
-    """Type into a slider's / number's input box (Gradio applies it on blur)."""
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def generate_in_browser(page, prompt: str, sampler: str, steps: int = 4) -> str:

@@ -10,8 +10,8 @@ from PIL import Image
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+from tests.support.browser import serving  # noqa: E402
 from tests.support.fakes import FakeService  # noqa: E402
-from webui.ui import build_ui  # noqa: E402
 from webui.ui.hires import hires_from_widgets, size_note  # noqa: E402
 
 
@@ -24,13 +24,8 @@ def fake_service():
 
 @pytest.fixture
 def ui_url(fake_service):
-    service = fake_service
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1")
-    try:
+    with serving(fake_service) as url:
         yield url
-    finally:
-        demo.close(verbose=False)
 
 
 def test_extras_tab_upscales_with_lanczos_as_pil(ui_url, tmp_path):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, demo_models_yaml, pick, set_number
+from tests.support.browser import pick, serving, set_number, wait_text
+from tests.test_browser import demo_models_yaml
 from webui.pipeline.infotext import parse_infotext
 from webui.service import WebUIService
-from webui.ui import CSS, JS, build_ui
 
 
 @pytest.fixture
@@ -26,36 +26,11 @@ def server(tmp_path: Path) -> Iterator[tuple[WebUIService, str]]:
     if models_yaml is None:
         pytest.skip("the bundled demo model is not in this checkout")
     service = WebUIService(models_yaml, outputs_dir=tmp_path / "outputs")
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
-    )
     try:
-        yield service, url
+        with serving(service) as url:
+            yield service, url
     finally:
-        demo.close(verbose=False)
         service.close()
-
-
-@pytest.fixture
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1100})
-        finally:
-            browser.close()
-
-
-def wait_text(page, selector: str, text: str, timeout: float = 30_000) -> None:
-    page.wait_for_function(
-        "([el, text]) => (el.value ?? el.innerText).includes(text)",
-        arg=[page.locator(selector).first.element_handle(), text],
-        timeout=timeout,
-    )
 
 
 def fetch_image(page, selector: str) -> Image.Image:

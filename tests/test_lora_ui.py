@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import serving
 from tests.support.lora_files import write_kohya_lora
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
 from webui.extra_networks.lora_library import LoraLibrary
-from webui.ui import CSS, JS, build_ui
 from webui.ui.lora_panel import lora_rows
 
 SPEC = [("lora_unet_mid_block_attentions_0_proj_in", (8, 8))]
@@ -40,28 +39,11 @@ def stand_in(lora_dir):
 
     service = FakeService(step_seconds=0.01)
     service.lora_library = LoraLibrary(lora_dir)
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
-    )
     try:
-        yield service, url
+        with serving(service) as url:
+            yield service, url
     finally:
-        demo.close(verbose=False)
         service.close()
-
-
-@pytest.fixture
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
 
 
 @pytest.mark.browser

@@ -4,19 +4,18 @@ top limited to the user's own jobs, Enqueue returning at once; and the same in a
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import gradio as gr
 import pytest
 from PIL import Image
 
+from tests.support.browser import chromium_page, serving
 from tests.support.fakes import FakeService
 from webui.jobs import JobState
 from webui.pipeline import GenerationRequest
-from webui.ui import CSS, JS, build_ui
+from webui.ui import build_ui
 from webui.ui.queue_tab import cancel, enqueue, move_to_top, queue_rows, requeue
 
-CHROMIUM = "/usr/bin/chromium"
 TIMEOUT = 30
 
 
@@ -80,18 +79,9 @@ def test_the_page_has_the_queue_tab_and_enqueue_beside_generate():
 
 @pytest.mark.browser
 def test_enqueue_then_the_queue_tab_shows_the_jobs_and_moves_one_to_top():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
     service = FakeService(step_seconds=0.05)
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
-    )
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        with serving(service) as url, chromium_page(height=1000) as page:
             page.goto(url)
             service.queue.pause()
             for prompt in ("one", "two", "three"):
@@ -117,9 +107,7 @@ def test_enqueue_then_the_queue_tab_shows_the_jobs_and_moves_one_to_top():
             wait_until(lambda: all(j.done for j in service.submitted))
             page.locator("#queue_refresh").click()
             page.wait_for_function("() => document.querySelector('#queue_table').innerText.split('done').length > 3")
-            browser.close()
     finally:
-        demo.close(verbose=False)
         service.close()
 
 

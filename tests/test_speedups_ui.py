@@ -8,8 +8,8 @@ import pytest
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+from tests.support.browser import serving  # noqa: E402
 from tests.support.fakes import FakeService  # noqa: E402
-from webui.ui import build_ui  # noqa: E402
 
 TXT2IMG = dict(
     model_name="tiny",
@@ -29,19 +29,18 @@ TXT2IMG = dict(
 
 def test_sliders_set_the_settings_the_next_job_takes():
     service = FakeService()
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1")
     try:
-        client = gradio_client.Client(url, verbose=False)
-        assert client.predict(0.5, api_name="/set_token_merging_ratio") == 0.5
-        assert client.predict(3, api_name="/set_deepcache_interval") == 3
-        assert (service.speedup_settings.token_merging_ratio, service.speedup_settings.deepcache_interval) == (0.5, 3)
-        client.predict(**TXT2IMG, api_name="/txt2img")
-        speedups = service.submitted[-1].request.speedups
-        assert (speedups.token_merging_ratio, speedups.deepcache_interval) == (0.5, 3)
-        with pytest.raises(Exception, match="whole number"):  # the service's own check, past the slider's range
-            client.predict(2.5, api_name="/set_deepcache_interval")
-        assert service.speedup_settings.deepcache_interval == 3
+        with serving(service) as url:
+            client = gradio_client.Client(url, verbose=False)
+            assert client.predict(0.5, api_name="/set_token_merging_ratio") == 0.5
+            assert client.predict(3, api_name="/set_deepcache_interval") == 3
+            settings = service.speedup_settings
+            assert (settings.token_merging_ratio, settings.deepcache_interval) == (0.5, 3)
+            client.predict(**TXT2IMG, api_name="/txt2img")
+            speedups = service.submitted[-1].request.speedups
+            assert (speedups.token_merging_ratio, speedups.deepcache_interval) == (0.5, 3)
+            with pytest.raises(Exception, match="whole number"):  # the service's own check, past the slider's range
+                client.predict(2.5, api_name="/set_deepcache_interval")
+            assert service.speedup_settings.deepcache_interval == 3
     finally:
-        demo.close(verbose=False)
         service.close()

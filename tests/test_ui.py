@@ -26,12 +26,12 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from gradio_client.exceptions import AuthenticationError  # noqa: E402
 
+from tests.support.browser import serving  # noqa: E402
 from tests.support.fakes import FakeService  # noqa: E402
 from webui.jobs import Job, JobQueue, JobState  # noqa: E402
 from webui.pipeline import Progress  # noqa: E402
 from webui.pipeline.infotext import parse_infotext  # noqa: E402
 from webui.pipeline.requests import GenerationRequest, GenerationResult, Img2ImgRequest  # noqa: E402
-from webui.ui import build_ui  # noqa: E402
 from webui.ui.img2img import drawn_mask, img2img_request, inpaint_inputs  # noqa: E402
 from webui.ui.jobs import describe, format_seconds  # noqa: E402
 from webui.ui.pnginfo import read_parameters  # noqa: E402
@@ -47,21 +47,10 @@ def fake_service():
     service.close()
 
 
-def _serve(service: FakeService, **launch_kwargs):
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", **launch_kwargs
-    )
-    return demo, url
-
-
 @pytest.fixture
 def ui_url(fake_service):
-    demo, url = _serve(fake_service)
-    try:
+    with serving(fake_service) as url:
         yield url
-    finally:
-        demo.close(verbose=False)
 
 
 TXT2IMG = dict(
@@ -427,14 +416,11 @@ def test_a_failing_job_ends_with_its_message_and_the_queue_goes_on(ui_url):
 @pytest.mark.slow
 def test_progress_is_streamed_while_the_job_runs(fake_service):
     fake_service.step_seconds = 0.05
-    demo, url = _serve(fake_service)
-    try:
+    with serving(fake_service) as url:
         client = gradio_client.Client(url, verbose=False)
         job = client.submit(**(TXT2IMG | {"steps": 8, "batch_size": 1}), api_name="/txt2img")
         job.result(timeout=30)
         statuses = [out[2] for out in job.outputs()]
-    finally:
-        demo.close(verbose=False)
     running = [s for s in statuses if 'data-state="running"' in s]
     assert len(running) >= 3 and any("Step 8/8" in s or "Step 7/8" in s for s in running)
     assert "ETA" in running[-1] and 'data-state="done"' in statuses[-1]
@@ -443,8 +429,7 @@ def test_progress_is_streamed_while_the_job_runs(fake_service):
 @pytest.mark.slow
 def test_interrupt_stops_only_the_callers_own_job(fake_service):
     fake_service.step_seconds = 0.03
-    demo, url = _serve(fake_service)
-    try:
+    with serving(fake_service) as url:
         owner, stranger = gradio_client.Client(url, verbose=False), gradio_client.Client(url, verbose=False)
         # 150 steps (4.5 s): room for two round trips through Gradio on a loaded machine.
         job = owner.submit(**(TXT2IMG | {"steps": 150, "batch_size": 1}), api_name="/txt2img")
@@ -455,8 +440,6 @@ def test_interrupt_stops_only_the_callers_own_job(fake_service):
         assert not fake_service.submitted[-1].control.interrupted
         owner.predict(api_name="/txt2img_interrupt")
         gallery, _, status, _ = job.result(timeout=30)
-    finally:
-        demo.close(verbose=False)
     stopped = fake_service.submitted[-1].progress.step
     assert 'data-state="interrupted"' in status and f"at step {stopped}/150" in status and stopped < 150
     assert gallery == []
@@ -480,8 +463,7 @@ def test_png_info_endpoint_reads_the_parameters_chunk(ui_url, tmp_path: Path):
 
 @pytest.mark.slow
 def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_service):
-    demo, url = _serve(fake_service, auth=[("alice", "s3cret")])
-    try:
+    with serving(fake_service, auth=[("alice", "s3cret")]) as url:
         assert httpx.get(url + "config").status_code == 401
         assert httpx.post(url + "gradio_api/call/txt2img", json={"data": []}).status_code == 401
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
@@ -498,21 +480,16 @@ def test_gradio_auth_refuses_anonymous_clients_and_admits_logged_in_ones(fake_se
             **(TXT2IMG | {"batch_size": 1}),
             api_name="/img2img",
         )
-    finally:
-        demo.close(verbose=False)
     assert len(gallery) == 2 and len(gallery_img2img) == 1
 
 
 @pytest.mark.slow
 def test_two_clients_at_once_both_get_their_images(fake_service):
     fake_service.step_seconds = 0.02
-    demo, url = _serve(fake_service)
-    try:
+    with serving(fake_service) as url:
         first, second = (gradio_client.Client(url, verbose=False) for _ in range(2))
         a = first.submit(**(TXT2IMG | {"prompt": "first", "seed": 1, "batch_size": 1}), api_name="/txt2img")
         b = second.submit(**(TXT2IMG | {"prompt": "second", "seed": 2, "batch_size": 1}), api_name="/txt2img")
         out_a, out_b = a.result(timeout=30), b.result(timeout=30)
-    finally:
-        demo.close(verbose=False)
     assert out_a[1].startswith("first") and out_b[1].startswith("second")
     assert len(out_a[0]) == len(out_b[0]) == 1

@@ -5,21 +5,9 @@ buttons (🎲 random, ♻️ reuse the selected image's seed) work.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from webui.ui import CSS, JS, build_ui
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from tests.support.browser import pick, serving, wait_text
 
 
 @pytest.fixture
@@ -27,52 +15,24 @@ def stand_in():
     from tests.support.fakes import FakeService
 
     service = FakeService(step_seconds=0.01)
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
-    )
     try:
-        yield service, url
+        with serving(service) as url:
+            yield service, url
     finally:
-        demo.close(verbose=False)
         service.close()
-
-
-@pytest.fixture
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        finally:
-            browser.close()
-
-
-def _choose_model(page, name: str) -> None:
-    page.locator("#model_checkpoint input").click()
-    page.get_by_role("option", name=name, exact=True).click()
-
-
-def _wait_text(page, selector: str, text: str) -> None:
-    page.wait_for_function(
-        "([el, t]) => el.innerText.includes(t)", arg=[page.locator(selector).element_handle(), text], timeout=15_000
-    )
 
 
 @pytest.mark.browser
 def test_checkpoint_dropdown_loads_the_model_and_applies_its_size_or_shows_the_error(stand_in, page):
     service, url = stand_in
     page.goto(url)
-    _choose_model(page, "big")
-    _wait_text(page, "#model_status", "Loaded big")
+    pick(page, "model_checkpoint", "big")
+    wait_text(page, "#model_status", "Loaded big")
     assert service.current_model_name == "big"
     assert page.locator("#txt2img_width input[type=number]").input_value() == "128"
     assert page.locator("#txt2img_height input[type=number]").input_value() == "96"
-    _choose_model(page, "broken")
-    _wait_text(page, "#model_status", "not a Stable Diffusion 1.x checkpoint")
+    pick(page, "model_checkpoint", "broken")
+    wait_text(page, "#model_status", "not a Stable Diffusion 1.x checkpoint")
     assert service.current_model_name == "big"  # the previous model stays usable
 
 
@@ -86,7 +46,7 @@ def test_seed_buttons_randomise_and_reuse_the_selected_images_seed(stand_in, pag
     page.locator("#txt2img_batch_size input[type=number]").fill("2")
     page.locator("#txt2img_batch_size input[type=number]").press("Tab")
     page.locator("#txt2img_generate").click()
-    _wait_text(page, "#txt2img_progress", "Done")
+    wait_text(page, "#txt2img_progress", "Done")
     assert [job.request.seed for job in service.submitted] == [77]
     # Ctrl+Enter in the prompt generates too. A new seed makes its result tell apart from the first one's:
     # the status line already says "Done", so waiting for that text would race the second job.
@@ -115,7 +75,7 @@ def test_models_tab_refresh_rereads_models_yaml_and_updates_the_dropdowns(stand_
     assert "fresh" not in page.locator("#models_table").inner_text()
     service.added_entries.append(ModelEntry("fresh", width=256, height=256))
     page.locator("#models_refresh").click()
-    _wait_text(page, "#models_message", "Re-read models.yaml: 4 models")
-    _wait_text(page, "#models_table", "fresh")
-    _choose_model(page, "fresh")  # the checkpoint dropdown on top offers it too
-    _wait_text(page, "#model_status", "Loaded fresh")
+    wait_text(page, "#models_message", "Re-read models.yaml: 4 models")
+    wait_text(page, "#models_table", "fresh")
+    pick(page, "model_checkpoint", "fresh")  # the checkpoint dropdown on top offers it too
+    wait_text(page, "#model_status", "Loaded fresh")

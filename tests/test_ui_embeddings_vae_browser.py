@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_ui_browser import _wait_text, page  # noqa: F401 - the page fixture
-from webui.ui import CSS, JS, build_ui
+from tests.support.browser import serving, wait_text
 
 
 @pytest.fixture
@@ -28,24 +27,20 @@ def stand_in(tmp_path: Path):
     (vae / "vae-ft-mse.safetensors").write_bytes(b"x")
     service = FakeService(step_seconds=0.01, embeddings_dir=embeddings, vae_dir=vae)
     service.select_model("tiny")
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
-    )
     try:
-        yield service, url, tmp_path
+        with serving(service) as url:
+            yield service, url, tmp_path
     finally:
-        demo.close(verbose=False)
         service.close()
 
 
 @pytest.mark.browser
-def test_clicking_a_word_inserts_it_at_the_cursor_of_the_last_focused_prompt(stand_in, page):  # noqa: F811
+def test_clicking_a_word_inserts_it_at_the_cursor_of_the_last_focused_prompt(stand_in, page):
     service, url, folder = stand_in
     page.goto(url)
     page.locator("#txt2img_ti_panel").get_by_text("Textual Inversion").click()
     table = page.locator("#txt2img_ti_table")
-    _wait_text(page, "#txt2img_ti_table", "inkwash")
+    wait_text(page, "#txt2img_ti_table", "inkwash")
     text = table.inner_text()
     assert "1200" in text and "v1-5-pruned" in text and "skipped: 1024 wide" in text
     assert table.locator(".sd-ti-word").count() == 2  # sd2only is listed but cannot be clicked
@@ -63,7 +58,7 @@ def test_clicking_a_word_inserts_it_at_the_cursor_of_the_last_focused_prompt(sta
     page.wait_for_function("el => el.value === 'blurry easynegative'", arg=negative.element_handle())
     # gradio got the new values: the job carries them
     page.locator("#txt2img_generate").click()
-    _wait_text(page, "#txt2img_progress", "Done")
+    wait_text(page, "#txt2img_progress", "Done")
     assert (service.submitted[-1].request.prompt, service.submitted[-1].request.negative_prompt) == (
         "a cat inkwash, at night",
         "blurry easynegative",
@@ -73,11 +68,11 @@ def test_clicking_a_word_inserts_it_at_the_cursor_of_the_last_focused_prompt(sta
     page.wait_for_function("el => !el.innerText.includes('inkwash')", arg=table.element_handle())
     torch.save({"string_to_param": {"*": torch.randn(1, 768)}}, folder / "embeddings" / "easyglow.pt")
     page.locator("#txt2img_ti_refresh").click()
-    _wait_text(page, "#txt2img_ti_table", "easyglow")
+    wait_text(page, "#txt2img_ti_table", "easyglow")
 
 
 @pytest.mark.browser
-def test_sd_vae_dropdown_sets_the_vae_of_the_next_jobs(stand_in, page):  # noqa: F811
+def test_sd_vae_dropdown_sets_the_vae_of_the_next_jobs(stand_in, page):
     service, url, folder = stand_in
     page.goto(url)
     page.locator("#sd_vae input").click()
@@ -91,7 +86,7 @@ def test_sd_vae_dropdown_sets_the_vae_of_the_next_jobs(stand_in, page):  # noqa:
     assert service.sd_vae == "vae-ft-mse.safetensors"
     page.locator("#txt2img_prompt textarea").fill("x")
     page.locator("#txt2img_generate").click()
-    _wait_text(page, "#txt2img_progress", "Done")
+    wait_text(page, "#txt2img_progress", "Done")
     assert service.submitted[-1].request.sd_vae == "vae-ft-mse.safetensors"
 
     (folder / "VAE" / "another.pt").write_bytes(b"x")
@@ -101,7 +96,7 @@ def test_sd_vae_dropdown_sets_the_vae_of_the_next_jobs(stand_in, page):  # noqa:
 
 
 @pytest.mark.browser
-def test_sending_png_info_to_txt2img_selects_the_vae_it_names(stand_in, page):  # noqa: F811
+def test_sending_png_info_to_txt2img_selects_the_vae_it_names(stand_in, page):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import chromium_page, pick, serving, set_number
 from webui.pipeline.infotext import parse_infotext
 from webui.service import WebUIService
-from webui.ui import CSS, JS, build_ui
 
 SIZE = 64
 
@@ -27,39 +26,17 @@ def server(tiny_checkpoint, tmp_path: Path) -> Iterator[tuple[WebUIService, str]
     )
     (tmp_path / "styles.csv").write_text('name,prompt,negative_prompt\nink,"{prompt}, ink drawing",blurry\n')
     service = WebUIService(tmp_path / "models.yaml", outputs_dir=tmp_path / "outputs")
-    demo = build_ui(service, poll_interval=0.02)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS
-    )
     try:
-        yield service, url
+        with serving(service) as url:
+            yield service, url
     finally:
-        demo.close(verbose=False)
         service.close()
 
 
 @pytest.fixture
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1400})
-        finally:
-            browser.close()
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def set_number(page, elem_id: str, value: float) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Tab")
+    with chromium_page(height=1400) as opened:  # tall enough for the whole plot in the screenshot
+        yield opened
 
 
 @pytest.mark.browser
