@@ -8,8 +8,8 @@ peak resident size (``VmHWM``) during the decode: the extra memory the decode ne
 Rows, side by side:
 
 - ``tiled`` at ``--size`` (default 2048x2048, a 256x256 latent): extra memory and seconds;
-- ``untiled`` at ``--size`` only with ``--untiled-too`` (in float32 it needs ~2.5 KB per pixel: over 10 GB at
-  2048 px, more than a shared 24 GB machine can give safely);
+- ``untiled`` at ``--size`` only with ``--untiled-too`` (in float32 it needs ~3.7 KB per pixel: 15 GiB at
+  2048 px, measured; run it only where that much memory is free);
 - ``tiled`` and ``untiled`` at ``--compare`` (default 1024, the largest size whose untiled decode fits here
   beside other work): extra memory, seconds, and the tiled image's PSNR against the untiled one.
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048, help="image side of the tiled decode (memory figure)")
     parser.add_argument("--compare", type=int, default=1024, help="image side of the tiled vs untiled PSNR (0: skip)")
-    parser.add_argument("--untiled-too", action="store_true", help="also decode --size untiled (needs >10 GB)")
+    parser.add_argument("--untiled-too", action="store_true", help="also decode --size untiled (15 GiB at 2048 px)")
     args = parser.parse_args()
     gib = 2**30
     print("SD 1.x VAE (random weights), float32, batch 1; extra memory = peak RSS growth during the decode")

@@ -142,9 +142,18 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, 2 * config.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.latent_part(self.image_part(x))
+
+    # The two parts let tiled encoding (vae_tiling) tile only the image-resolution convolutions.
+    def image_part(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> features at latent resolution: ``conv_in`` and the down levels (convolutions only)."""
         h = self.conv_in(x)
         for level in self.down:
             h = level(h)  # (B, C, H, W) -> (B, C', H/2, W/2) except at the last level
+        return h
+
+    def latent_part(self, h: torch.Tensor) -> torch.Tensor:
+        """Features at latent resolution -> mean and log-variance: the mid block (with its attention) and out."""
         return self.conv_out(F.silu(self.norm_out(self.mid(h))))
 
 
@@ -168,7 +177,15 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, config.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+        return self.image_part(self.latent_part(z))
+
+    # The two parts let tiled decoding (vae_tiling) tile only the image-resolution convolutions.
+    def latent_part(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> features at latent resolution: ``conv_in`` and the mid block (with its attention)."""
+        return self.mid(self.conv_in(z))
+
+    def image_part(self, h: torch.Tensor) -> torch.Tensor:
+        """Features at latent resolution -> image: the up levels and out (convolutions only)."""
         for level in reversed(self.up):
             h = level(h)  # (B, C, H, W) -> (B, C', 2H, 2W) except at up.0
         return self.conv_out(F.silu(self.norm_out(h)))
