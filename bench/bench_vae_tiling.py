@@ -75,14 +75,21 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
 
 
 def decode(size: int, mode: str, folder: Path) -> tuple[dict[str, float], np.ndarray]:
-    out = folder / f"{mode}-{size}.npy"
+    """One decode in a fresh process: its figures and its image (both kept in ``folder``).
+
+    A decode whose image and figures ``folder`` already holds (``--images``, an earlier run) is read back instead.
+    """
+    out, figures = folder / f"{mode}-{size}.npy", folder / f"{mode}-{size}.json"
+    if out.exists() and figures.exists():
+        return json.loads(figures.read_text()), np.load(out)
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(size), mode, str(out)], cwd=root, capture_output=True, text=True
     )
     if done.returncode != 0:
         raise RuntimeError(f"{mode} decode at {size} px failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1]), np.load(out)
+    figures.write_text(done.stdout.strip().splitlines()[-1])
+    return json.loads(figures.read_text()), np.load(out)
 
 
 def main() -> None:
@@ -90,12 +97,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="image side of the tiled decode (memory figure)")
     parser.add_argument("--compare", type=int, default=1024, help="image side of the tiled vs untiled PSNR (0: skip)")
     parser.add_argument("--untiled-too", action="store_true", help="also decode --size untiled (15 GiB at 2048 px)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="keep the decoded images and figures in this folder, and reuse those already there (so that the "
+        "tiled and the untiled 2048 px decodes can run at different times; delete it after changing the code)",
+    )
     args = parser.parse_args()
     gib = 2**30
     print("SD 1.x VAE (random weights), float32, batch 1; extra memory = peak RSS growth during the decode")
     print("                          extra GiB   seconds   PSNR tiled vs untiled")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = args.images or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         sizes = [(args.size, args.untiled_too)] + ([(args.compare, True)] if args.compare else [])
         for size, with_untiled in sizes:
             tiled, tiled_image = decode(size, "tiled", folder)
