@@ -116,14 +116,15 @@ def test_load_model_in_bfloat16_converts_floats_only(tiny_checkpoint):
 
 def test_model_encode_and_decode_scale_latents(tiny_checkpoint):
     model = load_model(tiny_checkpoint.path, compute_hash=False)
-    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     latents = model.encode(image)
     mean, _ = tiny_checkpoint.components.vae.encode(image)
     torch.testing.assert_close(latents, mean.detach() * 0.18215)
     decoded = model.decode(latents)
     expected = tiny_checkpoint.components.vae.decode(mean).detach().clamp(-1, 1)
     assert decoded.shape == (1, 3, 64, 64) and decoded.dtype == torch.float32
-    torch.testing.assert_close(decoded, expected)
+    # Scaling by 0.18215 and back is not exact in float32: rounding, not a wrong scale, moves a pixel by ~1e-5.
+    torch.testing.assert_close(decoded, expected, atol=1e-4, rtol=0)
     sampled = model.encode(image, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(sampled, latents)
 
