@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, pick, set_number
+from tests.support.browser import chromium, pick, set_number
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 180.0
@@ -176,15 +176,8 @@ def auth_server(models_yaml, tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium not installed")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:  # one browser for the module; each test gets a fresh context
+        yield launched
 
 
 @pytest.fixture

@@ -42,17 +42,24 @@ def serving(service: Any, *, poll_interval: float = 0.02, **launch_kwargs: Any) 
 
 
 @contextmanager
-def chromium_page(width: int = 1400, height: int = 1100) -> Iterator[Any]:
-    """A fresh page in Debian's Chromium (skips the test where Playwright or Chromium is missing)."""
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium through Playwright (skips the test where Playwright or Chromium is missing)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium not installed")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def chromium_page(width: int = 1400, height: int = 1100) -> Iterator[Any]:
+    """A fresh page in its own :func:`chromium`."""
+    with chromium() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
 
 
 def pick(page: Any, elem_id: str, option: str) -> None:
