@@ -65,6 +65,17 @@ def test_medvram_moves_each_network_before_it_runs_and_only_it(tiny_checkpoint):
     assert [name for name, _ in moves[::2]] == ["text encoder", "unet", "vae"]
 
 
+def test_medvram_brings_the_vae_before_a_tiled_encode_calls_its_first_layer(tiny_checkpoint):
+    model = load_model(tiny_checkpoint.path, compute_hash=False)
+    offload = setup_offload(model, "medvram", execution=CPU, storage=CPU)
+    offload.bring("unet", [model.unet])
+    seen: list[tuple[str, str | None]] = []
+    watch({"vae": model.vae.encoder.conv_in}, offload, seen)
+    model.vae_tiling = "on"
+    model.encode(torch.zeros(1, 3, 64, 520))  # wider than a tile: encoded layer by layer
+    assert seen and all(active == "vae" for _, active in seen)
+
+
 def test_lowvram_moves_the_unet_blocks_one_at_a_time(tiny_checkpoint):
     model = load_model(tiny_checkpoint.path, compute_hash=False)
     offload = setup_offload(model, "lowvram", execution=CPU, storage=CPU)

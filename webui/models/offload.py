@@ -102,7 +102,8 @@ def setup_offload(
     model.device = offload.execution
     text, vae, unet = model.text_encoder.model, model.vae, model.unet
     offload.attach("text encoder", [text], [text])
-    offload.attach("vae", [vae], [vae.encoder, vae.decoder, vae.quant_conv, vae.post_quant_conv])
+    # Every part of the VAE triggers, not only its top: tiled decoding and encoding call its layers one by one.
+    offload.attach("vae", [vae], [module for module in vae.modules() if module is not vae])
     if mode == "medvram":
         offload.attach("unet", [unet], [unet])
         return offload

@@ -1,46 +1,34 @@
-"""Tiled VAE decode and encode: large images in bounded memory (diffusers' ``AutoencoderKL.enable_tiling``).
+"""VAE decode and encode of large images in bounded memory, and when to use them (``--vae-tiling``).
 
-The latent (decode) or the image (encode) is cut into overlapping square tiles, each tile goes through
-the VAE on its own, and neighbouring results are cross-faded linearly over their overlap (a quarter of
-a tile) before the non-overlapping parts are joined. Memory then grows with the tile, not the image:
-an untiled 2048x2048 decode grows the process by 15 GB in float32, a tiled one by 2.3 GB (measured by
-``bench/bench_vae_tiling.py``). The tiles and their blending are diffusers' (``whole_image=False`` equals
-``enable_tiling()``).
+By default (``whole_image=True``) nothing is approximated: the latent-resolution part of the VAE, which holds
+the mid block's attention, runs untiled (latent pixels are 1/64 of the image's, so it stays small), and the
+image-resolution layers run one at a time, in bands, with each GroupNorm normalising by its whole input's
+statistics (:mod:`webui.models.vae_bands`). The image equals the untiled one up to float rounding, and memory
+grows with a band, not the image: an untiled 2048x2048 decode grows the process by 15 GB in float32, the banded
+one by 1.3 GB (``bench/bench_vae_tiling.py``), keeping the layers' whole activations in temporary files.
 
-Tiles see only their own pixels, so a tiled image is close to, not equal to, the untiled one. Two parts
-of the VAE see the whole image: the mid block's attention and every GroupNorm (each tile would otherwise
-normalise with its own mean and variance; on the bundled demo VAE that alone costs 20 dB of PSNR). By
-default (``whole_image=True``) the latent-resolution part with the attention runs untiled (latent pixels
-are 1/64 of the image's, so it stays small), and only the image-resolution convolutions are tiled, their
-GroupNorms normalising with the statistics of one untiled pass over an overview (the input downscaled to
-at most :data:`OVERVIEW_TILES` tiles a side, as multidiffusion-upscaler's Tiled VAE "fast mode"). The
-overview is what is left to improve: at 1024 px on a random-weight SD VAE the tiled decode is 33.4 dB PSNR
-from the untiled one with the 0.75x overview, 50.1 dB with exact statistics (an overview of the whole input).
-``whole_image=False`` is exactly diffusers' ``enable_tiling()``.
+``whole_image=False`` is diffusers' ``AutoencoderKL.enable_tiling()`` exactly: overlapping square tiles, each
+through the whole VAE alone, cross-faded linearly over their overlap (a quarter of a tile). Each tile then
+normalises with its own statistics and attends only to itself, which costs 20 dB of PSNR on the bundled demo
+VAE; it is kept as the reference that users of diffusers know.
 
-When: ``--vae-tiling`` always tiles; by default (``auto``) an image tiles when it is larger than
+When: ``--vae-tiling on`` always tiles; by default (``auto``) an image tiles when it is larger than
 :data:`AUTO_TILE_PIXELS` or when the untiled activations would not fit in the memory free on its device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from webui.models.vae import AutoencoderKL
+from webui.models.vae_bands import BAND_BYTES, decoder_image_part, encoder_image_part
 
 TILING_MODES = ("auto", "on", "off")
 AUTO_TILE_PIXELS = 1024 * 1024  # above this many image pixels, auto mode tiles
 OVERLAP = 0.25  # diffusers' tile_overlap_factor
-# The statistics pass decodes the overview untiled, so its side bounds the peak memory of a tiled decode:
-# 1.5 tiles (768 px for SD 1.x) is 2.25 tiles' worth of activations, ~2.2 GB in float32 (3.9 KB per pixel
-# measured on SD 1.x's VAE), where two tiles a side needed ~3.9 GB.
-OVERVIEW_TILES = 1.5
 
 
 @dataclass(frozen=True)
@@ -100,73 +88,20 @@ def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile_in:
     return torch.cat(joined_rows, dim=2)
 
 
-class _SharedStatsGroupNorm(nn.Module):
-    """Wraps a GroupNorm: records its input's per-group mean and variance, or normalises with recorded ones."""
-
-    def __init__(self, norm: nn.GroupNorm):
-        super().__init__()
-        self.norm = norm
-        self.recording = True
-        self.stats: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm, b = self.norm, x.shape[0]
-        groups = x.float().reshape(b, norm.num_groups, -1)
-        if self.recording or self.stats is None:
-            self.stats = (groups.mean(-1), groups.var(-1, unbiased=False))
-            return norm(x)
-        mean, var = self.stats
-        y = ((groups - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(x.shape).to(x.dtype)
-        if norm.affine:
-            y = y * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
-        return y
-
-
-@contextmanager
-def _whole_image_norms(
-    module: nn.Module, x: torch.Tensor, tile_in: int, run: Callable[[torch.Tensor], object]
-) -> Iterator[None]:
-    """Inside, every GroupNorm of ``module`` normalises with the statistics of ``run`` on an overview of ``x``.
-
-    Only an overview: a pass that measures the statistics over all tiles would have to normalise its
-    tiles with an estimate, and its figures are those of that estimate's activations, not of the final
-    ones (tried: 21 dB PSNR at 1024 px where the overview alone gave 33). The GroupNorms are restored on exit.
-    """
-    swapped: list[tuple[nn.Module, str, _SharedStatsGroupNorm]] = []
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.GroupNorm):
-                wrapper = _SharedStatsGroupNorm(child)
-                setattr(parent, name, wrapper)
-                swapped.append((parent, name, wrapper))
-    try:
-        run(_overview(x, tile_in))
-        for _, _, wrapper in swapped:
-            wrapper.recording = False
-        yield
-    finally:
-        for parent, name, wrapper in swapped:
-            setattr(parent, name, wrapper.norm)
-
-
-def _overview(x: torch.Tensor, tile: int) -> torch.Tensor:
-    """``x`` downscaled (area average) so that each side is at most :data:`OVERVIEW_TILES` tiles; the statistics
-    pass' input."""
-    scale = min(1.0, OVERVIEW_TILES * tile / max(x.shape[2], x.shape[3]))
-    if scale == 1.0:
-        return x
-    size = (max(1, round(x.shape[2] * scale)), max(1, round(x.shape[3] * scale)))
-    return F.interpolate(x.float(), size=size, mode="area").to(x.dtype)
-
-
 def tiled_decode(
-    vae: AutoencoderKL, z: torch.Tensor, tile: TileSize | None = None, *, whole_image: bool = True
+    vae: AutoencoderKL,
+    z: torch.Tensor,
+    tile: TileSize | None = None,
+    *,
+    whole_image: bool = True,
+    band_bytes: int = BAND_BYTES,
 ) -> torch.Tensor:
-    """``vae.decode(z)`` tile by tile: unscaled latent (B, 4, h, w) -> image (B, 3, 8h, 8w).
+    """``vae.decode(z)`` in bounded memory: unscaled latent (B, 4, h, w) -> image (B, 3, 8h, 8w).
 
-    ``whole_image`` (default): the latent-resolution part (``conv_in`` and the mid block, whose attention then
-    sees the whole image, as untiled) runs untiled, and the tiles' GroupNorms use the whole (downscaled)
-    image's statistics. ``False``: every tile alone through the whole decoder, exactly diffusers' tiling.
+    ``whole_image`` (default): the latent-resolution part (``conv_in`` and the mid block with its attention) runs
+    untiled, the image-resolution part layer by layer in bands of ``band_bytes`` (:mod:`webui.models.vae_bands`):
+    the untiled image up to float rounding. ``False``: every ``tile`` alone through the whole decoder, blended,
+    exactly diffusers' tiling. A latent no larger than one tile is decoded untiled either way.
     """
     tile = tile or TileSize(downscale=vae.config.downscale)
     if z.shape[2] <= tile.latent and z.shape[3] <= tile.latent:
@@ -175,26 +110,27 @@ def tiled_decode(
         return _tiled(lambda t: vae.decoder(vae.post_quant_conv(t)), z, tile.latent, tile.sample)
     # Latent pixels are 1/64 of the image's: this part is small even for a 2048 px image (~1 GB in float32).
     features = vae.decoder.latent_part(vae.post_quant_conv(z))
-    to_image = vae.decoder.image_part
-    with _whole_image_norms(vae.decoder, features, tile.latent, to_image):
-        return _tiled(to_image, features, tile.latent, tile.sample)
+    return decoder_image_part(vae.decoder, features, band_bytes)
 
 
 def tiled_encode(
-    vae: AutoencoderKL, x: torch.Tensor, tile: TileSize | None = None, *, whole_image: bool = True
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    tile: TileSize | None = None,
+    *,
+    whole_image: bool = True,
+    band_bytes: int = BAND_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``vae.encode(x)`` tile by tile: image (B, 3, H, W) -> mean and log-variance (B, 4, H/8, W/8).
+    """``vae.encode(x)`` in bounded memory: image (B, 3, H, W) -> mean and log-variance (B, 4, H/8, W/8).
 
-    ``whole_image`` as in :func:`tiled_decode`: only the image-resolution part is tiled (its GroupNorms with
-    the whole image's statistics), the mid block with its attention runs on the whole latent-resolution features.
+    ``whole_image`` as in :func:`tiled_decode`: the image-resolution part runs layer by layer in bands, the mid
+    block with its attention on the whole latent-resolution features.
     """
     tile = tile or TileSize(downscale=vae.config.downscale)
     if x.shape[2] <= tile.sample and x.shape[3] <= tile.sample:
         return vae.encode(x)
     if whole_image:
-        to_features = vae.encoder.image_part
-        with _whole_image_norms(vae.encoder, x, tile.sample, to_features):
-            features = _tiled(to_features, x, tile.sample, tile.latent)
+        features = encoder_image_part(vae.encoder, x, band_bytes)
         moments = vae.quant_conv(vae.encoder.latent_part(features))
     else:
         moments = _tiled(lambda t: vae.quant_conv(vae.encoder(t)), x, tile.sample, tile.latent)
