@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +95,29 @@ def test_band_decode_and_encode_equal_the_untiled_passes(vae_pair):
     assert torch.allclose(banded, untiled, atol=2e-5, rtol=0), float((banded - untiled).abs().max())
     assert torch.allclose(mean, untiled_mean, atol=2e-5, rtol=0)
     assert torch.allclose(logvar, untiled_logvar, atol=2e-5, rtol=0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_band_decode_closes_its_spill_files_when_done_and_when_a_layer_fails(vae_pair):
+    vae, _ = vae_pair
+    z = torch.randn(1, 4, 9, 12, generator=torch.Generator().manual_seed(4))
+    tile = TileSize(sample=64, downscale=8)
+    open_files = len(list(Path("/proc/self/fd").iterdir()))
+    with torch.no_grad():
+        tiled_decode(vae, z, tile, band_bytes=40_000)
+        assert len(list(Path("/proc/self/fd").iterdir())) == open_files
+
+        def fail(module, args):
+            raise RuntimeError("simulated failure in the last layer")
+
+        hook = vae.decoder.conv_out.register_forward_pre_hook(fail)
+        try:
+            with pytest.raises(RuntimeError, match="simulated failure") as caught:
+                tiled_decode(vae, z, tile, band_bytes=40_000)
+        finally:
+            hook.remove()
+    # closed by the code, not by the garbage collector: the traceback still holds every frame's variables
+    assert caught.tb is not None and len(list(Path("/proc/self/fd").iterdir())) == open_files
 
 
 def test_spilled_activation_gives_back_its_rows_and_the_whole_tensors_group_statistics():

@@ -24,6 +24,7 @@ memory is free and writes them to disk when it is not.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from typing import Literal, cast
 
 import torch
@@ -220,37 +221,34 @@ def _resnet(block: ResnetBlock, x: SpilledActivation, band_bytes: int) -> Spille
         return _stage(h, block.conv2, norm=block.norm2, shortcut=(x, block.nin_shortcut), band_bytes=band_bytes)
 
 
-def decoder_image_part(decoder: Decoder, h: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    """``decoder.image_part(h)`` (the up levels and out), stage by stage."""
-    x = SpilledActivation.of(h)
+def _levels(levels: Iterable[nn.Module], x: SpilledActivation, kind: Resample, band_bytes: int) -> SpilledActivation:
+    """Each :class:`Level`'s resnet blocks, then its resampler (``kind``). Takes ``x`` over: every input is
+    closed once the stage that reads it is done (on an error too); the result is the caller's to close."""
     try:
-        for level in reversed(cast(list[Level], list(decoder.up))):
+        for level in cast(Iterable[Level], levels):
             for block in cast(list[ResnetBlock], list(level.block)):
                 x, previous = _resnet(block, x, band_bytes), x
                 previous.close()
-            upsample = getattr(level, level.resample_name, None)
-            if upsample is not None:
-                x, previous = _stage(x, upsample, "up", band_bytes=band_bytes), x
+            resample = getattr(level, level.resample_name, None)
+            if resample is not None:
+                x, previous = _stage(x, resample, kind, band_bytes=band_bytes), x
                 previous.close()
-        with _stage(x, decoder.conv_out, norm=decoder.norm_out, band_bytes=band_bytes) as image:
-            return image.read_all()
-    finally:
+    except BaseException:
         x.close()
+        raise
+    return x
+
+
+def decoder_image_part(decoder: Decoder, h: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
+    """``decoder.image_part(h)`` (the up levels and out), stage by stage."""
+    features = _levels(reversed(decoder.up), SpilledActivation.of(h), "up", band_bytes)
+    with features, _stage(features, decoder.conv_out, norm=decoder.norm_out, band_bytes=band_bytes) as image:
+        return image.read_all()
 
 
 def encoder_image_part(encoder: Encoder, image: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
     """``encoder.image_part(image)`` (``conv_in`` and the down levels), stage by stage."""
     with SpilledActivation.of(image) as pixels:
         x = _stage(pixels, encoder.conv_in, band_bytes=band_bytes)
-    try:
-        for level in cast(list[Level], list(encoder.down)):
-            for block in cast(list[ResnetBlock], list(level.block)):
-                x, previous = _resnet(block, x, band_bytes), x
-                previous.close()
-            downsample = getattr(level, level.resample_name, None)
-            if downsample is not None:
-                x, previous = _stage(x, downsample, "down", band_bytes=band_bytes), x
-                previous.close()
-        return x.read_all()
-    finally:
-        x.close()
+    with _levels(encoder.down, x, "down", band_bytes) as features:
+        return features.read_all()
