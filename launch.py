@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae-tiling",
         choices=["auto", "on", "off"],
         default="auto",
-        help="Decode and encode images tile by tile (bounded memory at large sizes; seams are cross-faded). "
+        help="Decode and encode large images layer by layer in bands of rows, in bounded memory (the same image; "
+        "the layers' activations go to temporary files in TMPDIR). "
         "auto: above 1024x1024 pixels or when the untiled activations would not fit in free memory.",
     )
     # --compile, --medvram, --lowvram (issue 19; webui/models/speed_options.py)

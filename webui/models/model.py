@@ -75,7 +75,7 @@ class StableDiffusionModel:
         else:
             try:
                 images = self._run_vae(lambda vae, z: vae.decode(z), z)  # the instance's decode, as patched
-            except Exception as err:  # out of memory in one piece: free what it took, then tile by tile
+            except Exception as err:  # out of memory in one piece: free what it took, then in bands
                 if not is_out_of_memory(err) or self.vae_tiling == "off":
                     raise
                 del err
@@ -92,7 +92,7 @@ class StableDiffusionModel:
         empty_cache(self.device)
 
     def _tiles(self, height: int, width: int) -> bool:
-        """Whether the VAE works tile by tile on an image this size (:mod:`webui.models.vae_tiling`)."""
+        """Whether the VAE works in bands on an image this size (:mod:`webui.models.vae_tiling`)."""
         from webui.models.vae_tiling import should_tile
 
         dtype = self.vae_dtype or self.dtype

@@ -298,7 +298,7 @@ def _out_of_memory(request: ResolvedRequest, device: torch.device) -> OutOfMemor
 
 # issue 19: the start-up flags that bound memory, named in every out-of-memory message
 OOM_FLAGS_HINT = (
-    "; or restart with --vae-tiling on (large images decoded tile by tile), --models-in-memory 1 "
+    "; or restart with --vae-tiling on (large images decoded in bands of rows), --models-in-memory 1 "
     "and, on a GPU, --precision fp16"
 )
 
