@@ -120,6 +120,35 @@ def test_band_decode_closes_its_spill_files_when_done_and_when_a_layer_fails(vae
     assert caught.tb is not None and len(list(Path("/proc/self/fd").iterdir())) == open_files
 
 
+def test_a_full_disk_while_spilling_says_where_and_what_to_do(monkeypatch, tmp_path):
+    import errno
+    import tempfile
+
+    from webui.models import vae_bands
+
+    real_temporary_file = tempfile.TemporaryFile
+
+    class FullDisk:
+        """A temporary file on a disk with no space left: writes fail as the OS fails them (ENOSPC)."""
+
+        def __init__(self, *args, **kwargs):
+            self.file = real_temporary_file(dir=tmp_path)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(vae_bands.tempfile, "TemporaryFile", FullDisk)
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        vae_bands.SpilledActivation.of(torch.zeros(1, 64, 512, 512))
+    message = str(caught.value)
+    assert caught.value.errno == errno.ENOSPC
+    assert "(0.1 GB)" in message and tempfile.gettempdir() in message
+    assert "TMPDIR" in message and "--vae-tiling off" in message
+
+
 def test_spilled_activation_gives_back_its_rows_and_the_whole_tensors_group_statistics():
     from webui.models.vae_bands import SpilledActivation
 

@@ -75,12 +75,22 @@ class SpilledActivation:
         if band.stride(3) != 1 or band.stride(2) != band.shape[3]:
             band = band.contiguous()  # a band of rows of a contiguous tensor is contiguous within each channel
         data = band.view(torch.uint8)  # bytes of any float type (numpy has no bfloat16)
-        for b in range(self.shape[0]):
-            for c in range(self.shape[1]):
-                self._file.seek(self._offset(b, c, row))
-                view = data[b, c].numpy().data.cast("B")
-                while view:  # an unbuffered write may take fewer bytes than it is given
-                    view = view[self._file.write(view) :]
+        try:
+            for b in range(self.shape[0]):
+                for c in range(self.shape[1]):
+                    self._file.seek(self._offset(b, c, row))
+                    view = data[b, c].numpy().data.cast("B")
+                    while view:  # an unbuffered write may take fewer bytes than it is given
+                        view = view[self._file.write(view) :]
+        except OSError as err:  # a full disk, most likely: say what the file is and what to do
+            size = self._offset(self.shape[0], 0, 0) / 1e9
+            raise OSError(
+                err.errno,
+                f"could not write a layer of the VAE ({size:.1f} GB) to a temporary file in {tempfile.gettempdir()}"
+                f" ({err.strerror or err}). Large images are decoded and encoded layer by layer with each layer kept"
+                " in such a file: free space there, point TMPDIR at a disk with more, or, where memory allows,"
+                " restart with --vae-tiling off",
+            ) from err
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start`` to ``stop`` (B, C, stop - start, W), on the device the tensor came from."""
