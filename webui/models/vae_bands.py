@@ -70,8 +70,9 @@ class SpilledActivation:
 
     def write(self, row: int, band: torch.Tensor) -> None:
         """Store ``band`` (B, C, n, W) as rows ``row`` to ``row + n``; each row must be written once."""
-        band = band.detach().to("cpu")
-        self._gather_statistics(band)
+        band = band.detach()
+        self._gather_statistics(band)  # where the band is (the GPU's reductions beat the CPU's), before the copy
+        band = band.to("cpu")
         if band.stride(3) != 1 or band.stride(2) != band.shape[3]:
             band = band.contiguous()  # a band of rows of a contiguous tensor is contiguous within each channel
         data = band.view(torch.uint8)  # bytes of any float type (numpy has no bfloat16)
