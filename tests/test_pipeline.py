@@ -193,9 +193,9 @@ def test_progress_says_decoding_before_each_batch_is_decoded_and_after_an_interr
     events: list[tuple[str, int, int]] = []
     decode = tiny_model.decode
 
-    def recording_decode(z):
+    def recording_decode(z, report=None):
         events.append(("decode", -1, -1))
-        return decode(z)
+        return decode(z, report)
 
     def on_progress(p):
         events.append(("decoding" if p.decoding else "step", p.image_index, p.sampling_step))
@@ -215,6 +215,23 @@ def test_progress_says_decoding_before_each_batch_is_decoded_and_after_an_interr
         ("decoding", 1, 2),  # the kept image of the interrupted batch
         ("decode", -1, -1),
     ]
+
+
+def test_progress_says_how_much_of_a_banded_decode_is_done(tiny_model, samplers, monkeypatch):
+    """A large image is decoded in bands (minutes at 2048 px on a CPU): the progress says how far it is."""
+    monkeypatch.setattr(tiny_model, "vae_tiling", "on")
+    events = []
+    # 576 px is wider than the VAE's 512 px tile, so "on" decodes in bands; two images in the batch
+    result = resolve_and_generate(
+        tiny_model, samplers, req(steps=2, width=576, height=64, batch_size=2), progress=events.append
+    )
+    assert len(result.images) == 2
+    decoding = [p for p in events if p.decoding]
+    assert decoding[0].decoded is None and decoding[0].step == 2  # announced before the VAE starts
+    fractions = [p.decoded for p in decoding[1:]]
+    assert len(fractions) > 4 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert pytest.approx(0.5) in fractions  # the first of the two images is done halfway
+    assert all(p.step == 2 and p.image_index == 0 for p in decoding)
 
 
 def test_interrupt_inside_a_unet_step_stops_before_the_next_block(tiny_model, samplers):

@@ -148,10 +148,17 @@ def test_progress_line_shows_queue_position_then_step_total_eta():
             preview=None,
         )
         text = describe(running).html
+        running.progress = replace(running.progress, decoding=True)
+        decoding = describe(running)
+        running.progress = replace(running.progress, decoded=0.25)  # a large image, decoded in bands
+        banded = describe(running)
     finally:
         release.set()
         queue.close()
     assert "Step 4/20" in text and "image 2/2" in text and "ETA 1:15" in text and 'value="20"' in text
+    assert "Step 4/20 · image 2/2 · decoding<" in decoding.html and "ETA" not in decoding.html
+    assert "Step 4/20 · image 2/2 · decoding 25%" in banded.html
+    assert banded.step_key != decoding.step_key  # the page is sent the new percentage
     assert format_seconds(None) == "?" and format_seconds(3.4) == "3 s"
 
 
@@ -174,6 +181,9 @@ def test_interrupt_is_acknowledged_at_once_in_the_status_line_and_in_progress():
         job.progress = replace(job.progress, decoding=True)  # sampling stopped; the kept image is being decoded
         decoding_status = describe(job).html
         decoding_body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
+        job.progress = replace(job.progress, decoded=0.4)  # a large image, decoded in bands, reports how far
+        banded_status = describe(job).html
+        banded_body = progress_body(ProgressSnapshot.of(job, 0), job.id, True)
     finally:
         release.set()
         queue.close()
@@ -182,6 +192,8 @@ def test_interrupt_is_acknowledged_at_once_in_the_status_line_and_in_progress():
     assert body["state"]["interrupted"] and body["state"]["stopping_generation"]
     assert "Interrupting… decoding the current image" in decoding_status
     assert decoding_body["textinfo"] == "Interrupting… decoding the current image" and decoding_body["active"]
+    assert "Interrupting… decoding the current image (40%)" in banded_status
+    assert banded_body["textinfo"] == "Interrupting… decoding the current image (40%)"
     assert job.state == JobState.INTERRUPTED and not job.interrupting
 
 

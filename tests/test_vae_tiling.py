@@ -120,6 +120,81 @@ def test_band_decode_closes_its_spill_files_when_done_and_when_a_layer_fails(vae
     assert caught.tb is not None and len(list(Path("/proc/self/fd").iterdir())) == open_files
 
 
+def _conv_work_in_order(vae, run) -> list[tuple[torch.nn.Module, float]]:
+    """The 3x3 convolutions that ``run`` calls, in order, each with its multiply-adds per image."""
+    work: list[tuple[torch.nn.Module, float]] = []
+
+    def record(module, args, out):
+        work.append((module, out.shape[2] * out.shape[3] * module.in_channels * module.out_channels * 9))
+
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    hooks = [m.register_forward_hook(record) for m in convs]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return work
+
+
+@pytest.mark.parametrize("direction", ["decode", "encode"])
+def test_band_passes_report_progress_in_proportion_to_their_convolution_work(vae_pair, direction):
+    """A 2048 px decode takes minutes on a CPU: after every band, the fraction of the image-resolution layers'
+    multiply-adds done, so that the bar moves evenly. Measured here against the work of the untiled pass."""
+    vae, _ = vae_pair
+    tile = TileSize(sample=64, downscale=8)
+    g = torch.Generator().manual_seed(5)
+    if direction == "decode":
+        x = torch.randn(1, 4, 13, 22, generator=g)
+        untiled, image_part = (lambda: vae.decode(x)), [*vae.decoder.up.modules(), vae.decoder.conv_out]
+    else:
+        x = torch.rand(1, 3, 72, 136, generator=g) * 2 - 1
+        untiled, image_part = (lambda: vae.encode(x)), [vae.encoder.conv_in, *vae.encoder.down.modules()]
+    work = [(m, w) for m, w in _conv_work_in_order(vae, untiled) if any(m is p for p in image_part)]
+    total = sum(w for _, w in work)
+    expected_at_start, done = {}, 0.0
+    for module, w in work:
+        expected_at_start.setdefault(module, done / total)
+        done += w
+
+    fractions: list[float] = []
+    at_start: dict[torch.nn.Module, float] = {}
+
+    def banded():
+        report = fractions.append
+        if direction == "decode":
+            tiled_decode(vae, x, tile, band_bytes=40_000, report=report)
+        else:
+            tiled_encode(vae, x, tile, band_bytes=40_000, report=report)
+
+    def starting(module, args):
+        at_start.setdefault(module, fractions[-1] if fractions else 0.0)
+
+    hooks = [m.register_forward_pre_hook(starting) for m in expected_at_start]
+    try:
+        with torch.no_grad():
+            banded()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(fractions) > 2 * len(expected_at_start)  # after every band, not only every layer
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0, abs=1e-12)
+    assert at_start.keys() == expected_at_start.keys()
+    for module, expected in expected_at_start.items():
+        assert at_start[module] == pytest.approx(expected, abs=1e-9), module
+
+
+def test_overlapping_tiles_report_the_fraction_of_tiles_done(vae_pair):
+    vae, _ = vae_pair
+    z = torch.randn(1, 4, 13, 22, generator=torch.Generator().manual_seed(6))
+    fractions: list[float] = []
+    with torch.no_grad():
+        tiled_decode(vae, z, TileSize(sample=64, downscale=8), whole_image=False, report=fractions.append)
+    # 8-pixel latent tiles every 6: rows at 0, 6, 12 and columns at 0, 6, 12, 18 (diffusers' layout)
+    assert fractions == [pytest.approx(k / 12) for k in range(1, 13)]
+
+
 def test_a_full_disk_while_spilling_says_where_and_what_to_do(monkeypatch, tmp_path):
     import errno
     import tempfile

@@ -81,10 +81,18 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-def interrupting_text(decoding: bool) -> str:
+def interrupting_text(decoding: bool, decoded: float | None = None) -> str:
     """The status between Interrupt and the job's end. Sampling stops within a moment, but decoding the
-    image it keeps takes long at large sizes (about 90 s at 1024 px on the demo model here): say so."""
-    return "Interrupting… decoding the current image" if decoding else "Interrupting…"
+    image it keeps takes long at large sizes (about 90 s at 1024 px on the demo model here): say so, and how
+    far it is where the VAE reports it (``decoded``, 0..1)."""
+    if not decoding:
+        return "Interrupting…"
+    return "Interrupting… decoding the current image" + ("" if decoded is None else f" ({decoded:.0%})")
+
+
+def decoding_text(decoded: float | None) -> str:
+    """The status while a batch's images are decoded, with how much is done where the VAE reports it."""
+    return "decoding" if decoded is None else f"decoding {decoded:.0%}"
 
 
 class Job:

@@ -73,6 +73,7 @@ class ProgressSnapshot:
     error: str | None = None
     interrupting: bool = False  # Interrupt was asked for; the job has not stopped yet
     decoding: bool = False  # sampling is over and the images (the kept one after an Interrupt) are being decoded
+    decoded: float | None = None  # how much of that decode is done (0..1), where the VAE reports it
     unit: str = "image"  # what image_index / images_total count: "cell" in an X/Y/Z plot (issue 17)
 
     @property
@@ -80,7 +81,7 @@ class ProgressSnapshot:
         if self.state == JobState.QUEUED:
             return f"In queue: position {self.queue_position}"
         if self.interrupting:
-            return interrupting_text(self.decoding)
+            return interrupting_text(self.decoding, self.decoded)
         if self.state == JobState.RUNNING:
             return f"Step {self.step}/{self.total_steps}, {self.unit} {self.image_index + 1}/{self.images_total}"
         if self.state == JobState.ERROR:
@@ -107,6 +108,7 @@ class ProgressSnapshot:
             error=job.error_message,
             interrupting=job.interrupting,
             decoding=bool(p is not None and p.decoding and running),
+            decoded=p.decoded if p is not None and p.decoding and running else None,
             unit=p.unit if p else _planned(job)[1],
         )
 

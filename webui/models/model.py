@@ -61,17 +61,22 @@ class StableDiffusionModel:
         """Image pixels per latent pixel (8 for SD 1.x)."""
         return self.vae.config.downscale
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, report: Callable[[float], None] | None = None) -> torch.Tensor:
         """Sampler-space latents (B, 4, h, w) -> float32 images (B, 3, 8h, 8w) in [-1, 1].
 
-        Divides by the VAE's ``scale_factor`` (0.18215) first (Rombach et al. 2022, section 4.3.2).
+        Divides by the VAE's ``scale_factor`` (0.18215) first (Rombach et al. 2022, section 4.3.2). A large
+        image is decoded in bands (:mod:`webui.models.vae_tiling`), which take minutes on a CPU: ``report`` gets
+        the fraction done after every band (nothing is reported for an image decoded in one piece).
         """
         from webui.models.vae_tiling import tiled_decode
+
+        def banded(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+            return tiled_decode(vae, z, report=report)
 
         tiled = self._tiles(latents.shape[-2] * self.downscale, latents.shape[-1] * self.downscale)
         z = latents / self.scale_factor
         if tiled:
-            images = self._run_vae(tiled_decode, z)
+            images = self._run_vae(banded, z)
         else:
             try:
                 images = self._run_vae(lambda vae, z: vae.decode(z), z)  # the instance's decode, as patched
@@ -80,7 +85,7 @@ class StableDiffusionModel:
                     raise
                 del err
                 self._free_memory()
-                images = self._run_vae(tiled_decode, z)
+                images = self._run_vae(banded, z)
         return images.clamp(-1.0, 1.0)
 
     def _free_memory(self) -> None:

@@ -24,7 +24,7 @@ memory is free and writes them to disk when it is not.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, cast
 
 import torch
@@ -38,6 +38,27 @@ from webui.models.vae import Decoder, Encoder, Level, ResnetBlock
 BAND_BYTES = 128 * 1024 * 1024
 
 Resample = Literal["same", "up", "down"]
+
+# Called after every band with the fraction (0..1) of the pass's work done: a 2048 px decode takes minutes on a
+# CPU, and the progress bar should say how far it is.
+ReportFraction = Callable[[float], None]
+
+
+class _Work:
+    """The fraction of a banded pass done, reported after every band.
+
+    A stage counts for its convolution's multiply-adds (:func:`_stage_work`), so that the fraction moves about
+    evenly in time: the full-resolution stages are most of a decode.
+    """
+
+    def __init__(self, total: float, report: ReportFraction | None):
+        self.total, self.done, self.report = total, 0.0, report
+
+    def advance(self, amount: float) -> None:
+        if self.report is None:
+            return
+        self.done += amount
+        self.report(min(self.done / self.total, 1.0) if self.total > 0 else 1.0)
 
 
 class SpilledActivation:
@@ -189,11 +210,13 @@ def _stage(
     norm: nn.GroupNorm | None = None,
     shortcut: tuple[SpilledActivation, nn.Module] | None = None,
     band_bytes: int = BAND_BYTES,
+    work: _Work | None = None,
 ) -> SpilledActivation:
     """``conv(silu(norm(x)))`` (or ``conv(x)`` without a norm) + ``shortcut[1](shortcut[0])``, band by band.
 
     ``conv`` is the module itself (a ``Conv2d``, an ``Upsample`` or a ``Downsample``), called on each band so
-    that hooks on it (``--medvram``'s) run as in the untiled pass.
+    that hooks on it (``--medvram``'s) run as in the untiled pass. ``work`` advances by the stage's share after
+    every band.
     """
     batch, channels, height, width = x.shape
     out_height, out_width = _output_size(kind, height), _output_size(kind, width)
@@ -201,6 +224,7 @@ def _stage(
     row_bytes = batch * max(channels, out_channels) * max(width, out_width) * x.dtype.itemsize
     rows = max(1, band_bytes // (row_bytes * (2 if kind == "down" else 1)))
     affine = _affine(norm, x) if norm is not None else None
+    work_per_row = _stage_work(conv, out_height, out_width) / out_height
     out = SpilledActivation((batch, out_channels, out_height, out_width), x.dtype, x.device)
     try:
         for start in range(0, out_height, rows):
@@ -215,6 +239,8 @@ def _stage(
                 skip, project = shortcut
                 result += project(skip.read(start, stop))  # the same sum as the block's shortcut(x) + h
             out.write(start, result)
+            if work is not None:
+                work.advance(work_per_row * (stop - start))
     except BaseException:
         out.close()
         raise
@@ -226,40 +252,80 @@ def _conv_of(module: nn.Module) -> nn.Conv2d:
     return module if isinstance(module, nn.Conv2d) else cast(nn.Conv2d, module.conv)
 
 
-def _resnet(block: ResnetBlock, x: SpilledActivation, band_bytes: int) -> SpilledActivation:
+def _stage_work(conv: nn.Module, out_height: int, out_width: int) -> float:
+    """A stage's multiply-adds per image: output pixels x input channels x output channels x kernel area."""
+    c = _conv_of(conv)
+    return out_height * out_width * c.in_channels * c.out_channels * c.kernel_size[0] * c.kernel_size[1]
+
+
+def _resnet(block: ResnetBlock, x: SpilledActivation, band_bytes: int, work: _Work | None) -> SpilledActivation:
     """``block(x)`` in two stages (CompVis' ``ResnetBlock.forward``)."""
-    with _stage(x, block.conv1, norm=block.norm1, band_bytes=band_bytes) as h:
-        return _stage(h, block.conv2, norm=block.norm2, shortcut=(x, block.nin_shortcut), band_bytes=band_bytes)
+    with _stage(x, block.conv1, norm=block.norm1, band_bytes=band_bytes, work=work) as h:
+        shortcut = (x, block.nin_shortcut)
+        return _stage(h, block.conv2, norm=block.norm2, shortcut=shortcut, band_bytes=band_bytes, work=work)
 
 
-def _levels(levels: Iterable[nn.Module], x: SpilledActivation, kind: Resample, band_bytes: int) -> SpilledActivation:
-    """Each :class:`Level`'s resnet blocks, then its resampler (``kind``). Takes ``x`` over: every input is
-    closed once the stage that reads it is done (on an error too); the result is the caller's to close."""
+def _steps(levels: Iterable[nn.Module]) -> Iterator[nn.Module]:
+    """Each :class:`Level`'s resnet blocks, then its resampler if it has one: the order the levels run in."""
+    for level in cast(Iterable[Level], levels):
+        yield from level.block
+        resample = getattr(level, level.resample_name, None)
+        if resample is not None:
+            yield resample
+
+
+def _levels(
+    levels: Iterable[nn.Module], x: SpilledActivation, kind: Resample, band_bytes: int, work: _Work | None
+) -> SpilledActivation:
+    """The levels' steps (resamplers of ``kind``). Takes ``x`` over: every input is closed once the stage that
+    reads it is done (on an error too); the result is the caller's to close."""
     try:
-        for level in cast(Iterable[Level], levels):
-            for block in cast(list[ResnetBlock], list(level.block)):
-                x, previous = _resnet(block, x, band_bytes), x
-                previous.close()
-            resample = getattr(level, level.resample_name, None)
-            if resample is not None:
-                x, previous = _stage(x, resample, kind, band_bytes=band_bytes), x
-                previous.close()
+        for step in _steps(levels):
+            if isinstance(step, ResnetBlock):
+                x, previous = _resnet(step, x, band_bytes, work), x
+            else:
+                x, previous = _stage(x, step, kind, band_bytes=band_bytes, work=work), x
+            previous.close()
     except BaseException:
         x.close()
         raise
     return x
 
 
-def decoder_image_part(decoder: Decoder, h: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    """``decoder.image_part(h)`` (the up levels and out), stage by stage."""
-    features = _levels(reversed(decoder.up), SpilledActivation.of(h), "up", band_bytes)
-    with features, _stage(features, decoder.conv_out, norm=decoder.norm_out, band_bytes=band_bytes) as image:
-        return image.read_all()
+def _levels_work(levels: Iterable[nn.Module], kind: Resample, height: int, width: int) -> tuple[float, int, int]:
+    """What :func:`_levels` will do (in :func:`_stage_work`'s units) on a ``height`` x ``width`` input, and the
+    size of its output."""
+    total = 0.0
+    for step in _steps(levels):
+        if isinstance(step, ResnetBlock):
+            total += _stage_work(step.conv1, height, width) + _stage_work(step.conv2, height, width)
+        else:
+            height, width = _output_size(kind, height), _output_size(kind, width)
+            total += _stage_work(step, height, width)
+    return total, height, width
 
 
-def encoder_image_part(encoder: Encoder, image: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    """``encoder.image_part(image)`` (``conv_in`` and the down levels), stage by stage."""
+def decoder_image_part(
+    decoder: Decoder, h: torch.Tensor, band_bytes: int = BAND_BYTES, report: ReportFraction | None = None
+) -> torch.Tensor:
+    """``decoder.image_part(h)`` (the up levels and out), stage by stage; ``report`` gets the fraction done."""
+    levels = list(reversed(decoder.up))
+    levels_work, height, width = _levels_work(levels, "up", h.shape[2], h.shape[3])
+    work = _Work(levels_work + _stage_work(decoder.conv_out, height, width), report)
+    features = _levels(levels, SpilledActivation.of(h), "up", band_bytes, work)
+    with features, _stage(features, decoder.conv_out, norm=decoder.norm_out, band_bytes=band_bytes, work=work) as out:
+        return out.read_all()
+
+
+def encoder_image_part(
+    encoder: Encoder, image: torch.Tensor, band_bytes: int = BAND_BYTES, report: ReportFraction | None = None
+) -> torch.Tensor:
+    """``encoder.image_part(image)`` (``conv_in`` and the down levels), stage by stage; ``report`` as in
+    :func:`decoder_image_part`."""
+    height, width = image.shape[2], image.shape[3]
+    levels_work = _levels_work(encoder.down, "down", height, width)[0]
+    work = _Work(_stage_work(encoder.conv_in, height, width) + levels_work, report)
     with SpilledActivation.of(image) as pixels:
-        x = _stage(pixels, encoder.conv_in, band_bytes=band_bytes)
-    with _levels(encoder.down, x, "down", band_bytes) as features:
+        x = _stage(pixels, encoder.conv_in, band_bytes=band_bytes, work=work)
+    with _levels(encoder.down, x, "down", band_bytes, work) as features:
         return features.read_all()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from webui.models.vae import AutoencoderKL
-from webui.models.vae_bands import BAND_BYTES, decoder_image_part, encoder_image_part
+from webui.models.vae_bands import BAND_BYTES, ReportFraction, decoder_image_part, encoder_image_part
 
 TILING_MODES = ("auto", "on", "off")
 AUTO_TILE_PIXELS = 1024 * 1024  # above this many image pixels, auto mode tiles
@@ -66,15 +66,30 @@ def _tiles(x: torch.Tensor, tile_in: int) -> Iterator[list[torch.Tensor]]:
         yield [x[:, :, i : i + tile_in, j : j + tile_in] for j in range(0, x.shape[3], stride)]
 
 
-def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile_in: int, tile_out: int) -> torch.Tensor:
+def _tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile_in: int,
+    tile_out: int,
+    report: ReportFraction | None = None,
+) -> torch.Tensor:
     """Apply ``fn`` (which scales sides by ``tile_out / tile_in``) tile by tile and blend the results.
 
     Tiles of ``tile_in`` start every ``tile_in * 3/4`` pixels; outputs overlap by ``tile_out / 4``
-    pixels, are cross-faded there and cut to ``tile_out * 3/4``.
+    pixels, are cross-faded there and cut to ``tile_out * 3/4``. ``report`` gets the fraction of tiles done.
     """
     extent = int(tile_out * OVERLAP)
     limit = tile_out - extent
-    rows = [[fn(tile) for tile in row] for row in _tiles(x, tile_in)]
+    tile_rows = list(_tiles(x, tile_in))
+    total, done = sum(map(len, tile_rows)), 0
+    rows: list[list[torch.Tensor]] = []
+    for tile_row in tile_rows:
+        rows.append([])
+        for tile in tile_row:
+            rows[-1].append(fn(tile))
+            done += 1
+            if report is not None:
+                report(done / total)
     joined_rows = []
     for i, row in enumerate(rows):
         joined = []
@@ -95,22 +110,24 @@ def tiled_decode(
     *,
     whole_image: bool = True,
     band_bytes: int = BAND_BYTES,
+    report: ReportFraction | None = None,
 ) -> torch.Tensor:
     """``vae.decode(z)`` in bounded memory: unscaled latent (B, 4, h, w) -> image (B, 3, 8h, 8w).
 
     ``whole_image`` (default): the latent-resolution part (``conv_in`` and the mid block with its attention) runs
     untiled, the image-resolution part layer by layer in bands of ``band_bytes`` (:mod:`webui.models.vae_bands`):
     the untiled image up to float rounding. ``False``: every ``tile`` alone through the whole decoder, blended,
-    exactly diffusers' tiling. A latent no larger than one tile is decoded untiled either way.
+    exactly diffusers' tiling. A latent no larger than one tile is decoded untiled either way (and reports
+    nothing); otherwise ``report`` gets the fraction of the image-resolution work (or of the tiles) done.
     """
     tile = tile or TileSize(downscale=vae.config.downscale)
     if z.shape[2] <= tile.latent and z.shape[3] <= tile.latent:
         return vae.decode(z)
     if not whole_image:
-        return _tiled(lambda t: vae.decoder(vae.post_quant_conv(t)), z, tile.latent, tile.sample)
+        return _tiled(lambda t: vae.decoder(vae.post_quant_conv(t)), z, tile.latent, tile.sample, report)
     # Latent pixels are 1/64 of the image's: this part is small even for a 2048 px image (~1 GB in float32).
     features = vae.decoder.latent_part(vae.post_quant_conv(z))
-    return decoder_image_part(vae.decoder, features, band_bytes)
+    return decoder_image_part(vae.decoder, features, band_bytes, report)
 
 
 def tiled_encode(
@@ -120,20 +137,21 @@ def tiled_encode(
     *,
     whole_image: bool = True,
     band_bytes: int = BAND_BYTES,
+    report: ReportFraction | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``vae.encode(x)`` in bounded memory: image (B, 3, H, W) -> mean and log-variance (B, 4, H/8, W/8).
 
     ``whole_image`` as in :func:`tiled_decode`: the image-resolution part runs layer by layer in bands, the mid
-    block with its attention on the whole latent-resolution features.
+    block with its attention on the whole latent-resolution features; ``report`` as there.
     """
     tile = tile or TileSize(downscale=vae.config.downscale)
     if x.shape[2] <= tile.sample and x.shape[3] <= tile.sample:
         return vae.encode(x)
     if whole_image:
-        features = encoder_image_part(vae.encoder, x, band_bytes)
+        features = encoder_image_part(vae.encoder, x, band_bytes, report)
         moments = vae.quant_conv(vae.encoder.latent_part(features))
     else:
-        moments = _tiled(lambda t: vae.quant_conv(vae.encoder(t)), x, tile.sample, tile.latent)
+        moments = _tiled(lambda t: vae.quant_conv(vae.encoder(t)), x, tile.sample, tile.latent, report)
     mean, logvar = moments.chunk(2, dim=1)
     return mean, logvar.clamp(-30.0, 20.0)
 

@@ -68,6 +68,9 @@ class Progress:
     # Sampling of this batch is over (finished or interrupted) and its images are being decoded: at 1024 px
     # the VAE's decode takes longer than a sampling step on a CPU.
     decoding: bool = False
+    # How much of the batch's decode is done (0..1), where the VAE works in bands (a large image: minutes on a
+    # CPU); None while it is not known (an image decoded in one piece reports nothing until it is done).
+    decoded: float | None = None
     # What ``image_index`` / ``images_total`` count, as progress shows it ("image 2/4"): a script's runner
     # counts its generations, "cell 2/6" for an X/Y/Z plot (issue 17).
     unit: str = "image"
@@ -237,9 +240,22 @@ def native_size(model: Any) -> tuple[int, int]:
     return (int(size[0]), int(size[1])) if size else SD1_NATIVE_SIZE
 
 
-def decode_latents(model: Any, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE-scaled latents -> images, one at a time to bound memory (fp16 overflow retried in fp32 by the core)."""
-    return [image for z in latents for image in tensor_to_images(model.decode(z[None]))]
+def decode_latents(
+    model: Any, latents: torch.Tensor, report: Callable[[float], None] | None = None
+) -> list[Image.Image]:
+    """VAE-scaled latents -> images, one at a time to bound memory (fp16 overflow retried in fp32 by the core).
+
+    ``report`` gets the fraction of the whole batch decoded, as the VAE reports it for large images.
+    """
+    images: list[Image.Image] = []
+    for i, z in enumerate(latents):
+
+        def within(fraction: float, done: int = i) -> None:
+            if report is not None:
+                report((done + fraction) / len(latents))
+
+        images += tensor_to_images(model.decode(z[None], within if report is not None else None))
+    return images
 
 
 def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
@@ -429,9 +445,7 @@ class _Run:
                 else:
                     latents, step = self.latest
                     extra = {"Interrupted": f"step {step}/{self.steps_per_batch}"}
-            if self.progress is not None and self.last_progress is not None:
-                self.progress(replace(self.last_progress, decoding=True))
-            for b, image in enumerate(self.finish_images(first, latents)):
+            for b, image in enumerate(self.finish_images(first, latents, self._decode_report())):
                 infotext = format_infotext(
                     info_request,
                     seed=seeds[b],
@@ -520,9 +534,21 @@ class _Run:
                 options=request.sampler_options,
             )
 
-    def finish_images(self, first: int, latents: torch.Tensor) -> list[Image.Image]:
-        """Decode; for inpainting, paste the original pixels back outside the (blurred) mask."""
-        images = decode_latents(self.model, latents)
+    def _decode_report(self) -> Callable[[float], None] | None:
+        """Say that the batch is being decoded, and return what reports how much of it is (None: no progress)."""
+        progress, last = self.progress, self.last_progress
+        if progress is None or last is None:
+            return None
+        decoding = replace(last, decoding=True)
+        progress(decoding)
+        return lambda fraction: progress(replace(decoding, decoded=fraction))
+
+    def finish_images(
+        self, first: int, latents: torch.Tensor, report: Callable[[float], None] | None = None
+    ) -> list[Image.Image]:
+        """Decode (``report`` gets the fraction decoded); for inpainting, paste the original pixels back
+        outside the (blurred) mask."""
+        images = decode_latents(self.model, latents, report)
         prepared = self.prepared
         if prepared is None or not prepared.overlay_masks:
             return images

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from webui.jobs import ACTIVE_STATES, Job, JobState, interrupting_text
+from webui.jobs import ACTIVE_STATES, Job, JobState, decoding_text, interrupting_text
 from webui.pipeline import GenerationRequest, GenerationResult, Progress
 from webui.service import Service
 
@@ -60,19 +60,21 @@ def _describe(job: Job, queue: str) -> JobUpdate:
     if state == JobState.RUNNING and job.interrupting:
         # Acknowledged at once: the job stops within one UNet module, then decodes what it has.
         fraction = progress.fraction if progress is not None else 0.0
-        text = interrupting_text(progress is not None and progress.decoding)
+        decoding, decoded = (progress.decoding, progress.decoded) if progress is not None else (False, None)
+        text = interrupting_text(decoding, decoded)
         return JobUpdate(state, _status_html(text, fraction, state, queue), step_key=("interrupting", text))
     if state == JobState.RUNNING and progress is not None:
         parts = [f"Step {progress.step}/{progress.total_steps}"]
         if progress.images_total > 1:
             index = min(progress.image_index + 1, progress.images_total)
             parts.append(f"{progress.unit} {index}/{progress.images_total}")  # "cell k/n" in an X/Y/Z plot
-        parts.append("decoding" if progress.decoding else f"ETA {format_seconds(progress.eta_seconds)}")
+        eta = f"ETA {format_seconds(progress.eta_seconds)}"
+        parts.append(decoding_text(progress.decoded) if progress.decoding else eta)
         return JobUpdate(
             state,
             _status_html(" · ".join(parts), progress.fraction, state, queue),
             preview=progress.preview,
-            step_key=(state, progress.step, progress.image_index, progress.preview is not None, progress.decoding),
+            step_key=(state, progress.step, progress.image_index, progress.preview is not None, parts[-1]),
         )
     if state == JobState.RUNNING:
         return JobUpdate(state, _status_html("Starting…", 0.0, state, queue), step_key=("starting",))
