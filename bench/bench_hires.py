@@ -4,10 +4,11 @@ Ours: one ``generate`` with ``HiresRequest(hr_scale=2, hr_upscaler="Latent")``. 
 at 512 px with ``output_type="latent"``, ``F.interpolate`` (bilinear) to 128x128 latents, then
 ``StableDiffusionImg2ImgPipeline`` (sharing the same modules) with ``strength=d`` and ``int(N / d)`` steps. Both
 from the same single file (about 9 GB of RAM while both are loaded). Prints wall time and the peak resident
-memory during each run (polled every 50 ms), side by side, and the largest pixel difference of the two results.
+memory during each run (polled every 50 ms), side by side, and how far apart the two results are (the largest
+pixel difference, the mean one and the PSNR).
 
-Usage (heavy: run alone): ``OMP_NUM_THREADS=2 python -m bench.bench_hires [--steps 1] [--hr-steps 1]
-[--only ours|diffusers]``.
+Usage (heavy: run alone): ``OMP_NUM_THREADS=2 python -m bench.bench_hires [--steps 2] [--hr-steps 2]
+[--size 512] [--only ours|diffusers]``.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1, help="first-pass steps")
-    parser.add_argument("--hr-steps", type=int, default=1, help="second-pass steps N")
+    # 2, not 1: for one step diffusers' "linspace" spacing samples at t=0 (np.linspace(0, 999, 1)), where
+    # k-diffusion and AUTOMATIC1111 (and we) sample at t=999: the two chains would differ by design.
+    parser.add_argument("--steps", type=int, default=2, help="first-pass steps (2 or more)")
+    parser.add_argument("--hr-steps", type=int, default=2, help="second-pass steps N")
     parser.add_argument("--strength", type=float, default=0.5, help="denoising strength d")
+    parser.add_argument("--size", type=int, default=512, help="first-pass side in pixels (the result is twice that)")
     parser.add_argument(
         "--only",
         choices=("both", "ours", "diffusers"),
@@ -98,11 +102,12 @@ def main() -> None:
             sampler_name="Euler",
             steps=args.steps,
             seed=SEED,
-            width=512,
-            height=512,
+            width=args.size,
+            height=args.size,
             hires=HiresRequest(hr_scale=2, hr_second_pass_steps=args.hr_steps, denoising_strength=args.strength),
         )
         resolved = resolve_request(request, create_sampler_registry(), (512, 512))
+        latent_side = 2 * args.size // 8
 
         def ours() -> Any:
             return generate(ours_model, resolved).images[0]
@@ -112,20 +117,23 @@ def main() -> None:
                 latents = pipe(
                     PROMPT,
                     num_inference_steps=args.steps,
-                    height=512,
-                    width=512,
+                    height=args.size,
+                    width=args.size,
+                    guidance_scale=request.cfg_scale,  # diffusers' default is 7.5, AUTOMATIC1111's (ours) 7
                     output_type="latent",
                     generator=torch.Generator("cpu").manual_seed(SEED),
                 ).images
                 return img2img(
                     PROMPT,
-                    image=F.interpolate(latents, size=(128, 128), mode="bilinear"),
+                    image=F.interpolate(latents, size=(latent_side, latent_side), mode="bilinear"),
                     strength=args.strength,
                     num_inference_steps=int(args.hr_steps / args.strength),
+                    guidance_scale=request.cfg_scale,
                     generator=torch.Generator("cpu").manual_seed(SEED),
                 ).images[0]
 
-        print(f"hires fix 512 -> 1024, {args.steps} + {args.hr_steps} steps (d={args.strength}), fp32, CPU")
+        steps = f"{args.steps} + {args.hr_steps} Euler steps (d={args.strength}), CFG {request.cfg_scale}"
+        print(f"hires fix {args.size} -> {2 * args.size}, {steps}, fp32, CPU")
         print(f"{'':10} {'seconds':>9} {'peak RSS GiB':>13}", flush=True)
         shown = {}
         # Each side's row is printed as soon as it is measured, ours first (a run cut short still says something).
@@ -134,8 +142,13 @@ def main() -> None:
                 shown[name], seconds, gib = measured(run)
                 print(f"{name:10} {seconds:9.1f} {gib:13.2f}", flush=True)
         if len(shown) == 2:
-            a, b = (np.asarray(shown[name], dtype=np.int16) for name in ("ours", "diffusers"))
-            print(f"size {shown['ours'].size} vs {shown['diffusers'].size}; max pixel difference {np.abs(a - b).max()}")
+            a, b = (np.asarray(shown[name], dtype=np.float64) for name in ("ours", "diffusers"))
+            difference, mse = np.abs(a - b), float(((a - b) ** 2).mean())
+            psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+            print(
+                f"size {shown['ours'].size} vs {shown['diffusers'].size}; pixel difference: max {difference.max():.0f},"
+                f" mean {difference.mean():.3f} levels, PSNR {psnr:.1f} dB"
+            )
 
 
 if __name__ == "__main__":
