@@ -128,14 +128,18 @@ def _conv_work_in_order(vae, run) -> list[tuple[torch.nn.Module, float]]:
         work.append((module, out.shape[2] * out.shape[3] * module.in_channels * module.out_channels * 9))
 
     convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    hooks = [m.register_forward_hook(record) for m in convs]
+    _run_hooked(run, [m.register_forward_hook(record) for m in convs])
+    return work
+
+
+def _run_hooked(run, hooks) -> None:
+    """``run()`` without gradients, then remove ``hooks`` (on a failure too)."""
     try:
         with torch.no_grad():
             run()
     finally:
         for hook in hooks:
             hook.remove()
-    return work
 
 
 @pytest.mark.parametrize("direction", ["decode", "encode"])
@@ -171,13 +175,7 @@ def test_band_passes_report_progress_in_proportion_to_their_convolution_work(vae
     def starting(module, args):
         at_start.setdefault(module, fractions[-1] if fractions else 0.0)
 
-    hooks = [m.register_forward_pre_hook(starting) for m in expected_at_start]
-    try:
-        with torch.no_grad():
-            banded()
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _run_hooked(banded, [m.register_forward_pre_hook(starting) for m in expected_at_start])
     assert len(fractions) > 2 * len(expected_at_start)  # after every band, not only every layer
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0, abs=1e-12)
     assert at_start.keys() == expected_at_start.keys()

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -249,13 +250,14 @@ def decode_latents(
     """
     images: list[Image.Image] = []
     for i, z in enumerate(latents):
-
-        def within(fraction: float, done: int = i) -> None:
-            if report is not None:
-                report((done + fraction) / len(latents))
-
-        images += tensor_to_images(model.decode(z[None], within if report is not None else None))
+        within = None if report is None else partial(_batch_fraction, report, i, len(latents))
+        images += tensor_to_images(model.decode(z[None], within))
     return images
+
+
+def _batch_fraction(report: Callable[[float], None], index: int, count: int, fraction: float) -> None:
+    """``report`` the batch's fraction decoded when image ``index`` of ``count`` is ``fraction`` done."""
+    report((index + fraction) / count)
 
 
 def encode_images(model: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
