@@ -31,10 +31,25 @@ def serving(service: Any, *, poll_interval: float = 0.02, **launch_kwargs: Any) 
     """
     from webui.ui import CSS, JS, build_ui
 
-    demo = build_ui(service, poll_interval=poll_interval)
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, quiet=True, ssr_mode=False, server_name="127.0.0.1", css=CSS, js=JS, **launch_kwargs
-    )
+    for attempt in range(3):
+        demo = build_ui(service, poll_interval=poll_interval)
+        try:
+            _, url, _ = demo.launch(
+                prevent_thread_lock=True,
+                quiet=True,
+                ssr_mode=False,
+                server_name="127.0.0.1",
+                css=CSS,
+                js=JS,
+                **launch_kwargs,
+            )
+            break
+        except ValueError as err:
+            # Gradio polls its new server for a few seconds only; on a loaded 2-core machine it can give up
+            # ("localhost is not accessible") before the server answers. Start it again.
+            demo.close(verbose=False)
+            if "localhost is not accessible" not in str(err) or attempt == 2:
+                raise
     try:
         yield url
     finally:
